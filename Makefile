@@ -1,0 +1,37 @@
+# mlem — the two commands a newcomer types are `make demo` and `make test`.
+# Set-up: a virtual environment in .venv with CPU JAX. For CUDA 12/13 GPUs run
+#   .venv/bin/pip install -U "jax[cuda13]"        (or "jax[cuda12]"; TPU VMs: "jax[tpu]")
+# after `make setup`; everything else is the same.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: setup test test-all lint demo bench-sampler bench-train clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) -m ruff check .
+
+demo: setup
+	$(PY) -m analysis.synthetic --gamma 3 --quick --out results/synthetic_quick
+
+bench-sampler: setup
+	$(PY) -m benchmarks.sampler
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

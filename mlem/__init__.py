@@ -1,0 +1,1 @@
+"""mlem: the multilevel Euler–Maruyama method for diffusion models (Jacot 2026)."""
