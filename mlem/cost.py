@@ -1,0 +1,68 @@
+"""Cost of drift levels and of ML-EM schedules (DESIGN.md §1, §3).
+
+Cost is FLOPs per sample of one forward pass, read from XLA's cost analysis at the batch
+size used for sampling. A step of ML-EM evaluates level ``j`` iff ``B_j ∨ B_{j+1}``, so
+level ``j`` runs with probability ``1 − (1 − p_j)(1 − p_{j+1})`` (``p_{K+1} = 0``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlem import sampling
+
+Array = jax.Array
+
+
+def flops_per_sample(fn: Callable[..., Array], *args, batch_size: int) -> float:
+    """FLOPs of one call ``fn(*args)`` compiled by XLA, divided by ``batch_size``."""
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device
+        analysis = analysis[0]
+    flops = (analysis or {}).get("flops", 0.0)
+    if not flops > 0:
+        raise RuntimeError("XLA's cost analysis reported no FLOPs for this function on "
+                           f"{jax.default_backend()}; pass costs explicitly instead")
+    return float(flops) / batch_size
+
+
+def evaluation_probs(probs: Array, num_steps: int | None = None) -> Array:
+    """``(N, K)`` probability that each level is evaluated at each step.
+
+    ``probs`` is ``(K,)`` (then ``num_steps`` is required) or ``(N, K)``.
+    """
+    probs = jnp.asarray(probs)
+    num_levels = probs.shape[-1]
+    num_steps = probs.shape[0] if probs.ndim == 2 else num_steps
+    if num_steps is None:
+        raise ValueError("num_steps: required when probs has shape (K,)")
+    probs = sampling.check_probs(probs, num_levels, num_steps)
+    above = jnp.concatenate([probs[:, 1:], jnp.zeros((num_steps, 1), probs.dtype)], axis=1)
+    return 1.0 - (1.0 - probs) * (1.0 - above)
+
+
+def expected_evals(probs: Array, num_steps: int | None = None) -> Array:
+    """``(K,)`` expected evaluations per level over a whole solve."""
+    return evaluation_probs(probs, num_steps).sum(0)
+
+
+def expected_cost(probs: Array, costs: Sequence[float], num_steps: int | None = None) -> float:
+    """Expected cost per sample of a solve: ``Σ_n Σ_j c_j (1 − (1 − p_j)(1 − p_{j+1}))``."""
+    evals = np.asarray(expected_evals(probs, num_steps))
+    costs = np.asarray(costs, np.float64)
+    if costs.shape != evals.shape:
+        raise ValueError(f"costs: expected {evals.shape[0]} per-level costs, got {costs.shape}")
+    return float(evals @ costs)
+
+
+def realised_cost(stats: dict[str, Array], costs: Sequence[float]) -> float:
+    """Cost per sample of a solve actually made: ``Σ_j evals_j · c_j``."""
+    evals = np.asarray(stats["evals"], np.float64)
+    costs = np.asarray(costs, np.float64)
+    if costs.shape != evals.shape:
+        raise ValueError(f"costs: expected {evals.shape[0]} per-level costs, got {costs.shape}")
+    return float(evals @ costs)

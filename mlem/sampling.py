@@ -1,0 +1,172 @@
+"""Euler–Maruyama and multilevel Euler–Maruyama (ML-EM) solvers (DESIGN.md §1, §5).
+
+ML-EM step, with independent ``B_k ~ Bernoulli(p_k)`` shared across the batch and ``B_1 = 1``::
+
+    X_{n+1} = X_n + η_n Σ_k (B_k / p_k)(fᵏ − fᵏ⁻¹)(X_n, τ_n) + g(τ_n) ΔW_n,   f⁰ = 0.
+
+Written per level, the drift term is ``Σ_j a_j fʲ`` with ``a_j = w_j − w_{j+1}``,
+``w_k = B_k / p_k`` and ``w_{K+1} = 0``: level ``j`` is evaluated iff ``B_j ∨ B_{j+1}``, once,
+inside a ``lax.cond``, so a level the step does not need costs nothing.
+
+The solvers are pure: arrays and callables in, arrays out. ``key`` is split once into a
+Brownian key (used only when ``increments`` is not given) and a Bernoulli key, so the same key
+gives the same draws with or without explicit increments.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlem import brownian
+
+Array = jax.Array
+Drift = Callable[[Array, Array], Array]
+Diffusion = Callable[[Array], Array]
+
+
+def euler_maruyama(
+    drift: Drift, diffusion: Diffusion, x0: Array, ts: Array, key: Array, *,
+    increments: Array | None = None, cost: float | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """EM: ``X_{n+1} = X_n + η_n f(X_n, τ_n) + g(τ_n) ΔW_n``.
+
+    Args:
+      drift: ``f(x, τ)``, batch-first ``x``, scalar ``τ``.
+      diffusion: ``g(τ)``, a scalar.
+      x0: ``(B, ...)`` initial state.
+      ts: ``(N + 1,)`` increasing solver times.
+      key: ``jax.random.key``; drives the Brownian path unless ``increments`` is given.
+      increments: optional ``(N, *x0.shape)`` Brownian increments (for coupling).
+      cost: optional cost of one evaluation per sample; adds ``stats["cost_flops"]``.
+
+    Returns:
+      ``x_N`` of shape ``x0.shape`` and ``stats`` with ``evals`` of shape ``(1,)``.
+    """
+    ts = check_ts(ts)
+    increments = _increments(key, ts, x0, increments)
+    x = _em_scan(drift, diffusion, x0, ts, increments)
+    stats = {"evals": jnp.full((1,), ts.shape[0] - 1, jnp.int32)}
+    return x, _with_cost(stats, None if cost is None else [cost])
+
+
+def multilevel_euler_maruyama(
+    drifts: Sequence[Drift], probs: Array, diffusion: Diffusion, x0: Array, ts: Array,
+    key: Array, *, increments: Array | None = None, costs: Sequence[float] | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """ML-EM with the drift hierarchy ``drifts`` (cheapest first; the last is the target).
+
+    Args:
+      drifts: ``K`` callables ``fᵏ(x, τ)``, batch-first ``x``, scalar ``τ``.
+      probs: ``(K,)`` or ``(N, K)`` probabilities in (0, 1]; column 0 is forced to 1.
+        May be traced (under ``jit`` or when learning the probabilities).
+      diffusion, x0, ts, key, increments: as in :func:`euler_maruyama`; ``key`` also
+        drives the Bernoulli draws.
+      costs: optional ``K`` per-sample costs of one evaluation; adds ``stats["cost_flops"]``.
+
+    Returns:
+      ``x_N`` and ``stats`` with ``evals`` ``(K,)`` (evaluations made per level) and
+      ``draws`` ``(N, K)`` (the Bernoulli draws ``B``, column 0 all true).
+    """
+    drifts = tuple(drifts)
+    if not drifts:
+        raise ValueError("drifts: need at least one drift level")
+    ts = check_ts(ts)
+    probs = check_probs(probs, len(drifts), ts.shape[0] - 1)
+    increments = _increments(key, ts, x0, increments)
+    bernoulli_key = jax.random.split(key)[1]
+    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, probs, bernoulli_key, increments)
+    stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": draws}
+    return x, _with_cost(stats, costs)
+
+
+@functools.partial(jax.jit, static_argnames=("drift", "diffusion"))
+def _em_scan(drift, diffusion, x0, ts, increments):
+    def step(x, inputs):
+        t0, t1, dw = inputs
+        return x + (t1 - t0) * drift(x, t0) + diffusion(t0) * dw, None
+
+    x, _ = jax.lax.scan(step, x0, (ts[:-1], ts[1:], increments))
+    return x
+
+
+@functools.partial(jax.jit, static_argnames=("drifts", "diffusion"))
+def _mlem_scan(drifts, diffusion, x0, ts, probs, key, increments):
+    num_levels = len(drifts)
+
+    def step(x, inputs):
+        n, t0, t1, p, dw = inputs
+        draws = jax.random.uniform(jax.random.fold_in(key, n), (num_levels,)) < p
+        draws = draws.at[0].set(True)
+        weights = jnp.where(draws, 1.0 / p, 0.0)  # w_k = B_k / p_k, unbiased for 1
+        coefs = weights - jnp.append(weights[1:], 0.0)  # a_j = w_j − w_{j+1}
+        needed = draws | jnp.append(draws[1:], False)  # B_j ∨ B_{j+1}
+        drift = jnp.zeros_like(x)
+        for level, f in enumerate(drifts):
+            drift = jax.lax.cond(
+                needed[level], functools.partial(_add_level, f, t0),
+                lambda acc, x, coef: acc, drift, x, coefs[level])
+        x = x + (t1 - t0) * drift + diffusion(t0) * dw
+        return x, (draws, needed)
+
+    n = jnp.arange(ts.shape[0] - 1)
+    x, (draws, needed) = jax.lax.scan(
+        step, x0, (n, ts[:-1], ts[1:], probs.astype(x0.dtype), increments))
+    return x, draws, needed
+
+
+def _add_level(f: Drift, t: Array, acc: Array, x: Array, coef: Array) -> Array:
+    return acc + coef * f(x, t)
+
+
+def check_ts(ts: Array) -> Array:
+    """``ts`` as a 1-D array of at least two strictly increasing times."""
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"ts: need a 1-D array of N + 1 >= 2 times, got shape {ts.shape}")
+    if not isinstance(ts, jax.core.Tracer) and not np.all(np.diff(np.asarray(ts)) > 0):
+        raise ValueError("ts: solver times must be strictly increasing")
+    return ts
+
+
+def check_probs(probs: Array, num_levels: int, num_steps: int) -> Array:
+    """Validate ``probs`` against ``K`` levels and ``N`` steps; return ``(N, K)``, column 0 = 1.
+
+    Range checks apply to concrete values only, so traced probabilities pass through.
+    """
+    probs = jnp.asarray(probs)
+    if probs.shape not in ((num_levels,), (num_steps, num_levels)):
+        raise ValueError(
+            f"probs: expected shape ({num_levels},) or ({num_steps}, {num_levels}) for "
+            f"{num_levels} drift levels and {num_steps} steps, got {probs.shape}")
+    if not isinstance(probs, jax.core.Tracer):
+        values = np.asarray(probs)
+        if not np.all((values > 0) & (values <= 1)):
+            raise ValueError(f"probs: every probability must lie in (0, 1]; got min "
+                             f"{values.min()}, max {values.max()}")
+    probs = jnp.broadcast_to(probs, (num_steps, num_levels))
+    return probs.at[:, 0].set(1.0)
+
+
+def _increments(key: Array, ts: Array, x0: Array, increments: Array | None) -> Array:
+    num_steps = ts.shape[0] - 1
+    if increments is None:
+        return brownian.increments(jax.random.split(key)[0], ts, x0.shape, dtype=x0.dtype)
+    if increments.shape != (num_steps, *x0.shape):
+        raise ValueError(f"increments: expected shape {(num_steps, *x0.shape)} for {num_steps} "
+                         f"steps and x0 of shape {x0.shape}, got {increments.shape}")
+    return increments
+
+
+def _with_cost(stats: dict[str, Array], costs: Sequence[float] | None) -> dict[str, Array]:
+    if costs is not None:
+        costs = jnp.asarray(costs, jnp.float32)
+        if costs.shape != stats["evals"].shape:
+            raise ValueError(f"costs: expected {stats['evals'].shape[0]} per-level costs, "
+                             f"got shape {costs.shape}")
+        stats["cost_flops"] = stats["evals"].astype(jnp.float32) @ costs
+    return stats

@@ -1,0 +1,103 @@
+"""Probability schedules ``p_k(τ)`` for ML-EM (DESIGN.md §1).
+
+Every schedule returns probabilities in (0, 1] with level 1 at 1: shape ``(K,)`` for a
+constant schedule or ``(N, K)`` on a grid of ``N`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mlem import sampling
+
+
+def constant(probs: Sequence[float], num_steps: int) -> np.ndarray:
+    """``(N, K)`` copies of ``probs`` (validated; level 1 forced to 1)."""
+    probs = np.asarray(probs, np.float64)
+    return np.asarray(sampling.check_probs(probs, probs.shape[-1], num_steps))
+
+
+def increment_costs(costs: Sequence[float]) -> np.ndarray:
+    """Cost of one increment ``fᵏ − fᵏ⁻¹`` evaluated alone: ``C_k = c_k + c_{k−1}``, ``c_0 = 0``."""
+    costs = np.asarray(costs, np.float64)
+    if costs.ndim != 1 or not np.all(costs > 0):
+        raise ValueError(f"costs: need a 1-D array of positive per-level costs, got {costs}")
+    return costs + np.concatenate([[0.0], costs[:-1]])
+
+
+def variance_optimal(
+    variances: np.ndarray, increment_cost: Sequence[float], c: float, *, min_prob: float = 1e-6,
+) -> np.ndarray:
+    """``p_k = min(1, c · sqrt(V_k / C_k))``, level 1 at 1.
+
+    Args:
+      variances: ``(K,)`` or ``(bins, K)`` measured ``V_k = E‖fᵏ − fᵏ⁻¹‖²`` (per time bin).
+      increment_cost: ``(K,)`` increment costs ``C_k`` (see :func:`increment_costs`).
+      c: the knob trading cost against randomisation variance; larger means more evaluations.
+      min_prob: floor for levels with ``V_k = 0`` (they never need evaluating).
+    """
+    variances = np.asarray(variances, np.float64)
+    increment_cost = np.asarray(increment_cost, np.float64)
+    if variances.shape[-1] != increment_cost.shape[-1] or increment_cost.ndim != 1:
+        raise ValueError(f"variances: last axis must have one entry per level "
+                         f"({increment_cost.shape}), got shape {variances.shape}")
+    if not np.all(variances >= 0) or not np.all(increment_cost > 0) or not c > 0:
+        raise ValueError("variances, increment_cost, c: need V_k >= 0, C_k > 0 and c > 0")
+    probs = np.clip(c * np.sqrt(variances / increment_cost), min_prob, 1.0)
+    probs[..., 0] = 1.0
+    return probs
+
+
+def dyadic(num_levels: int, gamma: float, c: float) -> np.ndarray:
+    """``p_k = min(1, c · 2^{−(1 + γ/2)(k − 1)})``.
+
+    Variance-optimal for a dyadic ladder: ``δ_k ∝ 2^{−k}`` and ``c_k ∝ 2^{γk}``.
+    """
+    if num_levels < 1 or not gamma > 0 or not c > 0:
+        raise ValueError(f"num_levels, gamma, c: need K >= 1, gamma > 0, c > 0; got "
+                         f"{num_levels}, {gamma}, {c}")
+    k = np.arange(num_levels)
+    probs = np.minimum(1.0, c * 2.0 ** (-(1.0 + gamma / 2.0) * k))
+    probs[0] = 1.0
+    return probs
+
+
+def on_grid(bin_probs: np.ndarray, bin_edges: Sequence[float], ts: Sequence[float]) -> np.ndarray:
+    """Map per-time-bin probabilities ``(bins, K)`` to the ``(N, K)`` steps of grid ``ts``.
+
+    Step ``n`` takes the bin that contains its left time ``ts[n]``.
+    """
+    bin_probs = np.asarray(bin_probs)
+    edges = np.asarray(bin_edges, np.float64)
+    if edges.shape != (bin_probs.shape[0] + 1,) or not np.all(np.diff(edges) > 0):
+        raise ValueError(f"bin_edges: need {bin_probs.shape[0] + 1} increasing edges, got "
+                         f"shape {edges.shape}")
+    index = np.clip(np.searchsorted(edges, np.asarray(ts)[:-1], side="right") - 1,
+                    0, bin_probs.shape[0] - 1)
+    return bin_probs[index]
+
+
+def save(path: str | Path, probs: np.ndarray, bin_edges: Sequence[float] | None = None,
+         **meta) -> None:
+    """Write a schedule as JSON: ``probs`` ``(K,)`` or ``(bins, K)``, optional ``bin_edges``."""
+    record = {"probs": np.asarray(probs).tolist(), "meta": meta}
+    if bin_edges is not None:
+        record["bin_edges"] = np.asarray(bin_edges).tolist()
+    Path(path).write_text(json.dumps(record, indent=1))
+
+
+def load(path: str | Path, num_levels: int, ts: Sequence[float]) -> np.ndarray:
+    """Read a schedule file written by :func:`save` and put it on the grid ``ts`` as ``(N, K)``."""
+    record = json.loads(Path(path).read_text())
+    probs = np.asarray(record["probs"], np.float64)
+    if probs.shape[-1] != num_levels:
+        raise ValueError(f"schedule file {path}: has {probs.shape[-1]} levels but the ladder has "
+                         f"{num_levels}; regenerate it for this ladder")
+    num_steps = len(ts) - 1
+    if probs.ndim == 2 and "bin_edges" in record:
+        probs = on_grid(probs, record["bin_edges"], ts)
+    return np.asarray(sampling.check_probs(probs, num_levels, num_steps))

@@ -1,0 +1,157 @@
+"""Numerics of the EM and ML-EM solvers (DESIGN.md §1, §5)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlem import brownian, cost, sampling
+
+
+def _ladder():
+    """Three drift levels with distinct, state-dependent increments."""
+    f1 = lambda x, t: -x
+    f2 = lambda x, t: -x + 0.5 * jnp.sin(3.0 * x) * (1.0 + t)
+    f3 = lambda x, t: -x + 0.5 * jnp.sin(3.0 * x) * (1.0 + t) + 0.2 * jnp.cos(x)
+    return [f1, f2, f3]
+
+
+def _zero(t):
+    return jnp.zeros(())
+
+
+def test_one_step_is_unbiased_for_the_top_level():
+    """z-test over many Bernoulli keys; the unweighted estimator must fail the same test."""
+    drifts, probs = _ladder(), jnp.array([1.0, 0.3, 0.1])
+    x0 = jnp.array([[0.3, -1.2, 2.0]])
+    ts = jnp.array([0.2, 0.7])
+    incs = jnp.zeros((1, *x0.shape))
+    keys = jax.random.split(jax.random.key(0), 20_000)
+    run = jax.vmap(lambda k: sampling.multilevel_euler_maruyama(
+        drifts, probs, _zero, x0, ts, k, increments=incs))
+    xs, stats = run(keys)
+    target, _ = sampling.euler_maruyama(drifts[-1], _zero, x0, ts, keys[0], increments=incs)
+    z = (xs.mean(0) - target) / (xs.std(0) / np.sqrt(len(keys)))
+    assert np.all(np.abs(z) < 4.5), z
+    # Negative control: dropping the 1/p reweighting is detected.
+    eta = ts[1] - ts[0]
+    diffs = jnp.stack([drifts[0](x0, ts[0])] + [
+        drifts[k](x0, ts[0]) - drifts[k - 1](x0, ts[0]) for k in (1, 2)])
+    draws = stats["draws"][:, 0, :].astype(jnp.float32)  # (keys, K)
+    unweighted = x0 + eta * jnp.einsum("mk,k...->m...", draws, diffs)
+    z_wrong = (unweighted.mean(0) - target) / (unweighted.std(0) / np.sqrt(len(keys)))
+    assert np.any(np.abs(z_wrong) > 10)
+
+
+def test_all_probabilities_one_is_exactly_em_with_the_top_level():
+    drifts = _ladder()
+    x0 = jax.random.normal(jax.random.key(1), (8, 4))
+    ts = jnp.linspace(0.0, 1.0, 21)
+    incs = brownian.increments(jax.random.key(2), ts, x0.shape)
+    g = lambda t: 0.5 + t
+    x_ml, stats = sampling.multilevel_euler_maruyama(
+        drifts, jnp.ones(3), g, x0, ts, jax.random.key(3), increments=incs)
+    x_em, _ = sampling.euler_maruyama(drifts[-1], g, x0, ts, jax.random.key(4), increments=incs)
+    np.testing.assert_allclose(x_ml, x_em, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(stats["evals"], [20, 20, 20])
+
+
+@pytest.mark.parametrize("time_varying", [False, True])
+def test_evaluation_counts_match_expectation(time_varying):
+    drifts, n = _ladder(), 4000
+    ts = jnp.linspace(0.0, 1.0, n + 1)
+    probs = jnp.array([1.0, 0.4, 0.05])
+    if time_varying:
+        probs = jnp.stack([jnp.ones(n), jnp.linspace(0.1, 0.9, n), jnp.full(n, 0.02)], 1)
+    x0 = jnp.zeros((2, 2))
+    _, stats = sampling.multilevel_euler_maruyama(
+        drifts, probs, _zero, x0, ts, jax.random.key(5), costs=[1.0, 2.0, 4.0])
+    q = cost.evaluation_probs(probs, n)  # (N, K) chance that each level runs
+    expected, sd = q.sum(0), jnp.sqrt((q * (1 - q)).sum(0))
+    assert np.all(np.abs(stats["evals"] - expected) <= 5 * sd + 1e-9), (stats["evals"], expected)
+    assert float(stats["cost_flops"]) == pytest.approx(
+        cost.realised_cost(stats, [1.0, 2.0, 4.0]))
+    assert cost.expected_cost(probs, [1.0, 2.0, 4.0], n) == pytest.approx(
+        float(expected @ jnp.array([1.0, 2.0, 4.0])), rel=1e-5)
+
+
+def test_level_with_tiny_probability_is_not_computed():
+    """Count real calls of each level with a host callback that only runs if executed."""
+    calls = np.zeros(3, int)
+
+    def counted(level, f):
+        def drift(x, t):
+            jax.debug.callback(lambda: calls.__setitem__(level, calls[level] + 1))
+            return f(x, t)
+        return drift
+
+    drifts = [counted(k, f) for k, f in enumerate(_ladder())]
+    ts = jnp.linspace(0.0, 1.0, 51)
+    _, stats = sampling.multilevel_euler_maruyama(
+        drifts, jnp.array([1.0, 1.0, 1e-9]), _zero, jnp.ones((3, 2)), ts, jax.random.key(6))
+    jax.effects_barrier()
+    np.testing.assert_array_equal(calls, [50, 50, 0])
+    np.testing.assert_array_equal(stats["evals"], calls)
+
+
+def test_em_strong_order_one_for_additive_noise():
+    """OU process dX = −λX dτ + σ dW; nested grids share one Brownian path (as diffrax tests)."""
+    lam, sig, n_ref = 2.0, 0.8, 2**12
+    ts = jnp.linspace(0.0, 1.0, n_ref + 1)
+    x0 = jnp.ones((2000,))
+    key = jax.random.key(8)
+    fine = brownian.increments(key, ts, x0.shape)
+    # Reference: the exact OU transition driven by the fine increments (error O(h_ref)).
+    h = 1.0 / n_ref
+    x_ref = jax.lax.fori_loop(0, n_ref, lambda i, x: jnp.exp(-lam * h) * x
+                              + sig * jnp.exp(-lam * h / 2) * fine[i], x0)
+    steps = [8, 16, 32, 64, 128]
+    errors = []
+    for n in steps:
+        incs = brownian.increments(key, ts, x0.shape, num_steps=n)
+        x, _ = sampling.euler_maruyama(lambda x, t: -lam * x, lambda t: sig, x0,
+                                       brownian.coarse_grid(ts, n), key, increments=incs)
+        errors.append(float(jnp.sqrt(jnp.mean((x - x_ref) ** 2))))
+    order = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert 0.85 < order < 1.15, (order, errors)
+
+
+def test_batch_and_jit_consistency():
+    drifts, probs = _ladder(), jnp.array([1.0, 0.5, 0.2])
+    x0 = jax.random.normal(jax.random.key(9), (4, 3))
+    ts = jnp.linspace(0.0, 1.0, 31)
+    g = lambda t: 0.3
+    key = jax.random.key(10)
+    x, stats = sampling.multilevel_euler_maruyama(drifts, probs, g, x0, ts, key)
+    incs = brownian.increments(jax.random.split(key)[0], ts, x0.shape)
+    for i in range(4):  # draws are shared across the batch: each row alone gives the same
+        xi, si = sampling.multilevel_euler_maruyama(
+            drifts, probs, g, x0[i:i + 1], ts, key, increments=incs[:, i:i + 1])
+        np.testing.assert_allclose(xi[0], x[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(si["evals"], stats["evals"])
+    jitted = jax.jit(lambda p, x0, k: sampling.multilevel_euler_maruyama(
+        drifts, p, g, x0, ts, k)[0])
+    np.testing.assert_allclose(jitted(probs, x0, key), x, rtol=1e-5, atol=1e-6)
+    # Traced probabilities: the solve is differentiable in p.
+    grad = jax.grad(lambda p: jitted(p, x0, key).sum())(probs)
+    assert np.all(np.isfinite(grad))
+
+
+def test_invalid_input_names_the_argument():
+    drifts, x0, ts, key = _ladder(), jnp.ones((2, 2)), jnp.linspace(0, 1, 5), jax.random.key(0)
+    mlem = sampling.multilevel_euler_maruyama
+    for bad in ([1.0, 0.0, 0.5], [1.0, 1.5, 0.5], [1.0, np.nan, 0.5]):
+        with pytest.raises(ValueError, match="probs"):
+            mlem(drifts, jnp.array(bad), _zero, x0, ts, key)
+    with pytest.raises(ValueError, match="probs"):
+        mlem(drifts, jnp.ones(2), _zero, x0, ts, key)
+    with pytest.raises(ValueError, match="probs"):
+        mlem(drifts, jnp.ones((5, 3)), _zero, x0, ts, key)
+    with pytest.raises(ValueError, match="ts"):
+        mlem(drifts, jnp.ones(3), _zero, x0, jnp.array([0.0, 0.5, 0.4]), key)
+    with pytest.raises(ValueError, match="drifts"):
+        mlem([], jnp.ones(0), _zero, x0, ts, key)
+    with pytest.raises(ValueError, match="increments"):
+        mlem(drifts, jnp.ones(3), _zero, x0, ts, key, increments=jnp.zeros((3, 2, 2)))
+    with pytest.raises(ValueError, match="increments"):
+        sampling.euler_maruyama(drifts[0], _zero, x0, ts, key, increments=jnp.zeros((4, 2)))
