@@ -1,0 +1,11 @@
+"""MNIST-5k 16×16, ladder level 4 (see mlem/models/ladder.py); all else from mnist_base."""
+
+import ml_collections
+
+from configs import mnist_base
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = mnist_base.get_config()
+    config.model.level = "mnist_level4"
+    return config

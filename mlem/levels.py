@@ -1,0 +1,136 @@
+"""A trained ladder as drift levels for the sampler (DESIGN.md §2): UNet k gives ``fᵏ``.
+
+A :class:`Ladder` holds the models and EMA parameters of levels 1…K (cheapest first).
+Parameters are passed to jitted solvers as arguments, never baked in as constants: the
+drifts are rebuilt inside the traced function from the ``params`` it receives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlem import checkpoint, cost, sampling
+from mlem.models import ladder as registry
+from mlem.sde import VPSDE
+
+Array = jax.Array
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Ladder:
+    """Levels 1…K of a trained ladder; ``params[k]`` are the EMA parameters of ``models[k]``."""
+
+    names: tuple[str, ...]
+    models: tuple[nn.Module, ...]
+    params: tuple[Params, ...]
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    sde: VPSDE
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.models)
+
+
+def load_ladder(workdirs: Sequence[str | Path]) -> Ladder:
+    """Load the EMA checkpoints of ``workdirs`` (level 1 first) into a :class:`Ladder`.
+
+    Raises ``FileNotFoundError`` naming the level and workdir when a checkpoint is missing,
+    and ``ValueError`` when levels disagree on data or SDE.
+    """
+    names, models, params, keys = [], [], [], []
+    for level, workdir in enumerate(workdirs, start=1):
+        try:
+            config, ema_params = checkpoint.load_level(workdir)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"level {level}: no trained checkpoint in {workdir} ({e}); "
+                                    f"train it with python -m train --workdir {workdir}") from e
+        names.append(config.model.level)
+        models.append(registry.get_model(config.model.level, dtype=config.model.dtype))
+        params.append(ema_params)
+        d = config.data
+        keys.append(((d.name, d.image_size, d.num_channels), tuple(sorted(config.sde.items()))))
+    if len(set(keys)) > 1:
+        raise ValueError(f"workdirs: levels were trained on different data or SDEs: {keys}")
+    (_, size, channels), sde_items = keys[0]
+    return Ladder(tuple(names), tuple(models), tuple(params), (size, size, channels),
+                  VPSDE(**dict(sde_items)))
+
+
+def eps_fn(model: nn.Module, params: Params) -> Callable[[Array, Array], Array]:
+    """``ε̂(x, t)`` of one level; ``t`` scalar or ``(B,)``; deterministic (no dropout)."""
+
+    def eps(x: Array, t: Array) -> Array:
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+        return model.apply({"params": params}, x, t, train=False).astype(x.dtype)
+
+    return eps
+
+
+def drifts(ladder: Ladder, params: Sequence[Params]) -> list[Callable[[Array, Array], Array]]:
+    """Reverse-SDE drifts ``f¹…fᴷ`` of the ladder's models with the given ``params``."""
+    return [ladder.sde.drift_from_eps(eps_fn(m, p)) for m, p in zip(ladder.models, params)]
+
+
+def level_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
+    """``(K,)`` FLOPs per sample of one forward pass of each level, from XLA."""
+    x = jnp.zeros((batch_size, *ladder.image_shape), jnp.float32)
+    t = jnp.full((batch_size,), 0.5, jnp.float32)
+    return np.array([
+        cost.flops_per_sample(lambda p, x, t, m=m: m.apply({"params": p}, x, t, train=False),
+                              p, x, t, batch_size=batch_size)
+        for m, p in zip(ladder.models, ladder.params)])
+
+
+def check_ordered(flops: Sequence[float], names: Sequence[str]) -> None:
+    """Levels must be ordered cheapest first, with strictly increasing FLOPs."""
+    flops = np.asarray(flops)
+    if np.any(np.diff(flops) <= 0):
+        listing = ", ".join(f"{n}: {f / 1e9:.3g} GFLOPs" for n, f in zip(names, flops))
+        raise ValueError(f"levels: must be listed cheapest first with strictly increasing FLOPs; "
+                         f"got {listing}")
+
+
+@functools.cache
+def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | None):
+    ts = np.asarray(ts, np.float32)
+
+    @jax.jit
+    def solve(params, probs, x0, key, increments):
+        fs = drifts(ladder, params)
+        if level is not None:
+            return sampling.euler_maruyama(fs[level], ladder.sde.diffusion, x0, ts, key,
+                                           increments=increments)
+        return sampling.multilevel_euler_maruyama(fs, probs, ladder.sde.diffusion, x0, ts, key,
+                                                  increments=increments)
+
+    return solve
+
+
+def em(ladder: Ladder, level: int, x0: Array, ts: Array, key: Array,
+       increments: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """EM with level ``level`` (0-based) of the ladder; compiled once per (ladder, ts, level)."""
+    if not 0 <= level < ladder.num_levels:
+        raise ValueError(f"level: must be in [0, {ladder.num_levels}), got {level}")
+    ts = sampling.check_ts(ts)
+    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), level)
+    return solve(ladder.params, None, x0, key, increments)
+
+
+def mlem(ladder: Ladder, probs: Array, x0: Array, ts: Array, key: Array,
+         increments: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """ML-EM over the whole ladder; ``probs`` ``(K,)`` or ``(N, K)`` (validated here)."""
+    ts = sampling.check_ts(ts)
+    probs = sampling.check_probs(probs, ladder.num_levels, ts.shape[0] - 1)
+    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), None)
+    return solve(ladder.params, probs, x0, key, increments)
+

@@ -1,0 +1,109 @@
+"""Config files: one schema (docs: /work/notes/interfaces.md), levels override only the level,
+every level exists in the registry and fits its image size, and flag overrides work."""
+
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from analysis.ladder import load_config
+from mlem.models import ladder
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+LEVEL_FILES = {"celeba64_base": [f"celeba64_level{k}" for k in range(1, 6)],
+               "mnist_base": [f"mnist_level{k}" for k in range(1, 5)]}
+ALL = ["celeba64_base", "mnist_base", "tiny", *LEVEL_FILES["celeba64_base"],
+       *LEVEL_FILES["mnist_base"]]
+SCHEMA = {
+    "seed",
+    *(f"data.{k}" for k in ("name", "image_size", "num_channels", "source", "data_dir",
+                            "local_path", "random_flip")),
+    "model.level", "model.dropout", "model.dtype",
+    "sde.beta_min", "sde.beta_max", "sde.t_min",
+    *(f"optim.{k}" for k in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip",
+                             "b1", "b2")),
+    *(f"training.{k}" for k in ("batch_size", "num_steps", "ema_decay", "log_every",
+                                "eval_every", "checkpoint_every", "keep_checkpoints",
+                                "sample_every", "num_sample_images")),
+    "eval.batch_size", "eval.num_batches",
+    "wandb.mode", "wandb.project", "wandb.entity",
+}
+
+
+def _flat(config, prefix=""):
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _load(name):
+    return load_config(CONFIGS / f"{name}.py")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_schema_and_registry(name):
+    config = _load(name)
+    assert set(_flat(config)) == SCHEMA
+    assert config.model.level in ladder.LEVELS
+    model = ladder.get_model(config.model.level, dropout=config.model.dropout,
+                             dtype=config.model.dtype)
+    assert config.data.image_size % 2 ** (len(model.ch_mult) - 1) == 0
+    assert config.model.dtype in ("float32", "bfloat16")
+    assert config.data.name in ("celeba64", "mnist5k", "synthetic")
+    assert config.wandb.mode in ("offline", "disabled")
+    assert config.optim.warmup_steps < config.training.num_steps
+    assert config.training.eval_every <= config.training.num_steps
+
+
+@pytest.mark.parametrize("base, level", [(b, lv) for b, lvs in LEVEL_FILES.items()
+                                         for lv in lvs])
+def test_level_files_override_only_the_level(base, level):
+    base_flat, level_flat = _flat(_load(base)), _flat(_load(level))
+    differs = {k for k in base_flat if base_flat[k] != level_flat[k]}
+    assert differs <= {"model.level"}
+    assert level_flat["model.level"] == level
+
+
+def test_levels_cover_their_ladders():
+    for base, prefix in (("celeba64_base", "celeba64"), ("mnist_base", "mnist")):
+        levels = [_load(name).model.level for name in LEVEL_FILES[base]]
+        assert levels == ladder.level_names(prefix)
+
+
+def test_dataset_shapes_and_defaults():
+    celeba, mnist, tiny = _load("celeba64_base"), _load("mnist_base"), _load("tiny")
+    assert (celeba.data.image_size, celeba.data.num_channels) == (64, 3)
+    assert (celeba.training.batch_size, celeba.optim.learning_rate) == (128, 2e-4)
+    assert (celeba.training.ema_decay, celeba.optim.warmup_steps) == (0.9999, 5000)
+    assert (mnist.data.image_size, mnist.data.num_channels) == (16, 1)
+    assert tiny.data.name == "synthetic" and tiny.wandb.mode == "disabled"
+    assert tiny.model.level.startswith("tiny_") and tiny.training.num_steps <= 10
+    # mnist: 500 held-out digits; synthetic: 256 held-out images.
+    assert mnist.eval.batch_size * mnist.eval.num_batches <= 500
+    assert tiny.eval.batch_size * tiny.eval.num_batches <= 256
+
+
+def _parse(*args):
+    argv, fv = ["prog", *args], flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+def test_config_flag_overrides():
+    config = _parse(f"--config={CONFIGS / 'mnist_level2.py'}", "--config.training.batch_size=8",
+                     "--config.data.local_path=/data/img_align_celeba.zip",
+                     "--config.model.dtype=bfloat16")
+    assert config.training.batch_size == 8 and config.model.level == "mnist_level2"
+    assert config.data.local_path == "/data/img_align_celeba.zip"
+    assert config.model.dtype == "bfloat16" and config.training.num_steps == 1000
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises((KeyError, AttributeError, flags.Error)):
+        _parse(f"--config={CONFIGS / 'tiny.py'}", "--config.training.bach_size=8")
