@@ -44,16 +44,12 @@ class Ladder:
 def load_ladder(workdirs: Sequence[str | Path]) -> Ladder:
     """Load the EMA checkpoints of ``workdirs`` (level 1 first) into a :class:`Ladder`.
 
-    Raises ``FileNotFoundError`` naming the level and workdir when a checkpoint is missing,
-    and ``ValueError`` when levels disagree on data or SDE.
+    Raises ``FileNotFoundError`` (from :func:`mlem.checkpoint.load_level`) naming the workdir
+    of a missing checkpoint, and ``ValueError`` when levels disagree on data or SDE.
     """
     names, models, params, keys = [], [], [], []
-    for level, workdir in enumerate(workdirs, start=1):
-        try:
-            config, ema_params = checkpoint.load_level(workdir)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"level {level}: no trained checkpoint in {workdir} ({e}); "
-                                    f"train it with python -m train --workdir {workdir}") from e
+    for workdir in workdirs:
+        config, ema_params = checkpoint.load_level(workdir)
         names.append(config.model.level)
         models.append(registry.get_model(config.model.level, dtype=config.model.dtype))
         params.append(ema_params)

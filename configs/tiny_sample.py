@@ -1,0 +1,34 @@
+"""Sampling and analysis of the two tiny test levels (``configs/tiny.py``): the test suite's
+ladder, trained by the ``tiny_ladder`` fixture of ``tests/conftest.py``."""
+
+import ml_collections
+
+from configs import mnist_sample
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = mnist_sample.get_config()
+    config.levels = ("level1", "level2")
+    config.train_configs = tuple(f"configs/tiny.py --config.model.level=tiny_level{k}"
+                                 for k in (1, 2))
+    config.results_dir = "results/tiny"
+
+    s = config.sampling
+    s.steps = 4
+    s.path_steps = 16
+    s.num_samples = 4
+    s.batch_size = 4
+    s.probs = (1.0, 0.5)
+
+    a = config.analysis
+    a.ref_steps = 16
+    a.em_steps = (2, 4, 8)
+    a.mlem_steps = (4, 8)
+    a.c_values = (10.0, 100.0)
+    a.seeds = 2
+    a.num_samples = 4
+    a.batch_size = 4
+    a.num_time_bins = 4
+    a.variance_samples = 8
+    a.gamma_bootstrap = 50
+    return config

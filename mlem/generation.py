@@ -1,0 +1,359 @@
+"""Samples from a trained ladder with EM or ML-EM: the library behind ``python -m sample``.
+
+A run loads the ladder's EMA checkpoints (``config.levels``, subdirectories of a workdir),
+measures each level's FLOPs at the sampling batch size, builds the probability schedule and
+generates images batch by batch on a :class:`~jax.sharding.Mesh` of all devices.
+
+Coupling (DESIGN.md §3): batch ``b`` draws everything from ``fold_in(key(seed), b)``, split
+into the initial noise, the Brownian path and the Bernoulli draws. The path is defined on a
+fixed fine grid of ``path_steps`` steps and a run with ``steps`` (dividing ``path_steps``)
+sums consecutive fine increments, so runs with the same seed and different step counts
+share their initial noise and Brownian path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from mlem import brownian, checkpoint, cost, levels, parallel, schedules, training
+from mlem.levels import Ladder
+
+Array = jax.Array
+METHODS = ("mlem", "em")
+SCHEDULES = ("constant", "variance", "file")
+GRID_IMAGES = 64  # samples shown in samples.png
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+class LevelNotTrainedError(FileNotFoundError):
+    """A level listed in the sample config has no trained checkpoint under the workdir."""
+
+
+# --- the ladder ---------------------------------------------------------------------------
+
+def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladder:
+    """The ladder ``config.levels`` (subdirectories of ``workdir``, cheapest first).
+
+    Raises :class:`LevelNotTrainedError` naming the level, the workdir expected and the
+    train command (``config.train_configs`` names each level's training config).
+    """
+    names = tuple(config.levels)
+    if not names:
+        raise ValueError("config.levels: list the ladder's level subdirectories, cheapest first")
+    train_configs = tuple(config.get("train_configs", ())) or ("configs/<level config>.py",)
+    workdirs = [Path(workdir) / name for name in names]
+    for k, wd in enumerate(workdirs):
+        if not ((wd / checkpoint.CONFIG_FILE).is_file()
+                and (wd / checkpoint.CHECKPOINT_DIR).is_dir()):
+            train = train_configs[k] if k < len(train_configs) else train_configs[-1]
+            raise LevelNotTrainedError(
+                f"level {k + 1} ({names[k]}): no trained checkpoint in {wd}; train it with "
+                f"python -m train --config {train} --workdir {wd}")
+    return levels.load_ladder(workdirs)
+
+
+def measure_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
+    """``(K,)`` FLOPs per sample of each level at ``batch_size``; must strictly increase."""
+    flops = levels.level_flops(ladder, batch_size)
+    levels.check_ordered(flops, ladder.names)
+    return flops
+
+
+@functools.cache
+def _replicated(ladder: Ladder, mesh: Mesh) -> Ladder:
+    """The ladder with its parameters on every device of ``mesh`` (one object per pair)."""
+    params = jax.device_put(ladder.params, parallel.replicated(mesh))
+    return Ladder(ladder.names, ladder.models, params, ladder.image_shape, ladder.sde)
+
+
+# --- time grids and schedules -------------------------------------------------------------
+
+def time_grids(ladder: Ladder, steps: int, path_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ts, path_ts)``: the ``steps + 1`` solver times, a sub-grid of the path's fine grid."""
+    if path_steps < 1 or steps < 1 or path_steps % steps:
+        raise ValueError(f"steps={steps} must divide sampling.path_steps={path_steps} (the grid "
+                         f"of the shared Brownian path); pick a divisor or set "
+                         f"--config.sampling.path_steps to a multiple of {steps}")
+    path_ts = np.asarray(ladder.sde.time_grid(path_steps), np.float32)
+    return np.asarray(brownian.coarse_grid(path_ts, steps)), path_ts
+
+
+def build_schedule(config: ml_collections.ConfigDict, names: Sequence[str],
+                   flops: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """``(N, K)`` ML-EM probabilities from ``config.sampling.schedule`` on the grid ``ts``.
+
+    ``constant``: ``sampling.probs``; ``variance``: ``p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k))``
+    from ``sampling.variance_file`` (default ``<results_dir>/variance/variances.json``) and
+    the increment costs of ``flops``; ``file``: ``sampling.schedule_file``.
+    """
+    sampling = config.sampling
+    num_levels, num_steps = len(names), len(ts) - 1
+    if sampling.schedule == "constant":
+        probs = tuple(sampling.probs)
+        if len(probs) != num_levels:
+            raise ValueError(f"sampling.probs: has {len(probs)} entries but the ladder has "
+                             f"{num_levels} levels; give one probability per level")
+        return schedules.constant(probs, num_steps)
+    if sampling.schedule == "variance":
+        path = sampling.variance_file or Path(config.results_dir) / "variance" / "variances.json"
+        edges, variances = load_variances(path, names)
+        bin_probs = schedules.variance_optimal(
+            variances, schedules.increment_costs(flops), sampling.c)
+        return schedules.on_grid(bin_probs, edges, ts)
+    if sampling.schedule == "file":
+        path = _existing(sampling.schedule_file, "sampling.schedule_file",
+                         "write one with mlem.schedules.save")
+        return schedules.load(path, num_levels, ts)
+    raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got "
+                     f"{sampling.schedule!r}")
+
+
+def load_variances(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(bin_edges (bins + 1,), variances (bins, K))`` from ``analysis.variance``'s JSON."""
+    path = _existing(path, "sampling.variance_file",
+                     "measure V_k with python -m analysis.variance")
+    record = json.loads(path.read_text())
+    variances = np.asarray(record["variances"], np.float64)
+    saved = list(record.get("levels", names))
+    if variances.ndim != 2 or variances.shape[1] != len(names) or len(saved) != len(names):
+        raise ValueError(f"variance file {path}: has {variances.shape[-1]} levels but the ladder "
+                         f"has {len(names)}; rerun python -m analysis.variance for this ladder")
+    if saved != list(names):
+        raise ValueError(f"variance file {path}: measured levels {saved}, but the ladder is "
+                         f"{list(names)}; rerun python -m analysis.variance for this ladder")
+    return np.asarray(record["bin_edges"], np.float64), variances
+
+
+def _existing(path: str | Path, name: str, fix: str) -> Path:
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"{name}: file {str(path)!r} not found; {fix} or set "
+                                f"--config.{name}=PATH")
+    return Path(path)
+
+
+# --- generation ---------------------------------------------------------------------------
+
+@functools.cache
+def _inputs_fn(mesh: Mesh, shape: tuple[int, ...], num_steps: int):
+    batch = parallel.batch_sharded(mesh)
+    steps_then_batch = NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS))
+
+    def inputs(key, path_ts):
+        noise_key, path_key, draw_key = jax.random.split(key, 3)
+        x0 = jax.random.normal(noise_key, shape, jnp.float32)
+        return x0, brownian.increments(path_key, path_ts, shape, num_steps=num_steps), draw_key
+
+    return jax.jit(inputs, out_shardings=(batch, steps_then_batch, parallel.replicated(mesh)))
+
+
+def batch_inputs(seed: int, batch_index: int, shape: tuple[int, ...], path_ts: np.ndarray,
+                 num_steps: int, mesh: Mesh | None = None) -> tuple[Array, Array, Array]:
+    """Initial noise, Brownian increments and Bernoulli key of one batch.
+
+    Args:
+      seed, batch_index: the batch's key is ``fold_in(key(seed), batch_index)``.
+      shape: ``(B, H, W, C)`` of the batch.
+      path_ts: ``(path_steps + 1,)`` fine grid on which the Brownian path is defined.
+      num_steps: steps of the solver grid (divides ``path_steps``).
+
+    Returns:
+      ``x0 (B, H, W, C)``, ``increments (num_steps, B, H, W, C)`` (sums of the fine ones),
+      sharded on the batch axis over ``mesh``, and a key for the Bernoulli draws.
+    """
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    key = jax.random.fold_in(jax.random.key(seed), batch_index)
+    return _inputs_fn(mesh, tuple(shape), num_steps)(key, jnp.asarray(path_ts, jnp.float32))
+
+
+def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarray, *,
+             num_samples: int, batch_size: int, seed: int, em_level: int = -1,
+             path_ts: np.ndarray | None = None, mesh: Mesh | None = None,
+             progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """``num_samples`` samples with EM (level ``em_level``, 1-based, -1 = top) or ML-EM.
+
+    Args:
+      probs: ``(N, K)`` or ``(K,)`` ML-EM probabilities (ignored by EM).
+      ts: ``(N + 1,)`` solver times; a sub-grid of ``path_ts`` (default ``ts``).
+      batch_size: samples per batch; must divide ``num_samples`` and split over the devices.
+
+    Returns:
+      float32 ``(num_samples, H, W, C)`` samples (unclipped) and stats: ``evals_per_batch``
+      ``(batches, K)``, ``evals_per_level`` ``(K,)`` (mean per sample), ``wall_seconds``
+      (including compilation) and ``compile_seconds``.
+    """
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    level = check_request(method, em_level, ladder.num_levels, num_samples, batch_size, mesh.size)
+    path_ts = np.asarray(ts if path_ts is None else path_ts, np.float32)
+    num_steps = len(ts) - 1
+    if not np.allclose(brownian.coarse_grid(path_ts, num_steps), ts, rtol=0, atol=1e-6):
+        raise ValueError("ts: must be the sub-grid brownian.coarse_grid(path_ts, N) of path_ts")
+    sharded = _replicated(ladder, mesh) if mesh.size > 1 else ladder
+    shape = (batch_size, *ladder.image_shape)
+    samples, evals = [], []
+    with _compile_timer() as compile_seconds:
+        start = time.perf_counter()
+        batches = range(num_samples // batch_size)
+        for b in tqdm(batches, desc=f"{method} {num_steps} steps", disable=not progress):
+            x0, increments, key = batch_inputs(seed, b, shape, path_ts, num_steps, mesh)
+            if level is None:
+                x, stats = levels.mlem(sharded, probs, x0, ts, key, increments)
+                evals.append(np.asarray(stats["evals"]))
+            else:
+                x, stats = levels.em(sharded, level, x0, ts, key, increments)
+                evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level] * num_steps)
+            samples.append(_to_host(x))
+        wall = time.perf_counter() - start
+    evals = np.stack(evals).astype(np.int64)
+    return np.concatenate(samples), {
+        "evals_per_batch": evals, "evals_per_level": evals.mean(0),
+        "wall_seconds": wall, "compile_seconds": min(compile_seconds(), wall)}
+
+
+def _to_host(x: Array) -> np.ndarray:
+    """The whole batch on this host (gathered from every process on a multi-host mesh)."""
+    if jax.process_count() > 1:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x, np.float32)
+
+
+def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
+                  batch_size: int, num_devices: int) -> int | None:
+    """Validate a request; return the 0-based EM level, or ``None`` for ML-EM."""
+    if method not in METHODS:
+        raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
+    if num_samples < 1 or batch_size < 1 or num_samples % batch_size:
+        raise ValueError(f"num_samples={num_samples} must be a positive multiple of "
+                         f"batch_size={batch_size}; change --num_samples or --batch_size")
+    parallel.check_batch_size(batch_size, num_devices, "sampling.batch_size")
+    if method == "mlem":
+        return None
+    if not (1 <= em_level <= num_levels or em_level == -1):
+        raise ValueError(f"em_level: must be in 1..{num_levels} (or -1 for the top level), "
+                         f"got {em_level}")
+    return em_level - 1 if em_level > 0 else num_levels - 1
+
+
+@contextmanager
+def _compile_timer() -> Iterator:
+    """Yields a callable giving the seconds spent tracing, lowering and compiling (union)."""
+    spans: list[tuple[float, float]] = []
+
+    def listener(event, start, end, **_):
+        if event in _COMPILE_EVENTS:
+            spans.append((start, end))
+
+    def total() -> float:
+        seconds, reach = 0.0, -np.inf
+        for start, end in sorted(spans):  # union of possibly nested intervals
+            seconds += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+        return seconds
+
+    jax.monitoring.register_event_time_span_listener(listener)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_time_span_listener(listener)
+
+
+# --- the whole run behind python -m sample ------------------------------------------------
+
+def with_overrides(config: ml_collections.ConfigDict, **values: Any) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``config.sampling.<name> = value`` for every non-None value."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for name, value in values.items():
+        if value is not None:
+            if name not in config.sampling:
+                raise ValueError(f"sampling.{name}: not a field of the sample config")
+            config.sampling[name] = value
+    return config
+
+
+def default_out(workdir: str | Path, config: ml_collections.ConfigDict) -> Path:
+    """``<workdir>/samples/<mlem_<schedule>|em_level<k>>_<steps>steps_seed<seed>``."""
+    s = config.sampling
+    level = s.em_level if s.em_level > 0 else len(config.levels)
+    tag = f"mlem_{s.schedule}" if s.method == "mlem" else f"em_level{level}"
+    return Path(workdir) / "samples" / f"{tag}_{s.steps}steps_seed{s.seed}"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path,
+        out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Load the ladder, build the schedule, generate, write ``out``; return the stats.
+
+    Writes ``samples.png`` (the first 64 samples), ``samples.npz`` (``samples`` clipped to
+    [-1, 1] float32, ``ts``, and ``probs`` (N, K) for ML-EM) and ``sample_stats.json``.
+    """
+    s = config.sampling
+    mesh = parallel.make_mesh()
+    batch_size = min(s.batch_size, s.num_samples)
+    check_request(s.method, s.em_level, len(config.levels), s.num_samples, batch_size, mesh.size)
+    ladder = load_ladder(config, workdir)
+    ts, path_ts = time_grids(ladder, s.steps, s.path_steps)
+    flops = measure_flops(ladder, batch_size)
+    probs = build_schedule(config, ladder.names, flops, ts) if s.method == "mlem" else None
+    samples, gen = generate(ladder, s.method, probs, ts, num_samples=s.num_samples,
+                            batch_size=batch_size, seed=s.seed, em_level=s.em_level,
+                            path_ts=path_ts, mesh=mesh, progress=progress)
+    out = default_out(workdir, config) if out is None else Path(out)
+    stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh), "out": str(out)}
+    write_outputs(out, samples, ts, probs, stats)
+    return stats
+
+
+def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.ndarray,
+                 probs: np.ndarray | None, gen: dict[str, Any], batch_size: int,
+                 mesh: Mesh) -> dict[str, Any]:
+    """The JSON record of a run: realised FLOPs per sample ``Σ_k evals_k · c_k`` and timings."""
+    s = config.sampling
+    evals = gen["evals_per_level"]
+    device = mesh.devices.flat[0]
+    return {
+        "method": s.method, "steps": s.steps, "path_steps": s.path_steps, "seed": s.seed,
+        "num_samples": s.num_samples, "batch_size": batch_size,
+        "em_level": None if s.method == "mlem" else (s.em_level if s.em_level > 0
+                                                     else ladder.num_levels),
+        "schedule": s.schedule if s.method == "mlem" else None,
+        "levels": list(ladder.names), "level_flops": flops.tolist(),
+        "evals_per_level": evals.tolist(), "evals_per_batch": gen["evals_per_batch"].tolist(),
+        "realised_flops_per_sample": float(evals @ flops),
+        "expected_flops_per_sample": (cost.expected_cost(probs, flops) if probs is not None
+                                      else float(evals @ flops)),
+        "em_top_level_flops_per_sample": float(s.steps * flops[-1]),
+        "wall_seconds_including_compile": gen["wall_seconds"],
+        "wall_seconds_excluding_compile": gen["wall_seconds"] - gen["compile_seconds"],
+        "compile_seconds": gen["compile_seconds"],
+        "device": {"platform": device.platform, "kind": device.device_kind,
+                   "count": int(mesh.size)},
+    }
+
+
+def write_outputs(out: Path, samples: np.ndarray, ts: np.ndarray, probs: np.ndarray | None,
+                  stats: dict[str, Any]) -> None:
+    """``samples.png``, ``samples.npz`` and ``sample_stats.json`` in ``out`` (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    samples = np.clip(samples, -1.0, 1.0).astype(np.float32)
+    arrays = {"samples": samples, "ts": np.asarray(ts, np.float32)}
+    if probs is not None:
+        arrays["probs"] = np.asarray(probs, np.float32)
+    np.savez(out / "samples.npz", **arrays)
+    training.save_grid(samples[:GRID_IMAGES], out / "samples.png")
+    (out / "sample_stats.json").write_text(json.dumps(stats, indent=1) + "\n")

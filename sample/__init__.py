@@ -1,0 +1,1 @@
+"""``python -m sample``: EM / ML-EM samples from a trained ladder (see sample/__main__.py)."""

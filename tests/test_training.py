@@ -1,0 +1,319 @@
+"""Training: a real run on tiny data, exact resume in a new process, checkpoint fallback,
+refusals, NaN handling and the CLI's one-line errors.
+
+XLA compiles the tiny UNet slowly on a busy 2-core CPU, so the tests share one persistent
+compilation cache (also handed to the subprocesses) and one 4-step run (``trained``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from mlem import checkpoint, data, training
+from mlem.sde import VPSDE, gaussian_eps
+
+# After a failed read of a corrupt checkpoint, orbax/tensorstore leaves an asyncio callback
+# behind that fails later with "Event loop is closed" (harmless; reported at garbage collection).
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+# The run every test starts from: tiny config, 4 steps, checkpoints at 2 and 4.
+OVERRIDES = {"training.num_steps": 4, "training.checkpoint_every": 2,
+             "training.keep_checkpoints": 3, "training.eval_every": 2, "training.log_every": 1,
+             "training.num_sample_images": 0, "wandb.mode": "disabled"}
+
+
+def tiny_config(**changes):
+    """configs/tiny.py with OVERRIDES and ``changes`` (keys like ``training__num_steps``)."""
+    config = tiny.get_config()
+    for dotted, value in {**OVERRIDES, **{k.replace("__", "."): v
+                                          for k, v in changes.items()}}.items():
+        *path, name = dotted.split(".")
+        holder = config
+        for part in path:
+            holder = holder[part]
+        holder[name] = value
+    return config
+
+
+def cli_flags(**changes) -> list[str]:
+    """The same config as ``tiny_config(**changes)`` as ``python -m train`` flags."""
+    merged = {**OVERRIDES, **{k.replace("__", "."): v for k, v in changes.items()}}
+    return ["--config", "configs/tiny.py"] + [f"--config.{k}={v}" for k, v in merged.items()]
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+    """A persistent XLA cache for this session, in-process and for subprocesses (env)."""
+    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    for name, value in zip(names, (cache, 0.0, 0)):
+        jax.config.update(name, value)
+    yield {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+def run_python(args: list[str], cache_env: dict, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **cache_env, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled",
+                **env}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, compile_cache):
+    """``(workdir, final_metrics)`` of the 4-step tiny run (never modified by tests)."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    return workdir, training.train_and_evaluate(tiny_config(), workdir)
+
+
+def records(workdir: Path) -> list[dict]:
+    """metrics.jsonl without the (timing-dependent) steps_per_sec."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"} for line in lines]
+
+
+def restore_state(workdir: Path, step: int | None = None) -> dict:
+    manager = checkpoint.make_manager(workdir, keep=None)
+    try:
+        if step is None:
+            return checkpoint.restore_latest(manager)[1]
+        return manager.restore(step)
+    finally:
+        manager.close()
+
+
+def copy_run(trained, tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(trained[0], dst)
+    return dst
+
+
+# --- a real run -----------------------------------------------------------------------------
+
+def test_run_writes_metrics_checkpoints_and_samples(trained):
+    workdir, final = trained
+    recs = records(workdir)
+    train = [r for r in recs if "train_loss" in r]
+    heldout = [r for r in recs if "heldout_loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert [r["step"] for r in heldout] == [2, 4]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["grad_norm"]) for r in train)
+    assert heldout[1]["heldout_loss"] < heldout[0]["heldout_loss"] < 1.05
+    assert final["step"] == 4 and final["heldout_loss"] == heldout[-1]["heldout_loss"]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4]
+    assert not (workdir / "samples").exists()  # num_sample_images=0 (the slow test samples)
+    assert json.loads((workdir / "config.json").read_text())["model"]["level"] == "tiny_level1"
+    config, ema = checkpoint.load_level(workdir)
+    assert config.model.level == "tiny_level1"
+    state = restore_state(workdir)
+    assert int(state["step"]) == 4
+    leaves = jax.tree.leaves(ema)
+    assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
+    moved = [np.any(e != p) for e, p in zip(leaves, jax.tree.leaves(state["params"]))]
+    assert any(moved)  # EMA lags the raw parameters
+
+
+def test_resume_in_a_new_process_is_bitwise_exact(trained, tmp_path, compile_cache):
+    """2 steps in-process + a new `python -m train` process for 2 more == 4 steps at once.
+
+    Tolerance: none (bitwise) on this CPU; both processes run the same XLA executable.
+    """
+    workdir = tmp_path / "resumed"
+    training.train_and_evaluate(tiny_config(training__num_steps=2), workdir)
+    assert restore_state(workdir)["step"] == 2
+    proc = run_python(["-m", "train", "--workdir", str(workdir), *cli_flags()], compile_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed, straight = restore_state(workdir), restore_state(trained[0])
+    assert int(resumed["step"]) == int(straight["step"]) == 4
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert records(workdir) == records(trained[0])  # same losses, one line per (step, metric)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+def _corrupt(workdir: Path, step: int) -> None:
+    files = glob.glob(str(workdir / "checkpoints" / str(step) / "**" / "d" / "*"), recursive=True)
+    assert files
+    for name in files:
+        Path(name).write_bytes(b"not a checkpoint")
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path, caplog):
+    workdir = copy_run(trained, tmp_path)
+    _corrupt(workdir, 4)
+    with caplog.at_level(logging.WARNING, logger="mlem.checkpoint"):
+        config, ema = checkpoint.load_level(workdir)
+    assert "step 4" in caplog.text and "falling back" in caplog.text
+    good = restore_state(trained[0], step=2)
+    for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(good["ema_params"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # Training from the damaged workdir resumes at 2, keeps step 4's files aside, and
+    # recomputes step 4 exactly.
+    training.train_and_evaluate(tiny_config(), workdir)
+    assert (workdir / "corrupt_checkpoints" / "4").is_dir()
+    for a, b in zip(jax.tree.leaves(restore_state(workdir)),
+                    jax.tree.leaves(restore_state(trained[0])), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_restorable_checkpoint_stops_with_a_message(trained, tmp_path):
+    workdir = copy_run(trained, tmp_path)
+    for step in (2, 4):
+        _corrupt(workdir, step)
+    with pytest.raises(checkpoint.CheckpointNotFoundError, match="none of the checkpoints"):
+        checkpoint.load_level(workdir)
+    with pytest.raises(checkpoint.CheckpointNotFoundError, match="not a training workdir"):
+        checkpoint.load_level(workdir / "checkpoints")
+    (tmp_path / "fresh").mkdir()
+    shutil.copy(workdir / "config.json", tmp_path / "fresh")
+    with pytest.raises(checkpoint.CheckpointNotFoundError, match="no checkpoint in"):
+        checkpoint.load_level(tmp_path / "fresh")
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+
+
+def test_workdir_of_another_model_is_refused_and_untouched(trained, tmp_path):
+    workdir = copy_run(trained, tmp_path)
+    before = sorted(str(p) for p in workdir.rglob("*"))
+    with pytest.raises(checkpoint.WorkdirMismatchError,
+                       match="model.level='tiny_level1'.*'tiny_level2'.*another --workdir"):
+        training.train_and_evaluate(tiny_config(model__level="tiny_level2"), workdir)
+    with pytest.raises(checkpoint.WorkdirMismatchError, match="data.image_size=8.*16"):
+        training.train_and_evaluate(tiny_config(data__image_size=16), workdir)
+    assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+
+def test_identity_fields_exist_in_every_config():
+    """The fields the workdir guard compares are present in the shipped configs."""
+    from configs import celeba64_level3, mnist_level1
+
+    for module in (tiny, mnist_level1, celeba64_level3):
+        config = module.get_config()
+        for field in checkpoint.IDENTITY_FIELDS:
+            assert checkpoint._lookup(config, field) is not None, (module.__name__, field)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, monkeypatch):
+    workdir = copy_run(trained, tmp_path)
+    real_get_source = data.get_source
+
+    def nan_train_data(data_config, split):
+        source = real_get_source(data_config, split)
+        if split != "train":
+            return source
+        return data.ArraySource(np.full_like(source[np.arange(len(source))], np.nan))
+
+    monkeypatch.setattr(data, "get_source", nan_train_data)
+    with pytest.raises(training.NonFiniteLossError, match="non-finite training loss .* step 5"):
+        training.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    state = restore_state(workdir)
+    assert int(state["step"]) == 4
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
+
+
+def test_non_finite_parameters_stop_the_run_before_any_save(trained, tmp_path, monkeypatch):
+    """Weights that overflow while the last loss was still finite are caught at the next
+    event (here: step 6, due for logging and a checkpoint) and never written."""
+    workdir = copy_run(trained, tmp_path)
+    make_step = training.make_train_step
+
+    def overflowing_step(*args, **kwargs):
+        step_fn = make_step(*args, **kwargs)
+
+        def step(state, x0):
+            state, metrics = step_fn(state, x0)
+            if int(state.step) >= 6:
+                state = state.replace(params=jax.tree.map(lambda p: p + np.inf, state.params))
+            return state, metrics
+
+        return step
+
+    monkeypatch.setattr(training, "make_train_step", overflowing_step)
+    with pytest.raises(training.NonFiniteLossError, match="non-finite by step 6"):
+        training.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    assert max(r["step"] for r in records(workdir)) == 5
+
+
+# --- the command line -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.training.nm_steps=3", "key 'nm_steps' in --config.training.nm_steps=3"),
+    ("--config.data.image_size=9", "image_size 9x9 is not divisible"),
+])
+def test_cli_bad_input_is_one_line_and_exit_1(flag, message, tmp_path, compile_cache):
+    workdir = tmp_path / "run"
+    proc = run_python(["-m", "train", "--config", "configs/tiny.py", "--workdir",
+                       str(workdir), flag], compile_cache)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not workdir.exists()
+
+
+def test_wandb_mode_from_env_or_config(monkeypatch):
+    config = tiny_config(wandb__mode="offline")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert training.wandb_mode(config) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert training.wandb_mode(config) == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match="wandb.mode"):
+        training.wandb_mode(config)
+
+
+def test_sampler_reproduces_a_gaussian_with_the_exact_eps():
+    """The sample-grid sampler (reverse-SDE EM + final denoising) on N(0.3, 0.2²) data."""
+    sde = VPSDE()
+    exact = gaussian_eps(sde, 0.3, 0.2)
+
+    class ExactModel:
+        def apply(self, variables, x, t, train=False):
+            return exact(x, t)
+
+    x = np.asarray(training.make_sampler(ExactModel(), sde)({}, jax.random.key(0),
+                                                             (2000, 2, 2, 1)))
+    assert abs(x.mean() - 0.3) < 0.01 and abs(x.std() - 0.2) < 0.01
+
+
+def test_save_grid_writes_a_png(tmp_path):
+    images = np.linspace(-1, 1, 5 * 4 * 4 * 3, dtype=np.float32).reshape(5, 4, 4, 3)
+    training.save_grid(images, tmp_path / "grid.png")
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape == (8, 12, 3)  # ceil(sqrt(5)) = 3 columns, 2 rows
+    np.testing.assert_array_equal(grid[:4, :4], np.round((images[0] + 1) * 127.5))
+    np.testing.assert_array_equal(grid[4:, 4:8], np.round((images[4] + 1) * 127.5))
+    assert grid[4:, 8:].max() == 0  # the sixth cell is empty
+
+
+@pytest.mark.slow
+def test_heldout_loss_falls_on_a_learnable_problem(tmp_path, compile_cache):
+    config = tiny_config(training__num_steps=300, training__eval_every=100,
+                         training__log_every=100, training__checkpoint_every=300,
+                         training__sample_every=300, training__num_sample_images=4,
+                         optim__learning_rate=3e-3)
+    training.train_and_evaluate(config, tmp_path / "run")
+    losses = [r["heldout_loss"] for r in records(tmp_path / "run") if "heldout_loss" in r]
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
+    assert losses[2] < 0.6  # the untrained network (zero output layer) scores ~1
+    assert (tmp_path / "run" / "samples" / "step_0000300.png").stat().st_size > 0
