@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: setup test test-all lint demo bench-sampler bench-train clean
+.PHONY: setup test test-all lint demo demo-synthetic bench-sampler bench-train clean
 
 setup: $(STAMP)
 
@@ -27,11 +27,19 @@ test-all: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# The whole pipeline on the embedded MNIST-5k data (train 4 levels, γ, V_k, sweep, figures).
 demo: setup
+	$(PY) -m experiments.mnist_cpu --workdir runs/mnist --out results/mnist_cpu
+
+# The synthetic HTMC testbed: exact drift, controllable γ (the exact check of the theory).
+demo-synthetic: setup
 	$(PY) -m analysis.synthetic --gamma 3 --quick --out results/synthetic_quick
 
 bench-sampler: setup
 	$(PY) -m benchmarks.sampler
+
+bench-train: setup
+	$(PY) -m benchmarks.train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

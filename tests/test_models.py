@@ -11,7 +11,8 @@ import pytest
 from mlem import cost
 from mlem.models import UNet, get_model, ladder, level_names
 
-LADDER_SHAPES = {"tiny": (8, 8, 3), "mnist": (16, 16, 1), "celeba64": (64, 64, 3)}
+LADDER_SHAPES = {"tiny": (8, 8, 3), "smoke": (8, 8, 3), "mnist": (16, 16, 1),
+                 "celeba64": (64, 64, 3)}
 
 
 def _init(model, shape, batch=2, seed=0):
@@ -100,7 +101,7 @@ def test_dropout_only_in_training():
     assert not np.allclose(drop[0], eval_out)
 
 
-@pytest.mark.parametrize("prefix", ["tiny", "mnist", "celeba64"])
+@pytest.mark.parametrize("prefix", ["tiny", "smoke", "mnist", "celeba64"])
 def test_params_strictly_increase_along_ladder(prefix):
     counts = [_param_count(n, LADDER_SHAPES[prefix]) for n in level_names(prefix)]
     assert all(b > a for a, b in zip(counts, counts[1:])), counts

@@ -9,6 +9,8 @@ below it.
   CelebA-64 UNet (ch=128, ch_mult=(1, 2, 2, 2), 2 residual blocks, attention at 16, ~35.7M).
 - ``mnist_level1..4`` (16×16×1, CPU-sized): base width 4→8→16→32, three resolutions.
 - ``tiny_level1..2`` (8×8 images, a few thousand parameters): for tests only.
+- ``smoke_level1..5`` (one resolution, no attention: quick to compile): the five levels of
+  ``python -m experiments.celeba64 --smoke``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ _CELEBA = dict(ch_mult=(1, 2, 2, 2), attn_resolutions=(16,), dropout=0.1)
 _MNIST = dict(ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0,
               norm_groups=4)
 _TINY = dict(ch_mult=(1, 2), num_res_blocks=1, dropout=0.0, norm_groups=4)
+_SMOKE = dict(ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0, norm_groups=4)
 
 LEVELS: dict[str, functools.partial] = {
     "celeba64_level1": functools.partial(UNet, ch=16, num_res_blocks=1, norm_groups=8,
@@ -37,6 +40,8 @@ LEVELS: dict[str, functools.partial] = {
     "mnist_level4": functools.partial(UNet, ch=32, **_MNIST),
     "tiny_level1": functools.partial(UNet, ch=4, attn_resolutions=(), **_TINY),
     "tiny_level2": functools.partial(UNet, ch=8, attn_resolutions=(4,), **_TINY),
+    **{f"smoke_level{k}": functools.partial(UNet, ch=ch, **_SMOKE)
+       for k, ch in enumerate((4, 8, 12, 16, 24), start=1)},
 }
 
 

@@ -1,0 +1,113 @@
+"""The paper's pipeline: train each ladder level, then fit γ, measure V_k(τ), sweep cost
+against error and draw the figures (DESIGN.md §3).
+
+Shared by ``make demo`` (``experiments/mnist_cpu.py``, MNIST-5k on a CPU) and
+``experiments/celeba64`` (GPU/TPU). Every stage is resumable: a level whose checkpoint has
+reached ``training.num_steps`` is not trained again, and the analysis stages reuse what is on
+disk in the results directory unless ``recompute`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import ml_collections
+
+from analysis import common, cost_error, figures, fit_gamma, variance
+from analysis.ladder import load_config
+from mlem import checkpoint, training
+
+STAGES = {"fit_gamma": fit_gamma.run, "variance": variance.run, "cost_error": cost_error.run,
+          "figures": figures.run}
+# What the demo's summary.json promises (issue 4), in the stage summaries' names.
+HEADLINE = ("gamma", "gamma_ci", "speedup_at_equal_mse_max", "speedup_at_operating_point",
+            "mse_ratio_at_equal_cost", "wallclock_speedup_over_flops_speedup")
+
+
+def level_configs(sample_config: ml_collections.ConfigDict,
+                  overrides: Mapping[str, object] | None = None
+                  ) -> dict[str, ml_collections.ConfigDict]:
+    """``{level dir: training config}`` from ``sample_config.train_configs``, with dotted
+    ``overrides`` (e.g. ``{'training.num_steps': 10}``) applied to each."""
+    if len(sample_config.train_configs) != len(sample_config.levels):
+        raise ValueError("config.train_configs: need one training config per entry of "
+                         f"config.levels ({len(sample_config.levels)})")
+    configs = {}
+    for level, path in zip(sample_config.levels, sample_config.train_configs):
+        config = load_config(path)
+        for dotted, value in (overrides or {}).items():
+            set_field(config, dotted, value)
+        configs[level] = config
+    return configs
+
+
+def trained_step(workdir: Path) -> int:
+    """Newest checkpointed step in ``workdir`` (0 when there is none)."""
+    if not (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
+        return 0
+    manager = checkpoint.make_manager(workdir, keep=None)
+    try:
+        return manager.latest_step() or 0
+    finally:
+        manager.close()
+
+
+def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path) -> dict:
+    """Train every level not yet at ``training.num_steps``; returns seconds per level."""
+    seconds = {}
+    for k, (level, config) in enumerate(configs.items(), start=1):
+        level_dir = workdir / level
+        if trained_step(level_dir) >= config.training.num_steps:
+            print(f"[train] {level}: done ({config.training.num_steps} steps), reusing {level_dir}")
+            continue
+        print(f"[train] level {k}/{len(configs)}: {config.model.level} -> {level_dir}", flush=True)
+        start = time.perf_counter()
+        training.train_and_evaluate(config, level_dir)
+        seconds[level] = time.perf_counter() - start
+    return seconds
+
+
+def analyse(sample_config: ml_collections.ConfigDict, workdir: Path, out: Path,
+            recompute: bool = False) -> dict:
+    """Run the analysis stages in order; returns seconds per stage."""
+    seconds = {}
+    for name, run in STAGES.items():
+        print(f"[analysis] {name} -> {out}", flush=True)
+        start = time.perf_counter()
+        run(sample_config, workdir, out, recompute)
+        seconds[name] = time.perf_counter() - start
+    return seconds
+
+
+def run(sample_config: ml_collections.ConfigDict, workdir: str | Path, out: str | Path, *,
+        train_configs: Mapping[str, ml_collections.ConfigDict] | None = None,
+        recompute: bool = False) -> dict:
+    """Train the ladder, analyse it, and write the headline numbers into ``out/summary.json``.
+
+    ``train_configs`` (``{level dir: config}``) defaults to ``level_configs(sample_config)``.
+    """
+    start = time.perf_counter()
+    workdir, out = Path(workdir), Path(out)
+    configs = level_configs(sample_config) if train_configs is None else train_configs
+    train_seconds = train_ladder(configs, workdir)
+    stage_seconds = analyse(sample_config, workdir, out, recompute)
+    summary = json.loads((out / common.SUMMARY).read_text())
+    missing = [key for key in HEADLINE if key not in summary]
+    if missing:
+        raise RuntimeError(f"the analysis stages did not produce {missing} in {out}")
+    timing = {"total_wall_seconds": time.perf_counter() - start,
+              "train_seconds": train_seconds, "stage_seconds": stage_seconds}
+    return common.merge_summary(out, timing)
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: object) -> None:
+    """``config.a.b = value`` for ``dotted = 'a.b'``; an unknown field is an error."""
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        config = config[name]
+    if leaf not in config:
+        raise ValueError(f"override {dotted}: no such config field")
+    config[leaf] = value

@@ -1,0 +1,41 @@
+"""The experiment pipelines: the CelebA --smoke run exercises every stage end to end."""
+
+import json
+
+import pytest
+
+from analysis.ladder import load_config
+from experiments import pipeline
+from experiments.celeba64 import __main__ as celeba64
+
+
+def test_celeba64_smoke_runs_every_stage_and_resumes(tmp_path):
+    """Mock CelebA at 8×8, five smoke levels: train, γ, V_k, sweep, figures (issue 4 §4)."""
+    summary = celeba64.main(["--smoke", "--workdir", str(tmp_path)])
+    for key in (*pipeline.HEADLINE, "total_wall_seconds"):
+        assert key in summary
+    out = tmp_path / "results"
+    assert (out / "cost_error" / "points.csv").is_file()
+    variances = json.loads((out / "variance" / "variances.json").read_text())
+    assert variances["levels"] == [f"level{k}" for k in range(1, 6)]
+    assert sorted(summary["train_seconds"]) == [f"level{k}" for k in range(1, 6)]
+    pngs = list(out.rglob("*.png"))
+    assert len(pngs) >= 3, pngs
+    # A second run reuses every finished level and stage.
+    again = celeba64.main(["--smoke", "--workdir", str(tmp_path)])
+    assert again["train_seconds"] == {}
+    assert again["speedup_at_equal_mse_max"] == summary["speedup_at_equal_mse_max"]
+
+
+def test_plan_counts_flops_of_every_stage():
+    rows = celeba64.plan(load_config("configs/mnist_sample.py"))
+    assert [r["stage"].split(" (")[0] for r in rows[:4]] == [f"train level{k}" for k in range(1, 5)]
+    assert all(r["flops"] > 0 for r in rows)
+    train = [r["flops"] for r in rows[:4]]
+    assert train == sorted(train)  # bigger levels cost more to train
+
+
+def test_override_of_an_unknown_field_is_refused():
+    config = load_config("configs/mnist_level1.py")
+    with pytest.raises(ValueError, match="no such config field"):
+        pipeline.set_field(config, "training.num_stepz", 3)
