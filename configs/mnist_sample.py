@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.sampling = s = ml_collections.ConfigDict()
     s.method = "mlem"  # 'mlem' | 'em'
-    s.steps = 64
+    s.steps = 32  # also the operating point of the sweep (EM at the top level, 32 steps)
     s.path_steps = REF_STEPS  # grid of the shared Brownian path; steps must divide it
     s.num_samples = 64
     s.batch_size = 64  # split over all local devices: a multiple of the device count
