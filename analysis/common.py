@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,35 +209,6 @@ def cli(run: Callable[[Any, Path, Path, bool], Mapping]) -> None:
         print(json.dumps(jsonable(dict(summary)), indent=1, sort_keys=True))
 
     app.run(main)
-
-
-@contextlib.contextmanager
-def compile_timer() -> Iterator[Callable[[], float]]:
-    """Yields a callable: seconds spent tracing, lowering and compiling inside the block
-    (the union of JAX's compile event spans, which may nest)."""
-    import jax
-
-    events = ("/jax/core/compile/jaxpr_trace_duration",
-              "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
-    spans: list[tuple[float, float]] = []
-
-    def listener(event, start, end, **_):
-        if event in events:
-            spans.append((start, end))
-
-    def total() -> float:
-        seconds, reach = 0.0, -np.inf
-        for start, end in sorted(spans):
-            seconds += max(0.0, end - max(start, reach))
-            reach = max(reach, end)
-        return seconds
-
-    jax.monitoring.register_event_time_span_listener(listener)
-    try:
-        yield total
-    finally:
-        jax.monitoring.unregister_event_time_span_listener(listener)
 
 
 # --- envelopes, interpolation, speedup ----------------------------------------------------

@@ -173,7 +173,7 @@ def run_group(ladder: levels.Ladder, flops: np.ndarray, coupling: Coupling, ref:
                   leave=False):
         x0, inc, key = coupling.inputs(b, steps)
         for j, (point, p) in enumerate(zip(points, probs)):
-            with common.compile_timer() as compile_seconds:  # compilation is not counted
+            with generation.compile_timer() as compile_seconds:  # compilation is not counted
                 start = time.perf_counter()
                 x, stats = jax.block_until_ready(solve(point, p, x0, inc, key))
                 wall[j] += time.perf_counter() - start - compile_seconds()

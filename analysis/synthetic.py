@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from analysis import common
 from mlem import brownian, cost, sampling, schedules, synthetic
 
 
@@ -212,17 +213,6 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
     return points
 
 
-def pareto_front(costs: np.ndarray, errors: np.ndarray) -> np.ndarray:
-    """Indices of the lower envelope: no other point is both cheaper and more accurate."""
-    order = np.lexsort((errors, costs))
-    front, best = [], np.inf
-    for i in order:
-        if errors[i] < best:
-            front.append(i)
-            best = errors[i]
-    return np.array(front, int)
-
-
 def envelope_cost(front_costs, front_errors, errors) -> np.ndarray:
     """Log-log interpolation of an envelope's cost at ``errors`` (inside its range)."""
     order = np.argsort(front_errors)
@@ -243,7 +233,7 @@ def envelopes(points: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]
     for method in ("em", "mlem"):
         pts = [p for p in points if p["method"] == method]
         c, e = np.array([p["cost"] for p in pts]), np.array([p["rmse"] for p in pts])
-        idx = pareto_front(c, e)
+        idx = common.lower_envelope(c, e)
         fronts[method] = (c[idx], e[idx])
     return fronts
 
@@ -289,7 +279,7 @@ def bootstrap_exponents(rows: Sequence[dict], fit_range: Sequence[float], num: i
         for _ in range(num):
             pick = rng.integers(0, len(seeds), len(seeds))
             c, e = cost[:, pick].mean(1), np.sqrt(mse[:, pick].mean(1))
-            front = pareto_front(c, e)
+            front = common.lower_envelope(c, e)
             if e[front].min() <= lo and e[front].max() >= hi:
                 fits.append(fit_exponent(c[front], e[front], lo, hi))
         ci = np.percentile(fits, [2.5, 97.5]).tolist() if fits else [np.nan, np.nan]

@@ -206,7 +206,7 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
     sharded = _replicated(ladder, mesh) if mesh.size > 1 else ladder
     shape = (batch_size, *ladder.image_shape)
     samples, evals = [], []
-    with _compile_timer() as compile_seconds:
+    with compile_timer() as compile_seconds:
         start = time.perf_counter()
         batches = range(num_samples // batch_size)
         for b in tqdm(batches, desc=f"{method} {num_steps} steps", disable=not progress):
@@ -250,7 +250,7 @@ def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
 
 
 @contextmanager
-def _compile_timer() -> Iterator:
+def compile_timer() -> Iterator:
     """Yields a callable giving the seconds spent tracing, lowering and compiling (union)."""
     spans: list[tuple[float, float]] = []
 

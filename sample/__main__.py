@@ -15,10 +15,11 @@ batch not divisible by the devices) prints one ``error: ...`` line and exits wit
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mlem import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sample config (configs/*_sample.py); override with --config.a.b=value.")
@@ -34,25 +35,9 @@ _SCHEDULE = flags.DEFINE_string("schedule", None, "'constant', 'variance' or 'fi
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(message: object) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(1)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns a bad flag or ``--config`` override into one line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as err:
-        _fail(err)
-    except (AttributeError, KeyError) as err:  # config_flags: unknown --config.a.b key
-        overrides = [a for a in argv if a.startswith("--config.")]
-        _fail(f"unknown config key in {' '.join(overrides)}: {str(err)}".replace("\\'", "'"))
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}; config overrides look like --config.a.b=value")
+        cli.fail(f"unexpected arguments {argv[1:]}; config overrides look like --config.a.b=value")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     from mlem import parallel  # after flag parsing: a bad flag fails fast
@@ -68,11 +53,11 @@ def main(argv: list[str]) -> None:
         stats = generation.run(config, _WORKDIR.value, _OUT.value)
     except (ValueError, OSError) as err:
         logging.debug("traceback", exc_info=True)
-        _fail(err)
+        cli.fail(err)
     keys = ("method", "steps", "realised_flops_per_sample", "evals_per_level",
             "wall_seconds_excluding_compile", "wall_seconds_including_compile", "out")
     print(json.dumps({k: stats[k] for k in keys}))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

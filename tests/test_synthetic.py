@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from analysis import common
 from analysis import synthetic as sweep
 from mlem import synthetic
 
@@ -78,7 +79,7 @@ def test_pareto_front_and_exponent_fit_recover_a_power_law():
     # Dominated points (more cost for the same error) must not move the envelope.
     noisy_errors = np.concatenate([errors, errors * rng.uniform(1.0, 3.0, 30)])
     noisy_costs = np.concatenate([costs, costs * rng.uniform(1.0, 5.0, 30)])
-    front = sweep.pareto_front(noisy_costs, noisy_errors)
+    front = common.lower_envelope(noisy_costs, noisy_errors)
     np.testing.assert_array_equal(np.sort(front), np.arange(30))
     assert sweep.fit_exponent(noisy_costs[front], noisy_errors[front], 2e-3, 5e-2) == (
         pytest.approx(3.0, abs=1e-6))

@@ -17,6 +17,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mlem import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); override fields with --config.a.b=value.")
 _WORKDIR = flags.DEFINE_string(
@@ -24,28 +26,9 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(message: str) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(1)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns a bad ``--config`` override into one line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as err:
-        _fail(err)
-    except (AttributeError, KeyError) as err:  # config_flags: unknown --config.a.b key
-        while err.args and isinstance(err.args[0], BaseException):
-            err = err.args[0]  # config_flags wraps the KeyError in an AttributeError
-        key, _, hint = str(err.args[0] if err.args else err).partition("\n")
-        overrides = " ".join(a for a in argv if a.startswith("--config."))
-        _fail(f"unknown config key {key} in {overrides}" + (f" ({hint})" if hint else ""))
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}; config overrides look like --config.a.b=value")
+        cli.fail(f"unexpected arguments {argv[1:]}; config overrides look like --config.a.b=value")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from mlem import data, parallel  # after flag parsing: a bad flag fails fast
@@ -57,7 +40,7 @@ def main(argv: list[str]) -> None:
         metrics = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, OSError, FloatingPointError, data.DatasetNotFoundError) as err:
         logging.debug("traceback", exc_info=True)
-        _fail(err)
+        cli.fail(err)
     except KeyboardInterrupt:
         print(f"interrupted; finished checkpoints are kept in {_WORKDIR.value}/checkpoints: "
               f"rerun the same command to resume", file=sys.stderr)
@@ -66,4 +49,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)
