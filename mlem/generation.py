@@ -98,6 +98,7 @@ def build_schedule(config: ml_collections.ConfigDict, names: Sequence[str],
                    flops: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """``(N, K)`` ML-EM probabilities from ``config.sampling.schedule`` on the grid ``ts``.
 
+    ``names`` are ``config.levels`` (as recorded by ``analysis.variance``).
     ``constant``: ``sampling.probs``; ``variance``: ``p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k))``
     from ``sampling.variance_file`` (default ``<results_dir>/variance/variances.json``) and
     the increment costs of ``flops``; ``file``: ``sampling.schedule_file``.
@@ -307,7 +308,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     ladder = load_ladder(config, workdir)
     ts, path_ts = time_grids(ladder, s.steps, s.path_steps)
     flops = measure_flops(ladder, batch_size)
-    probs = build_schedule(config, ladder.names, flops, ts) if s.method == "mlem" else None
+    probs = build_schedule(config, tuple(config.levels), flops, ts) if s.method == "mlem" else None
     samples, gen = generate(ladder, s.method, probs, ts, num_samples=s.num_samples,
                             batch_size=batch_size, seed=s.seed, em_level=s.em_level,
                             path_ts=path_ts, mesh=mesh, progress=progress)

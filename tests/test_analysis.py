@@ -218,6 +218,16 @@ def test_variance_file_is_the_agreed_format(tiny_results):
     edges, variances = generation.load_variances(out / "variance" / "variances.json",
                                                  config.levels)
     assert edges[0] == 0.0 and len(edges) == 3
+    # python -m sample --schedule variance reads the same file (regression: level names).
+    from analysis.ladder import load_config
+
+    variance_file = str(out / "variance" / "variances.json")
+    sample_config = generation.with_overrides(load_config("configs/tiny_sample.py"),
+                                              method="mlem", schedule="variance", c=300.0,
+                                              variance_file=variance_file)
+    stats = generation.run(sample_config, ctx.workdir, out / "sample_variance", progress=False)
+    assert stats["schedule"] == "variance"
+    assert stats["evals_per_level"][0] == sample_config.sampling.steps
 
 
 def test_tiny_sweep_envelope_is_monotone_and_seed_averaged(tiny_results):
