@@ -10,11 +10,10 @@ Trains ``configs/mnist_level{1..4}.py`` (each resumable in ``WORKDIR/levelK``), 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from analysis.ladder import load_config
 from experiments import pipeline
+from mlem import cli
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,9 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = pipeline.run(load_config(args.config), args.workdir, args.out,
                                recompute=args.recompute)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {' '.join(str(err).split())}")
-    print(json.dumps({k: summary.get(k) for k in (*pipeline.HEADLINE, "total_wall_seconds")},
-                     indent=1))
+        cli.fail(err)
+    print(pipeline.headline(summary))
     return summary
 
 

@@ -103,6 +103,11 @@ def run(sample_config: ml_collections.ConfigDict, workdir: str | Path, out: str 
     return common.merge_summary(out, timing)
 
 
+def headline(summary: Mapping) -> str:
+    """The promised summary numbers and the total wall time, as indented JSON."""
+    return json.dumps({k: summary.get(k) for k in (*HEADLINE, "total_wall_seconds")}, indent=1)
+
+
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: object) -> None:
     """``config.a.b = value`` for ``dotted = 'a.b'``; an unknown field is an error."""
     *parents, leaf = dotted.split(".")

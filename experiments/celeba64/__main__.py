@@ -13,8 +13,6 @@ finished levels and analysis stages are reused. ``--smoke`` runs the same code o
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import ml_collections
 
 from analysis.ladder import load_config
 from experiments import pipeline
-from mlem import cost
+from mlem import cli, cost
 from mlem.models import ladder
 
 SAMPLE_CONFIG = "configs/celeba64_sample.py"
@@ -112,9 +110,8 @@ def main(argv: list[str] | None = None) -> dict | list:
             summary = pipeline.run(load_config(args.config), args.workdir or "runs/celeba64",
                                    args.out or "results/celeba64", recompute=args.recompute)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {' '.join(str(err).split())}")
-    print(json.dumps({k: summary.get(k) for k in (*pipeline.HEADLINE, "total_wall_seconds")},
-                     indent=1))
+        cli.fail(err)
+    print(pipeline.headline(summary))
     return summary
 
 
