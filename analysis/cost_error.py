@@ -140,7 +140,8 @@ def _variances(ctx: common.Context) -> dict:
     given = ctx.config.sampling.get("variance_file", "")
     if not given:
         return variance.write_variances(ctx)
-    return variance.load_variances(given, ctx.config.levels)
+    edges, v = generation.load_variances(given, ctx.config.levels)
+    return {"bin_edges": edges.tolist(), "variances": v.tolist()}
 
 
 def _summary(out: Path) -> dict:

@@ -149,18 +149,6 @@ def stage(ctx: common.Context) -> dict:
         "variance_file": str(ctx.out / STAGE / "variances.json")})
 
 
-def load_variances(path: str | Path, level_names) -> dict:
-    """Read ``variances.json`` and check that it belongs to a ladder with these levels."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run python -m analysis.variance first")
-    record = json.loads(path.read_text())
-    if list(record["levels"]) != list(level_names):
-        raise ValueError(f"{path}: measured for levels {record['levels']}, but the config lists "
-                         f"{list(level_names)}; rerun python -m analysis.variance")
-    return record
-
-
 def plot(record: dict, errors: np.ndarray | None, path: Path) -> None:
     """``V_k(τ)`` per level against solver time (log scale), with standard errors."""
     import matplotlib

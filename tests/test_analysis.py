@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -228,6 +229,20 @@ def test_variance_file_is_the_agreed_format(tiny_results):
     stats = generation.run(sample_config, ctx.workdir, out / "sample_variance", progress=False)
     assert stats["schedule"] == "variance"
     assert stats["evals_per_level"][0] == sample_config.sampling.steps
+
+
+def test_cost_error_reads_a_given_variance_file_and_checks_its_levels(tiny_results):
+    ctx, _ = tiny_results
+    path = ctx.out / "variance" / "variances.json"
+    record = json.loads(path.read_text())
+    config = ctx.config.copy_and_resolve_references()
+    config.sampling.variance_file = str(path)
+    got = cost_error._variances(dataclasses.replace(ctx, config=config))
+    np.testing.assert_allclose(got["variances"], record["variances"])
+    np.testing.assert_allclose(got["bin_edges"], record["bin_edges"])
+    config.levels = list(reversed(config.levels))
+    with pytest.raises(ValueError, match="rerun python -m analysis.variance"):
+        cost_error._variances(dataclasses.replace(ctx, config=config))
 
 
 def test_tiny_sweep_envelope_is_monotone_and_seed_averaged(tiny_results):
