@@ -41,6 +41,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import optimize
 from tqdm import tqdm
 
 from analysis import common
@@ -255,6 +256,34 @@ def envelopes(points: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]
     return fronts
 
 
+def ideal_mlem_exponent(gamma: float, top: int) -> float:
+    """ML-EM's local cost exponent on the idealised dyadic ladder, from top level K to K + 1.
+
+    Ladder ``V_k = 4^{-k}``, ``c_k = 2^{γk}``; error ``ε = 2^{-K}`` on ``N = 2^K`` steps; the
+    variance-optimal ``p_k = min(1, λ sqrt(V_k / c_k))``, ``p_1 = 1``, with ``λ`` such that the
+    randomisation variance ``Σ_k V_k (1/p_k − 1) / N`` is ``ε²``. Returns
+    ``log2(cost_{K+1} / cost_K)``. For ``γ > 2`` it tends to ``γ`` as ``K → ∞``, slowly near 2:
+    the levels below about ``2K / (2 + γ)`` saturate (``p = 1``) and ``Σ_k 2^{k(γ/2 − 1)}`` over
+    the others grows slowly. This is the exponent a finite sweep should be compared with.
+    """
+    if top < 2:
+        raise ValueError(f"top: need K >= 2 (one level is plain EM), got {top}")
+
+    def cost(k_top: int) -> float:
+        k = np.arange(1, k_top + 1)
+        v, c = 4.0**-k, 2.0 ** (gamma * k)
+
+        def probs(log_lam):
+            p = np.minimum(1.0, np.exp(log_lam) * np.sqrt(v / c))
+            return np.concatenate([[1.0], p[1:]])
+
+        budget = 2.0**k_top * 4.0**-k_top  # N ε²
+        log_lam = optimize.brentq(lambda u: np.sum(v * (1 / probs(u) - 1)) - budget, -300, 300)
+        return 2.0**k_top * float(np.sum(probs(log_lam) * c))
+
+    return float(np.log2(cost(top + 1) / cost(top)))
+
+
 def comparisons(fronts: dict, num: int = 20) -> dict:
     """Speedup (cost ratio) at equal error and MSE ratio at equal cost, over the common ranges."""
     floor = max(fronts[m][1].min() for m in fronts)
@@ -313,6 +342,12 @@ def summarize(points: Sequence[dict], cfg: SweepConfig, ladder: dict) -> dict:
         raise RuntimeError(f"common error range [{lo:.3g}, {hi:.3g}] spans under "
                            f"{cfg.min_fit_decades:g} decade(s); sweep more levels or steps")
     s_em, s_ml = (fit_exponent(*fronts[m], lo, hi) for m in ("em", "mlem"))
+    mlem = [p for p in points if p["method"] == "mlem"]
+    front = common.lower_envelope([p["cost"] for p in mlem], [p["rmse"] for p in mlem])
+    tops = sorted({mlem[i]["level"] for i in front if lo <= mlem[i]["rmse"] <= hi})
+    ideal = (float(np.mean([ideal_mlem_exponent(cfg.gamma, k)
+                            for k in range(tops[0], max(tops[-1], tops[0] + 1))]))
+             if tops and tops[0] >= 2 else None)
     by_factor = {}
     for factor in (2, 4, 8, 16):  # how the exponents depend on the distance from the floor
         f_lo = factor * lo / cfg.floor_factor
@@ -333,6 +368,8 @@ def summarize(points: Sequence[dict], cfg: SweepConfig, ladder: dict) -> dict:
                           f"spanning up to {cfg.fit_decades:g} decades",
         "speedup_at_fit_range_low": float(at_lo), "speedup_at_fit_range_high": float(at_hi),
         "exponents_by_floor_factor": by_factor,
+        "mlem_tops_in_fit_range": tops,
+        "exponent_mlem_ideal_ladder": ideal,
         **comparisons(fronts),
         "envelopes": {m: np.column_stack(fronts[m]).tolist() for m in fronts},
         "level_errors": ladder["level_errors"].tolist(),
@@ -437,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     keys = ("gamma_target", "gamma_fitted", "exponent_em", "exponent_em_ci95", "exponent_mlem",
             "exponent_mlem_ci95", "fit_range",
             "speedup_at_fit_range_low", "speedup_at_fit_range_high",
-            "speedup_at_smallest_common_error", "exponents_by_floor_factor", "wall_time_s")
+            "speedup_at_smallest_common_error", "exponent_mlem_ideal_ladder",
+            "mlem_tops_in_fit_range", "exponents_by_floor_factor", "wall_time_s")
     print(json.dumps({k: summary[k] for k in keys}, indent=1))
     return summary
 

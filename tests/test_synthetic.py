@@ -82,6 +82,18 @@ def test_invalid_ladders_and_fits_raise():
         sweep.main(["--levels", "1", "--out", "unused"])
 
 
+def test_ideal_exponent_tends_to_gamma_from_above_slowest_near_two():
+    for gamma in (2.5, 3.0, 4.0):
+        local = [sweep.ideal_mlem_exponent(gamma, k) for k in (6, 10, 14, 30)]
+        assert np.all(np.diff(local) < 0) and local[0] > gamma, (gamma, local)
+        assert abs(local[-1] - gamma) < 0.05
+    # the pre-asymptotic excess shrinks as γ moves away from 2
+    excess = [sweep.ideal_mlem_exponent(g, 10) - g for g in (2.5, 3.0, 4.0)]
+    assert excess[0] > excess[1] > excess[2] > 0
+    with pytest.raises(ValueError, match="top"):
+        sweep.ideal_mlem_exponent(3.0, 1)
+
+
 def test_with_levels_scales_the_default_sweep():
     assert sweep.SweepConfig.with_levels(13, 2.5) == sweep.SweepConfig(gamma=2.5)
     cfg = sweep.SweepConfig.with_levels(10, 4.0, seeds=3)
@@ -133,6 +145,7 @@ def test_tiny_sweep_writes_summary_points_and_figure(tmp_path):
     assert summary["exponent_em"] > 0 and summary["exponent_mlem"] > 0
     assert abs(summary["gamma_fitted"] - 3.0) < 0.1
     assert summary["exponents_by_floor_factor"]
+    assert summary["mlem_tops_in_fit_range"] and summary["exponent_mlem_ideal_ladder"] > 3.0
     for entry in summary["exponents_by_floor_factor"].values():  # fits further from the floor
         assert entry["fit_range"][0] < entry["fit_range"][1] and entry["exponent_mlem"] > 0
     with open(tmp_path / "points.csv") as f:
@@ -150,6 +163,8 @@ def test_exponents_match_theory(gamma, tmp_path):
     summary = sweep.run(sweep.SweepConfig(gamma=gamma), tmp_path, progress=False)
     assert abs(summary["exponent_em"] - (gamma + 1)) <= 0.3
     assert abs(summary["exponent_mlem"] - gamma) <= 0.3
+    # … and it is the exponent the finite ladder predicts for the top levels it used
+    assert abs(summary["exponent_mlem"] - summary["exponent_mlem_ideal_ladder"]) <= 0.2
     curve = np.array(summary["speedup_curve"])
     inside = (curve[:, 0] >= summary["fit_range"][0]) & (curve[:, 0] <= summary["fit_range"][1])
     slope = np.polyfit(np.log(curve[inside, 0]), np.log(curve[inside, 1]), 1)[0]
