@@ -245,14 +245,20 @@ def fit_exponent(front_costs, front_errors, lo: float, hi: float, num: int = 25)
     return float(-np.polyfit(np.log(errors), np.log(costs), 1)[0])
 
 
+def front_points(points: Sequence[dict], method: str) -> list[dict]:
+    """The points on ``method``'s lower envelope, ordered by increasing cost."""
+    pts = [p for p in points if p["method"] == method]
+    return [pts[i] for i in common.lower_envelope([p["cost"] for p in pts],
+                                                  [p["rmse"] for p in pts])]
+
+
 def envelopes(points: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each method's lower envelope as ``(costs, rmses)``, ordered by increasing cost."""
     fronts = {}
     for method in ("em", "mlem"):
-        pts = [p for p in points if p["method"] == method]
-        c, e = np.array([p["cost"] for p in pts]), np.array([p["rmse"] for p in pts])
-        idx = common.lower_envelope(c, e)
-        fronts[method] = (c[idx], e[idx])
+        front = front_points(points, method)
+        fronts[method] = (np.array([p["cost"] for p in front]),
+                          np.array([p["rmse"] for p in front]))
     return fronts
 
 
@@ -342,9 +348,7 @@ def summarize(points: Sequence[dict], cfg: SweepConfig, ladder: dict) -> dict:
         raise RuntimeError(f"common error range [{lo:.3g}, {hi:.3g}] spans under "
                            f"{cfg.min_fit_decades:g} decade(s); sweep more levels or steps")
     s_em, s_ml = (fit_exponent(*fronts[m], lo, hi) for m in ("em", "mlem"))
-    mlem = [p for p in points if p["method"] == "mlem"]
-    front = common.lower_envelope([p["cost"] for p in mlem], [p["rmse"] for p in mlem])
-    tops = sorted({mlem[i]["level"] for i in front if lo <= mlem[i]["rmse"] <= hi})
+    tops = sorted({p["level"] for p in front_points(points, "mlem") if lo <= p["rmse"] <= hi})
     ideal = (float(np.mean([ideal_mlem_exponent(cfg.gamma, k)
                             for k in range(tops[0], max(tops[-1], tops[0] + 1))]))
              if tops and tops[0] >= 2 else None)
