@@ -10,8 +10,12 @@ features, ``M_k`` growing by ``2^γ``), with parameters passed to ``jit`` as arg
   evaluates each level as many times as the solve's Bernoulli draws required); goal ≤ 1.10;
 * (b) realised wall-clock speedup of ML-EM over EM at level K, same steps, ÷ the speedup
   predicted by XLA FLOPs of the evaluations actually made; goal ≥ 0.85;
-* (c) a level with ``p ≈ 0`` is not computed: ML-EM with ``p = (1, …, 1, 1e-6)`` against EM at
-  level ``K − 1`` (their FLOP ratio is ``Σ_{k<K} c_k / c_{K−1}``).
+* (c) levels that a step does not need are not computed: ML-EM with ``p = (1, …, 1, 1e-6)``
+  against EM at level ``K − 1``. Levels ``1 … K − 2`` have weight ``1 − 1 = 0`` and level
+  ``K`` is never drawn, so only level ``K − 1`` runs: FLOP ratio 1;
+* (d) the path-by-key form: ML-EM with per-sample Brownian paths drawn inside the scan
+  (:class:`mlem.brownian.SamplePaths`, memory independent of the step count) ÷ the same
+  solve reading materialised increments.
 
 Every timing is the median of ``repeats`` runs after a compile-and-warm-up run; a solve with a
 fixed key repeats the same Bernoulli draws, so the evaluation counts are the same each time.
@@ -22,25 +26,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mlem import brownian, cost, sampling, schedules, synthetic
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` (blocked until ready) after one warm-up call."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def build_solvers(hierarchy: synthetic.Hierarchy):
@@ -51,6 +43,11 @@ def build_solvers(hierarchy: synthetic.Hierarchy):
     def mlem(params, probs, x0, ts, key, increments):
         return sampling.multilevel_euler_maruyama(hierarchy.drifts_from(params), probs,
                                                   diffusion, x0, ts, key, increments=increments)
+
+    @jax.jit
+    def mlem_paths(params, probs, x0, ts, key, paths):
+        return sampling.multilevel_euler_maruyama(hierarchy.drifts_from(params), probs,
+                                                  diffusion, x0, ts, key, path=paths)
 
     def em(level: int):
         @jax.jit
@@ -68,7 +65,7 @@ def build_solvers(hierarchy: synthetic.Hierarchy):
             x = jax.lax.fori_loop(0, counts[k], lambda i, x, f=drift: x + 1e-3 * f(x, 0.0), x)
         return x
 
-    return mlem, em, evaluations_alone
+    return mlem, mlem_paths, em, evaluations_alone
 
 
 def level_table(hierarchy, evaluations_alone, x0, flops, repeats: int) -> list[str]:
@@ -77,8 +74,8 @@ def level_table(hierarchy, evaluations_alone, x0, flops, repeats: int) -> list[s
              f"{'ms/eval':>9} {'GFLOP/s':>8}"]
     for k, params in enumerate(hierarchy.level_params):
         counts = jnp.zeros(hierarchy.num_levels, jnp.int32).at[k].set(32)
-        seconds = median_time(lambda c=counts: evaluations_alone(hierarchy.level_params, x0, c),
-                              repeats) / 32
+        seconds = cost.median_seconds(
+            lambda c=counts: evaluations_alone(hierarchy.level_params, x0, c), repeats) / 32
         gflops = flops[k] * x0.shape[0] / seconds / 1e9
         lines.append(f"{k + 1:>5} {params['omega'].shape[1]:>9} {hierarchy.costs[k]:>13.4g} "
                      f"{flops[k]:>11.4g} {seconds * 1e3:>9.3f} {gflops:>8.2f}")
@@ -97,7 +94,7 @@ def run(gamma: float = 3.0, batch: int = 512, steps: int = 64, c: float = 8.0, r
     increments = brownian.increments(jax.random.key(seed + 1), ts, x0.shape)
     key = jax.random.key(seed + 2)
     flops = synthetic.xla_costs(hierarchy, batch)
-    mlem, em, evaluations_alone = build_solvers(hierarchy)
+    mlem, mlem_paths, em, evaluations_alone = build_solvers(hierarchy)
 
     print(f"devices: {jax.devices()}  platform: {jax.default_backend()}  "
           f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}")
@@ -108,18 +105,26 @@ def run(gamma: float = 3.0, batch: int = 512, steps: int = 64, c: float = 8.0, r
     probs = jnp.asarray(schedules.dyadic(num_levels, gamma, c), jnp.float32)
     _, stats = mlem(params, probs, x0, ts, key, increments)
     evals = np.asarray(stats["evals"])
-    t_mlem = median_time(lambda: mlem(params, probs, x0, ts, key, increments)[0], repeats)
-    t_alone = median_time(lambda: evaluations_alone(params, x0, jnp.asarray(evals)), repeats)
+    t_mlem = cost.median_seconds(lambda: mlem(params, probs, x0, ts, key, increments)[0], repeats)
+    t_alone = cost.median_seconds(lambda: evaluations_alone(params, x0, jnp.asarray(evals)),
+                                  repeats)
     em_top, em_below = em(num_levels - 1), em(num_levels - 2)
-    t_em = median_time(lambda: em_top(params, x0, ts, increments), repeats)
+    t_em = cost.median_seconds(lambda: em_top(params, x0, ts, increments), repeats)
     predicted = steps * flops[-1] / cost.realised_cost(stats, flops)
     expected = steps * flops[-1] / cost.expected_cost(probs, flops, steps)
 
     tiny = jnp.ones(num_levels).at[-1].set(1e-6)
     _, tiny_stats = mlem(params, tiny, x0, ts, key, increments)
-    t_tiny = median_time(lambda: mlem(params, tiny, x0, ts, key, increments)[0], repeats)
-    t_below = median_time(lambda: em_below(params, x0, ts, increments), repeats)
+    t_tiny = cost.median_seconds(lambda: mlem(params, tiny, x0, ts, key, increments)[0], repeats)
+    t_below = cost.median_seconds(lambda: em_below(params, x0, ts, increments), repeats)
     flop_ratio_tiny = cost.realised_cost(tiny_stats, flops) / (steps * flops[-2])
+
+    paths = brownian.SamplePaths(brownian.sample_keys(jax.random.key(seed + 1), 0, batch), ts)
+    path_increments = paths.increments(x0.shape[1:], steps)
+    t_paths = cost.median_seconds(lambda: mlem_paths(params, probs, x0, ts, key, paths)[0],
+                                  repeats)
+    t_given = cost.median_seconds(lambda: mlem(params, probs, x0, ts, key, path_increments)[0],
+                                  repeats)
 
     result = {
         "evals": evals.tolist(), "probs": np.asarray(probs).tolist(),
@@ -128,7 +133,8 @@ def run(gamma: float = 3.0, batch: int = 512, steps: int = 64, c: float = 8.0, r
         "speedup_flops_expected": expected, "speedup_ratio": t_em / t_mlem / predicted,
         "tiny_evals": np.asarray(tiny_stats["evals"]).tolist(), "t_tiny": t_tiny,
         "t_em_below": t_below, "tiny_time_ratio": t_tiny / t_below,
-        "tiny_flop_ratio": flop_ratio_tiny,
+        "tiny_flop_ratio": flop_ratio_tiny, "t_paths": t_paths, "t_given": t_given,
+        "path_time_ratio": t_paths / t_given,
     }
     _print_summary(result, num_levels)
     return result
@@ -151,6 +157,9 @@ def _print_summary(r: dict, num_levels: int) -> None:
         ("    time ratio (FLOP ratio)", f"{r['tiny_time_ratio']:.3f}",
          f"({r['tiny_flop_ratio']:.3f}; computing level {num_levels} would cost "
          f"~{r['t_em'] / r['t_em_below']:.1f}x)"),
+        ("(d) ML-EM, per-sample paths in the scan [ms]", f"{r['t_paths'] * 1e3:.2f}", ""),
+        ("    same, materialised increments [ms]", f"{r['t_given'] * 1e3:.2f}", ""),
+        ("    time ratio", f"{r['path_time_ratio']:.3f}", "the price of O(1) memory in N"),
     ]
     width = max(len(a) for a, _, _ in rows)
     for name, value, note in rows:

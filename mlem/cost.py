@@ -1,12 +1,16 @@
 """Cost of drift levels and of ML-EM schedules (DESIGN.md §1, §3).
 
 Cost is FLOPs per sample of one forward pass, read from XLA's cost analysis at the batch
-size used for sampling. A step of ML-EM evaluates level ``j`` iff ``B_j ∨ B_{j+1}``, so
-level ``j`` runs with probability ``1 − (1 − p_j)(1 − p_{j+1})`` (``p_{K+1} = 0``).
+size used for sampling, and seconds per call measured on the device (:func:`seconds_per_call`).
+A step of ML-EM evaluates level ``j`` iff its coefficient ``a_j = B_j/p_j − B_{j+1}/p_{j+1}``
+is non-zero: ``B_j ∨ B_{j+1}``, except that two drawn levels with equal probabilities cancel.
+So level ``j`` runs with probability
+``1 − (1 − p_j)(1 − p_{j+1}) − 1[p_j = p_{j+1}] p_j p_{j+1}`` (``p_{K+1} = 0``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -30,10 +34,31 @@ def flops_per_sample(fn: Callable[..., Array], *args, batch_size: int) -> float:
     return float(flops) / batch_size
 
 
-def evaluation_probs(probs: Array, num_steps: int | None = None) -> Array:
-    """``(N, K)`` probability that each level is evaluated at each step.
+def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median wall-clock seconds of ``fn()`` (blocked until ready) after one warm-up call,
+    which compiles; compilation is therefore not counted."""
+    if repeats < 1:
+        raise ValueError(f"repeats: need >= 1, got {repeats}")
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
-    ``probs`` is ``(K,)`` (then ``num_steps`` is required) or ``(N, K)``.
+
+def seconds_per_call(fn: Callable[..., Array], *args, repeats: int = 5) -> float:
+    """Median seconds of one call ``jit(fn)(*args)`` on the arrays' device (DESIGN.md §3)."""
+    jitted = jax.jit(fn)
+    return median_seconds(lambda: jitted(*args), repeats)
+
+
+def evaluation_probs(probs: Array, num_steps: int | None = None) -> Array:
+    """``(N, K)`` probability that each level is evaluated at each step (``a_j ≠ 0``).
+
+    ``probs`` is ``(K,)`` (then ``num_steps`` is required) or ``(N, K)``. Equal
+    probabilities are compared as the sampler compares its weights, in float32.
     """
     probs = jnp.asarray(probs)
     num_levels = probs.shape[-1]
@@ -42,7 +67,9 @@ def evaluation_probs(probs: Array, num_steps: int | None = None) -> Array:
         raise ValueError("num_steps: required when probs has shape (K,)")
     probs = sampling.check_probs(probs, num_levels, num_steps)
     above = jnp.concatenate([probs[:, 1:], jnp.zeros((num_steps, 1), probs.dtype)], axis=1)
-    return 1.0 - (1.0 - probs) * (1.0 - above)
+    weight = lambda p: 1.0 / p.astype(jnp.float32)
+    cancel = jnp.where(weight(probs) == weight(above), probs * above, 0.0)
+    return 1.0 - (1.0 - probs) * (1.0 - above) - cancel
 
 
 def expected_evals(probs: Array, num_steps: int | None = None) -> Array:
@@ -51,7 +78,7 @@ def expected_evals(probs: Array, num_steps: int | None = None) -> Array:
 
 
 def expected_cost(probs: Array, costs: Sequence[float], num_steps: int | None = None) -> float:
-    """Expected cost per sample of a solve: ``Σ_n Σ_j c_j (1 − (1 − p_j)(1 − p_{j+1}))``."""
+    """Expected cost per sample of a solve: ``Σ_n Σ_j c_j · P(a_{n,j} ≠ 0)``."""
     evals = np.asarray(expected_evals(probs, num_steps))
     costs = np.asarray(costs, np.float64)
     if costs.shape != evals.shape:

@@ -5,16 +5,24 @@ ML-EM step, with independent ``B_k ~ Bernoulli(p_k)`` shared across the batch an
     X_{n+1} = X_n + η_n Σ_k (B_k / p_k)(fᵏ − fᵏ⁻¹)(X_n, τ_n) + g(τ_n) ΔW_n,   f⁰ = 0.
 
 Written per level, the drift term is ``Σ_j a_j fʲ`` with ``a_j = w_j − w_{j+1}``,
-``w_k = B_k / p_k`` and ``w_{K+1} = 0``: level ``j`` is evaluated iff ``B_j ∨ B_{j+1}``, once,
-inside a ``lax.cond``, so a level the step does not need costs nothing.
+``w_k = B_k / p_k`` and ``w_{K+1} = 0``: level ``j`` is evaluated iff ``a_j ≠ 0``, once,
+inside a ``lax.cond``, so a level the step does not need costs nothing. That is
+``B_j ∨ B_{j+1}`` except when both are drawn with equal probabilities (``p_j = p_{j+1} = 1``
+in particular), where the two uses of ``fʲ`` cancel.
 
-The solvers are pure: arrays and callables in, arrays out. ``key`` is split once into a
-Brownian key (used only when ``increments`` is not given) and a Bernoulli key, so the same key
-gives the same draws with or without explicit increments.
+The Brownian increments come from one of three sources, all coupled across nested grids
+(:mod:`mlem.brownian`): ``increments=`` (an explicit ``(N, *x0.shape)`` array), ``path=`` (a
+:class:`~mlem.brownian.SamplePaths` or :class:`~mlem.brownian.BatchPath` queried inside the
+scan: memory independent of ``N``) or, by default, the batch path of ``split(key)[0]`` on
+``ts``, also drawn inside the scan. ``key`` is split once into that Brownian key and a
+Bernoulli key, so the same key gives the same draws whatever the source of the increments.
+
+The solvers are pure: arrays and callables in, arrays out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -27,11 +35,12 @@ from mlem import brownian
 Array = jax.Array
 Drift = Callable[[Array, Array], Array]
 Diffusion = Callable[[Array], Array]
+Path = brownian.BatchPath | brownian.SamplePaths
 
 
 def euler_maruyama(
-    drift: Drift, diffusion: Diffusion, x0: Array, ts: Array, key: Array, *,
-    increments: Array | None = None, cost: float | None = None,
+    drift: Drift, diffusion: Diffusion, x0: Array, ts: Array, key: Array | None, *,
+    increments: Array | None = None, path: Path | None = None, cost: float | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """EM: ``X_{n+1} = X_n + η_n f(X_n, τ_n) + g(τ_n) ΔW_n``.
 
@@ -40,23 +49,26 @@ def euler_maruyama(
       diffusion: ``g(τ)``, a scalar.
       x0: ``(B, ...)`` initial state.
       ts: ``(N + 1,)`` increasing solver times.
-      key: ``jax.random.key``; drives the Brownian path unless ``increments`` is given.
+      key: ``jax.random.key``; drives the Brownian path unless ``increments`` or ``path`` is
+        given (then it may be ``None``).
       increments: optional ``(N, *x0.shape)`` Brownian increments (for coupling).
+      path: optional :class:`~mlem.brownian.SamplePaths` or :class:`~mlem.brownian.BatchPath`
+        whose fine grid has ``ts`` as a nested grid; increments are drawn inside the scan.
       cost: optional cost of one evaluation per sample; adds ``stats["cost_flops"]``.
 
     Returns:
       ``x_N`` of shape ``x0.shape`` and ``stats`` with ``evals`` of shape ``(1,)``.
     """
     ts = check_ts(ts)
-    increments = _increments(key, ts, x0, increments)
-    x = _em_scan(drift, diffusion, x0, ts, increments)
+    x = _em_scan(drift, diffusion, x0, ts, _noise(key, ts, x0, increments, path))
     stats = {"evals": jnp.full((1,), ts.shape[0] - 1, jnp.int32)}
     return x, _with_cost(stats, None if cost is None else [cost])
 
 
 def multilevel_euler_maruyama(
     drifts: Sequence[Drift], probs: Array, diffusion: Diffusion, x0: Array, ts: Array,
-    key: Array, *, increments: Array | None = None, costs: Sequence[float] | None = None,
+    key: Array, *, increments: Array | None = None, path: Path | None = None,
+    costs: Sequence[float] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """ML-EM with the drift hierarchy ``drifts`` (cheapest first; the last is the target).
 
@@ -64,58 +76,63 @@ def multilevel_euler_maruyama(
       drifts: ``K`` callables ``fᵏ(x, τ)``, batch-first ``x``, scalar ``τ``.
       probs: ``(K,)`` or ``(N, K)`` probabilities in (0, 1]; column 0 is forced to 1.
         May be traced (under ``jit`` or when learning the probabilities).
-      diffusion, x0, ts, key, increments: as in :func:`euler_maruyama`; ``key`` also
-        drives the Bernoulli draws.
+      diffusion, x0, ts, key, increments, path: as in :func:`euler_maruyama`; ``key`` also
+        drives the Bernoulli draws (one draw per level and step, shared by the batch).
       costs: optional ``K`` per-sample costs of one evaluation; adds ``stats["cost_flops"]``.
 
     Returns:
-      ``x_N`` and ``stats`` with ``evals`` ``(K,)`` (evaluations made per level) and
-      ``draws`` ``(N, K)`` (the Bernoulli draws ``B``, column 0 all true).
+      ``x_N`` and ``stats`` with ``evals`` ``(K,)`` (evaluations made per level: steps with
+      ``a_j ≠ 0``) and ``draws`` ``(N, K)`` (the Bernoulli draws ``B``, column 0 all true).
+
+    A level skipped because ``a_j = 0`` contributes nothing to the solve, nor to its
+    pathwise derivative in ``probs`` at that step (``∂a_j/∂p`` times an unevaluated ``fʲ``).
     """
     drifts = tuple(drifts)
     if not drifts:
         raise ValueError("drifts: need at least one drift level")
     ts = check_ts(ts)
     probs = check_probs(probs, len(drifts), ts.shape[0] - 1)
-    increments = _increments(key, ts, x0, increments)
+    noise = _noise(key, ts, x0, increments, path)
     bernoulli_key = jax.random.split(key)[1]
-    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, probs, bernoulli_key, increments)
+    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, probs, bernoulli_key, noise)
     stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": draws}
     return x, _with_cost(stats, costs)
 
 
 @functools.partial(jax.jit, static_argnames=("drift", "diffusion"))
-def _em_scan(drift, diffusion, x0, ts, increments):
+def _em_scan(drift, diffusion, x0, ts, noise):
+    num_steps = ts.shape[0] - 1
+
     def step(x, inputs):
-        t0, t1, dw = inputs
+        n, t0, t1 = inputs
+        dw = noise.step(n, num_steps, x)
         return x + (t1 - t0) * drift(x, t0) + diffusion(t0) * dw, None
 
-    x, _ = jax.lax.scan(step, x0, (ts[:-1], ts[1:], increments))
+    x, _ = jax.lax.scan(step, x0, (jnp.arange(num_steps), ts[:-1], ts[1:]))
     return x
 
 
 @functools.partial(jax.jit, static_argnames=("drifts", "diffusion"))
-def _mlem_scan(drifts, diffusion, x0, ts, probs, key, increments):
-    num_levels = len(drifts)
+def _mlem_scan(drifts, diffusion, x0, ts, probs, key, noise):
+    num_levels, num_steps = len(drifts), ts.shape[0] - 1
 
     def step(x, inputs):
-        n, t0, t1, p, dw = inputs
+        n, t0, t1, p = inputs
         draws = jax.random.uniform(jax.random.fold_in(key, n), (num_levels,)) < p
         draws = draws.at[0].set(True)
         weights = jnp.where(draws, 1.0 / p, 0.0)  # w_k = B_k / p_k, unbiased for 1
         coefs = weights - jnp.append(weights[1:], 0.0)  # a_j = w_j − w_{j+1}
-        needed = draws | jnp.append(draws[1:], False)  # B_j ∨ B_{j+1}
+        needed = coefs != 0  # B_j ∨ B_{j+1}, unless the two uses of fʲ cancel
         drift = jnp.zeros_like(x)
         for level, f in enumerate(drifts):
             drift = jax.lax.cond(
                 needed[level], functools.partial(_add_level, f, t0),
                 lambda acc, x, coef: acc, drift, x, coefs[level])
-        x = x + (t1 - t0) * drift + diffusion(t0) * dw
+        x = x + (t1 - t0) * drift + diffusion(t0) * noise.step(n, num_steps, x)
         return x, (draws, needed)
 
-    n = jnp.arange(ts.shape[0] - 1)
-    x, (draws, needed) = jax.lax.scan(
-        step, x0, (n, ts[:-1], ts[1:], probs.astype(x0.dtype), increments))
+    n = jnp.arange(num_steps)
+    x, (draws, needed) = jax.lax.scan(step, x0, (n, ts[:-1], ts[1:], probs.astype(x0.dtype)))
     return x, draws, needed
 
 
@@ -152,14 +169,36 @@ def check_probs(probs: Array, num_levels: int, num_steps: int) -> Array:
     return probs.at[:, 0].set(1.0)
 
 
-def _increments(key: Array, ts: Array, x0: Array, increments: Array | None) -> Array:
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Given:
+    """Explicit increments ``(N, *x0.shape)``, indexed by step."""
+
+    values: Array
+
+    def step(self, n: Array, num_steps: int, like: Array) -> Array:
+        return self.values[n].astype(like.dtype)
+
+
+def _noise(key: Array | None, ts: Array, x0: Array, increments: Array | None,
+           path: Path | None) -> _Given | Path:
+    """The source of the Brownian increments: given, a path, or the batch path of ``key``."""
     num_steps = ts.shape[0] - 1
-    if increments is None:
-        return brownian.increments(jax.random.split(key)[0], ts, x0.shape, dtype=x0.dtype)
-    if increments.shape != (num_steps, *x0.shape):
-        raise ValueError(f"increments: expected shape {(num_steps, *x0.shape)} for {num_steps} "
-                         f"steps and x0 of shape {x0.shape}, got {increments.shape}")
-    return increments
+    if increments is not None and path is not None:
+        raise ValueError("increments, path: give at most one source of Brownian increments")
+    if increments is not None:
+        if increments.shape != (num_steps, *x0.shape):
+            raise ValueError(f"increments: expected shape {(num_steps, *x0.shape)} for "
+                             f"{num_steps} steps and x0 of shape {x0.shape}, got "
+                             f"{increments.shape}")
+        return _Given(increments)
+    if path is not None:
+        brownian.check_path(path, ts, x0)
+        return path
+    if key is None:
+        raise ValueError("key: needed to draw the Brownian path when neither increments nor "
+                         "path is given")
+    return brownian.BatchPath(jax.random.split(key)[0], ts.astype(x0.dtype))
 
 
 def _with_cost(stats: dict[str, Array], costs: Sequence[float] | None) -> dict[str, Array]:

@@ -53,3 +53,28 @@ def test_schedule_on_grid_and_file_round_trip(tmp_path):
     with pytest.raises(ValueError, match="levels"):
         schedules.load(path, 3, ts)
     np.testing.assert_allclose(schedules.constant([0.3, 0.2], 3)[:, 0], 1.0)
+
+
+def test_knob_for_top_level_evaluations_is_exact_and_checked():
+    """The sweep's dimensionless knob: c such that Σ_n p_K(τ_n) is the requested number."""
+    variances = np.array([[4.0, 1.0, 0.02], [4.0, 0.5, 0.5], [4.0, 0.1, 0.001]])  # 3 time bins
+    inc = schedules.increment_costs([1.0, 4.0, 16.0])
+    ts = np.linspace(0.0, 1.0, 13)
+    make = lambda c: schedules.on_grid(schedules.variance_optimal(variances, inc, c),
+                                       [0.0, 0.3, 0.6, 1.0], ts)
+    for target in (0.25, 1.0, 5.0, 12.0):
+        c = schedules.knob_for_top_evals(make, target)
+        assert schedules.top_evals(make(c)) == pytest.approx(target, rel=1e-8)
+    with pytest.raises(ValueError, match="top_evals: must lie in"):
+        schedules.knob_for_top_evals(make, 13.0)
+    with pytest.raises(ValueError, match="top_evals: must lie in"):
+        schedules.knob_for_top_evals(make, 0.0)
+
+
+def test_seconds_per_call_is_positive_and_orders_work():
+    small, large = jnp.ones((64, 64)), jnp.ones((512, 512))
+    t_small = cost.seconds_per_call(lambda a: a @ a, small, repeats=3)
+    t_large = cost.seconds_per_call(lambda a: a @ a, large, repeats=3)
+    assert 0 < t_small < t_large
+    with pytest.raises(ValueError, match="repeats"):
+        cost.median_seconds(lambda: small, repeats=0)

@@ -44,16 +44,36 @@ def test_one_step_is_unbiased_for_the_top_level():
 
 
 def test_all_probabilities_one_is_exactly_em_with_the_top_level():
-    drifts = _ladder()
+    """Weights 1 − 1 = 0 below the top: only the top level is evaluated, and the samples are
+    those of EM at the top level, bit for bit."""
+    drifts = [*_ladder(), lambda x, t: _ladder()[-1](x, t) - 0.1 * x**3]
     x0 = jax.random.normal(jax.random.key(1), (8, 4))
     ts = jnp.linspace(0.0, 1.0, 21)
     incs = brownian.increments(jax.random.key(2), ts, x0.shape)
     g = lambda t: 0.5 + t
     x_ml, stats = sampling.multilevel_euler_maruyama(
-        drifts, jnp.ones(3), g, x0, ts, jax.random.key(3), increments=incs)
+        drifts, jnp.ones(4), g, x0, ts, jax.random.key(3), increments=incs)
     x_em, _ = sampling.euler_maruyama(drifts[-1], g, x0, ts, jax.random.key(4), increments=incs)
-    np.testing.assert_allclose(x_ml, x_em, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(stats["evals"], [20, 20, 20])
+    np.testing.assert_array_equal(x_ml, x_em)
+    np.testing.assert_array_equal(stats["evals"], [0, 0, 0, 20])
+    assert cost.expected_cost(jnp.ones(4), [1.0, 2.0, 4.0, 8.0], 20) == pytest.approx(20 * 8.0)
+
+
+def test_zero_weight_levels_are_not_evaluated():
+    """probs (1, 1, 0.2): a_1 = 1 − 1 = 0 always; a_2 = 1 − B_3/0.2 ≠ 0 always; a_3 = B_3/0.2."""
+    n = 2000
+    ts = jnp.linspace(0.0, 1.0, n + 1)
+    probs = jnp.array([1.0, 1.0, 0.2])
+    _, stats = sampling.multilevel_euler_maruyama(_ladder(), probs, _zero, jnp.ones((2, 2)), ts,
+                                                  jax.random.key(11))
+    evals = np.asarray(stats["evals"])
+    assert evals[0] == 0 and evals[1] == n
+    assert abs(evals[2] - 0.2 * n) < 5 * np.sqrt(0.2 * 0.8 * n), evals
+    np.testing.assert_array_equal(evals[2], np.asarray(stats["draws"])[:, 2].sum())
+    np.testing.assert_allclose(cost.expected_evals(probs, n), [0.0, n, 0.2 * n], rtol=1e-6)
+    # Equal probabilities below 1 cancel only when both are drawn: p = (1, 0.5, 0.5).
+    q = np.asarray(cost.evaluation_probs(jnp.array([1.0, 0.5, 0.5]), 1))[0]
+    np.testing.assert_allclose(q, [1.0 - 0.0, 1 - 0.25 - 0.25, 0.5])
 
 
 @pytest.mark.parametrize("time_varying", [False, True])
@@ -88,19 +108,30 @@ def test_level_with_tiny_probability_is_not_computed():
     drifts = [counted(k, f) for k, f in enumerate(_ladder())]
     ts = jnp.linspace(0.0, 1.0, 51)
     _, stats = sampling.multilevel_euler_maruyama(
+        drifts, jnp.array([1.0, 0.5, 1e-9]), _zero, jnp.ones((3, 2)), ts, jax.random.key(6))
+    jax.effects_barrier()
+    assert calls[0] == 50 and 0 < calls[1] < 50 and calls[2] == 0, calls
+    np.testing.assert_array_equal(stats["evals"], calls)
+    # A zero-weight level (p_1 = p_2 = 1) is not computed either.
+    calls[:] = 0
+    _, stats = sampling.multilevel_euler_maruyama(
         drifts, jnp.array([1.0, 1.0, 1e-9]), _zero, jnp.ones((3, 2)), ts, jax.random.key(6))
     jax.effects_barrier()
-    np.testing.assert_array_equal(calls, [50, 50, 0])
+    np.testing.assert_array_equal(calls, [0, 50, 0])
     np.testing.assert_array_equal(stats["evals"], calls)
 
 
-def test_em_strong_order_one_for_additive_noise():
-    """OU process dX = −λX dτ + σ dW; nested grids share one Brownian path (as diffrax tests)."""
-    lam, sig, n_ref = 2.0, 0.8, 2**12
+@pytest.mark.parametrize("source", ["increments", "path"])
+def test_em_strong_order_one_for_additive_noise(source):
+    """OU process dX = −λX dτ + σ dW; nested grids share one Brownian path (as diffrax tests),
+    given as materialised increments or as per-sample paths drawn inside the scan."""
+    lam, sig, n_ref = 2.0, 0.8, 2**11
     ts = jnp.linspace(0.0, 1.0, n_ref + 1)
-    x0 = jnp.ones((2000,))
+    x0 = jnp.ones((1000,))
     key = jax.random.key(8)
-    fine = brownian.increments(key, ts, x0.shape)
+    paths = brownian.SamplePaths(brownian.sample_keys(key, 0, 1000), ts)
+    fine = (brownian.increments(key, ts, x0.shape) if source == "increments"
+            else paths.increments(()))
     # Reference: the exact OU transition driven by the fine increments (error O(h_ref)).
     h = 1.0 / n_ref
     x_ref = jax.lax.fori_loop(0, n_ref, lambda i, x: jnp.exp(-lam * h) * x
@@ -108,12 +139,31 @@ def test_em_strong_order_one_for_additive_noise():
     steps = [8, 16, 32, 64, 128]
     errors = []
     for n in steps:
-        incs = brownian.increments(key, ts, x0.shape, num_steps=n)
+        if source == "increments":
+            noise = {"increments": brownian.increments(key, ts, x0.shape, num_steps=n)}
+        else:
+            noise = {"path": paths}
         x, _ = sampling.euler_maruyama(lambda x, t: -lam * x, lambda t: sig, x0,
-                                       brownian.coarse_grid(ts, n), key, increments=incs)
+                                       brownian.coarse_grid(ts, n), key, **noise)
         errors.append(float(jnp.sqrt(jnp.mean((x - x_ref) ** 2))))
     order = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
     assert 0.85 < order < 1.15, (order, errors)
+
+
+def test_path_by_key_gives_the_samples_of_its_materialised_increments():
+    drifts, probs = _ladder(), jnp.array([1.0, 0.5, 0.2])
+    ts = jnp.linspace(0.0, 1.0, 33)
+    x0 = jax.random.normal(jax.random.key(12), (6, 3))
+    paths = brownian.SamplePaths(brownian.sample_keys(jax.random.key(13), 0, 6), ts)
+    key, g = jax.random.key(14), (lambda t: 0.4)
+    for n in (8, 32):
+        coarse = brownian.coarse_grid(ts, n)
+        x_path, s_path = sampling.multilevel_euler_maruyama(drifts, probs, g, x0, coarse, key,
+                                                            path=paths)
+        x_inc, s_inc = sampling.multilevel_euler_maruyama(
+            drifts, probs, g, x0, coarse, key, increments=paths.increments((3,), n))
+        np.testing.assert_allclose(x_path, x_inc, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(s_path["evals"], s_inc["evals"])
 
 
 def test_batch_and_jit_consistency():
