@@ -160,8 +160,8 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
 
 # --- loading a trained level --------------------------------------------------------------
 
-def load_level(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any]:
-    """``(config, ema_params)`` of the newest restorable checkpoint in ``workdir``.
+def load_level(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, int]:
+    """``(config, ema_params, step)`` of the newest restorable checkpoint in ``workdir``.
 
     The EMA parameters are the ones sampling uses; build the network with
     ``mlem.training.build_model(config)``.
@@ -178,4 +178,4 @@ def load_level(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any]:
     if restored is None:
         raise CheckpointNotFoundError(f"no checkpoint in {workdir}: train it first with "
                                       f"python -m train --config ... --workdir {workdir}")
-    return config, restored[1]["ema_params"]
+    return config, restored[1]["ema_params"], int(restored[0])

@@ -4,15 +4,19 @@ A run loads the ladder's EMA checkpoints (``config.levels``, subdirectories of a
 measures each level's FLOPs at the sampling batch size, builds the probability schedule and
 generates images batch by batch on a :class:`~jax.sharding.Mesh` of all devices.
 
-Coupling (DESIGN.md §3): batch ``b`` draws everything from ``fold_in(key(seed), b)``, split
-into the initial noise, the Brownian path and the Bernoulli draws. The path is defined on a
-fixed fine grid of ``path_steps`` steps and a run with ``steps`` (dividing ``path_steps``)
-sums consecutive fine increments, so runs with the same seed and different step counts
-share their initial noise and Brownian path.
+Coupling (DESIGN.md §3): sample ``i`` of seed ``s`` takes its initial noise and its own
+Brownian path (:class:`mlem.brownian.SamplePaths`) from ``fold_in(fold_in(key(s), 0), i)``,
+so it is the same sample whatever the batch size, the number of batches or the device count.
+The path is defined on a fixed fine grid of ``path_steps`` steps and a run with ``steps``
+(dividing ``path_steps``) sums consecutive fine increments inside the solver's scan, so runs
+with different step counts share their noise and paths, and no run stores its increments.
+The Bernoulli draws of ML-EM are shared by a batch: batch ``b`` draws them from
+``fold_in(fold_in(key(s), 1), b)``; a batch is one realisation of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from mlem import brownian, checkpoint, cost, levels, parallel, schedules, training
@@ -35,6 +39,7 @@ from mlem.levels import Ladder
 Array = jax.Array
 METHODS = ("mlem", "em")
 SCHEDULES = ("constant", "variance", "file")
+COST_MODELS = ("time", "flops")
 GRID_IMAGES = 64  # samples shown in samples.png
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -76,10 +81,13 @@ def measure_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
 
 
 @functools.cache
-def _replicated(ladder: Ladder, mesh: Mesh) -> Ladder:
-    """The ladder with its parameters on every device of ``mesh`` (one object per pair)."""
-    params = jax.device_put(ladder.params, parallel.replicated(mesh))
-    return Ladder(ladder.names, ladder.models, params, ladder.image_shape, ladder.sde)
+def on_mesh(ladder: Ladder, mesh: Mesh) -> Ladder:
+    """The ladder with its parameters on every device of ``mesh`` (itself on one device;
+    one object per pair, so compiled solvers are reused)."""
+    if mesh.size == 1:
+        return ladder
+    return dataclasses.replace(
+        ladder, params=jax.device_put(ladder.params, parallel.replicated(mesh)))
 
 
 # --- time grids and schedules -------------------------------------------------------------
@@ -95,13 +103,16 @@ def time_grids(ladder: Ladder, steps: int, path_steps: int) -> tuple[np.ndarray,
 
 
 def build_schedule(config: ml_collections.ConfigDict, names: Sequence[str],
-                   flops: np.ndarray, ts: np.ndarray) -> np.ndarray:
+                   level_costs: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """``(N, K)`` ML-EM probabilities from ``config.sampling.schedule`` on the grid ``ts``.
 
     ``names`` are ``config.levels`` (as recorded by ``analysis.variance``).
     ``constant``: ``sampling.probs``; ``variance``: ``p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k))``
-    from ``sampling.variance_file`` (default ``<results_dir>/variance/variances.json``) and
-    the increment costs of ``flops``; ``file``: ``sampling.schedule_file``.
+    from ``sampling.variance_file`` (default ``<results_dir>/variance/variances.json``), with
+    increment costs ``C_k`` from ``level_costs`` (seconds or FLOPs per call, see
+    ``sampling.cost_model``) and ``c = sampling.c``, or, when ``sampling.top_evals > 0``, the
+    ``c`` that evaluates the top level that many times per solve in expectation;
+    ``file``: ``sampling.schedule_file``.
     """
     sampling = config.sampling
     num_levels, num_steps = len(names), len(ts) - 1
@@ -114,9 +125,11 @@ def build_schedule(config: ml_collections.ConfigDict, names: Sequence[str],
     if sampling.schedule == "variance":
         path = sampling.variance_file or Path(config.results_dir) / "variance" / "variances.json"
         edges, variances = load_variances(path, names)
-        bin_probs = schedules.variance_optimal(
-            variances, schedules.increment_costs(flops), sampling.c)
-        return schedules.on_grid(bin_probs, edges, ts)
+        inc_costs = schedules.increment_costs(level_costs)
+        make = lambda c: schedules.on_grid(schedules.variance_optimal(variances, inc_costs, c),
+                                           edges, ts)
+        top = float(sampling.get("top_evals", 0.0))
+        return make(schedules.knob_for_top_evals(make, top) if top > 0 else sampling.c)
     if sampling.schedule == "file":
         path = _existing(sampling.schedule_file, "sampling.schedule_file",
                          "write one with mlem.schedules.save")
@@ -151,35 +164,40 @@ def _existing(path: str | Path, name: str, fix: str) -> Path:
 # --- generation ---------------------------------------------------------------------------
 
 @functools.cache
-def _inputs_fn(mesh: Mesh, shape: tuple[int, ...], num_steps: int):
-    batch = parallel.batch_sharded(mesh)
-    steps_then_batch = NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS))
+def _inputs_fn(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...]):
+    batch, replicated = parallel.batch_sharded(mesh), parallel.replicated(mesh)
 
-    def inputs(key, path_ts):
-        noise_key, path_key, draw_key = jax.random.split(key, 3)
-        x0 = jax.random.normal(noise_key, shape, jnp.float32)
-        return x0, brownian.increments(path_key, path_ts, shape, num_steps=num_steps), draw_key
+    def inputs(seed_key, first, batch_index, path_ts):
+        sample_root, draw_root = jax.random.fold_in(seed_key, 0), jax.random.fold_in(seed_key, 1)
+        keys = jax.vmap(jax.random.split)(brownian.sample_keys(sample_root, first, batch_size))
+        x0 = jax.vmap(lambda k: jax.random.normal(k, image_shape, jnp.float32))(keys[:, 0])
+        path = brownian.SamplePaths(keys[:, 1], path_ts)
+        return x0, path, jax.random.fold_in(draw_root, batch_index)
 
-    return jax.jit(inputs, out_shardings=(batch, steps_then_batch, parallel.replicated(mesh)))
+    shardings = (batch, brownian.SamplePaths(batch, replicated), replicated)
+    return jax.jit(inputs, out_shardings=shardings)
 
 
-def batch_inputs(seed: int, batch_index: int, shape: tuple[int, ...], path_ts: np.ndarray,
-                 num_steps: int, mesh: Mesh | None = None) -> tuple[Array, Array, Array]:
-    """Initial noise, Brownian increments and Bernoulli key of one batch.
+def batch_inputs(seed: int, batch_index: int, batch_size: int, image_shape: tuple[int, ...],
+                 path_ts: np.ndarray, mesh: Mesh | None = None
+                 ) -> tuple[Array, brownian.SamplePaths, Array]:
+    """Initial noise, Brownian paths and Bernoulli key of batch ``batch_index``.
+
+    The batch holds samples ``batch_index · batch_size …`` of seed ``seed``; each sample's
+    noise and path depend only on ``(seed, its index)`` (see the module docstring).
 
     Args:
-      seed, batch_index: the batch's key is ``fold_in(key(seed), batch_index)``.
-      shape: ``(B, H, W, C)`` of the batch.
-      path_ts: ``(path_steps + 1,)`` fine grid on which the Brownian path is defined.
-      num_steps: steps of the solver grid (divides ``path_steps``).
+      image_shape: ``(H, W, C)`` of one sample.
+      path_ts: ``(path_steps + 1,)`` fine grid on which the Brownian paths are defined.
 
     Returns:
-      ``x0 (B, H, W, C)``, ``increments (num_steps, B, H, W, C)`` (sums of the fine ones),
-      sharded on the batch axis over ``mesh``, and a key for the Bernoulli draws.
+      ``x0 (B, H, W, C)`` and the paths (keys ``(B,)``), sharded on the batch axis over
+      ``mesh``, and the key of the batch's Bernoulli draws.
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
-    key = jax.random.fold_in(jax.random.key(seed), batch_index)
-    return _inputs_fn(mesh, tuple(shape), num_steps)(key, jnp.asarray(path_ts, jnp.float32))
+    fn = _inputs_fn(mesh, int(batch_size), tuple(image_shape))
+    return fn(jax.random.key(seed), batch_index * batch_size, batch_index,
+              jnp.asarray(path_ts, jnp.float32))
 
 
 def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarray, *,
@@ -204,19 +222,18 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
     num_steps = len(ts) - 1
     if not np.allclose(brownian.coarse_grid(path_ts, num_steps), ts, rtol=0, atol=1e-6):
         raise ValueError("ts: must be the sub-grid brownian.coarse_grid(path_ts, N) of path_ts")
-    sharded = _replicated(ladder, mesh) if mesh.size > 1 else ladder
-    shape = (batch_size, *ladder.image_shape)
+    sharded = on_mesh(ladder, mesh)
     samples, evals = [], []
     with compile_timer() as compile_seconds:
         start = time.perf_counter()
         batches = range(num_samples // batch_size)
         for b in tqdm(batches, desc=f"{method} {num_steps} steps", disable=not progress):
-            x0, increments, key = batch_inputs(seed, b, shape, path_ts, num_steps, mesh)
+            x0, path, key = batch_inputs(seed, b, batch_size, ladder.image_shape, path_ts, mesh)
             if level is None:
-                x, stats = levels.mlem(sharded, probs, x0, ts, key, increments)
+                x, stats = levels.mlem(sharded, probs, x0, ts, key, path=path)
                 evals.append(np.asarray(stats["evals"]))
             else:
-                x, stats = levels.em(sharded, level, x0, ts, key, increments)
+                x, stats = levels.em(sharded, level, x0, ts, key, path=path)
                 evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level] * num_steps)
             samples.append(_to_host(x))
         wall = time.perf_counter() - start
@@ -308,14 +325,34 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     ladder = load_ladder(config, workdir)
     ts, path_ts = time_grids(ladder, s.steps, s.path_steps)
     flops = measure_flops(ladder, batch_size)
-    probs = build_schedule(config, tuple(config.levels), flops, ts) if s.method == "mlem" else None
+    seconds = level_seconds(config, ladder, batch_size)
+    probs = None
+    if s.method == "mlem":
+        level_costs = flops if seconds is None else seconds
+        probs = build_schedule(config, tuple(config.levels), level_costs, ts)
     samples, gen = generate(ladder, s.method, probs, ts, num_samples=s.num_samples,
                             batch_size=batch_size, seed=s.seed, em_level=s.em_level,
                             path_ts=path_ts, mesh=mesh, progress=progress)
     out = default_out(workdir, config) if out is None else Path(out)
-    stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh), "out": str(out)}
+    stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh),
+             "level_seconds_per_call": None if seconds is None else seconds.tolist(),
+             "out": str(out)}
     write_outputs(out, samples, ts, probs, stats)
     return stats
+
+
+def level_seconds(config: ml_collections.ConfigDict, ladder: Ladder,
+                  batch_size: int) -> np.ndarray | None:
+    """Seconds per call of each level at ``batch_size`` when the schedule is priced in time
+    (ML-EM, ``variance`` schedule, ``sampling.cost_model='time'``), else ``None``."""
+    s = config.sampling
+    model = s.get("cost_model", "time")
+    if model not in COST_MODELS:
+        raise ValueError(f"sampling.cost_model: must be one of {', '.join(COST_MODELS)}, got "
+                         f"{model!r}")
+    if s.method != "mlem" or s.schedule != "variance" or model != "time":
+        return None
+    return levels.level_seconds(ladder, batch_size)
 
 
 def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.ndarray,
@@ -331,7 +368,9 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
         "em_level": None if s.method == "mlem" else (s.em_level if s.em_level > 0
                                                      else ladder.num_levels),
         "schedule": s.schedule if s.method == "mlem" else None,
+        "cost_model": s.get("cost_model", "time") if s.method == "mlem" else None,
         "levels": list(ladder.names), "level_flops": flops.tolist(),
+        "level_steps_restored": list(ladder.steps), "level_param_sha256": list(ladder.digests),
         "evals_per_level": evals.tolist(), "evals_per_batch": gen["evals_per_batch"].tolist(),
         "realised_flops_per_sample": float(evals @ flops),
         "expected_flops_per_sample": (cost.expected_cost(probs, flops) if probs is not None

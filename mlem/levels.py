@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlem import checkpoint, cost, sampling
+from mlem import brownian, checkpoint, cost, sampling
 from mlem.models import ladder as registry
 from mlem.sde import VPSDE
 
@@ -28,13 +29,20 @@ Params = Any
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Ladder:
-    """Levels 1…K of a trained ladder; ``params[k]`` are the EMA parameters of ``models[k]``."""
+    """Levels 1…K of a trained ladder; ``params[k]`` are the EMA parameters of ``models[k]``.
+
+    ``steps`` and ``digests`` (when loaded from checkpoints) are the training step restored
+    for each level and the sha256 of its parameters (:func:`param_digest`): the identity of
+    the ladder that results record.
+    """
 
     names: tuple[str, ...]
     models: tuple[nn.Module, ...]
     params: tuple[Params, ...]
     image_shape: tuple[int, int, int]  # (H, W, C)
     sde: VPSDE
+    steps: tuple[int, ...] = ()
+    digests: tuple[str, ...] = ()
 
     @property
     def num_levels(self) -> int:
@@ -47,9 +55,10 @@ def load_ladder(workdirs: Sequence[str | Path]) -> Ladder:
     Raises ``FileNotFoundError`` (from :func:`mlem.checkpoint.load_level`) naming the workdir
     of a missing checkpoint, and ``ValueError`` when levels disagree on data or SDE.
     """
-    names, models, params, keys = [], [], [], []
+    names, models, params, keys, steps = [], [], [], [], []
     for workdir in workdirs:
-        config, ema_params = checkpoint.load_level(workdir)
+        config, ema_params, step = checkpoint.load_level(workdir)
+        steps.append(step)
         names.append(config.model.level)
         models.append(registry.get_model(config.model.level, dtype=config.model.dtype))
         params.append(ema_params)
@@ -59,7 +68,17 @@ def load_ladder(workdirs: Sequence[str | Path]) -> Ladder:
         raise ValueError(f"workdirs: levels were trained on different data or SDEs: {keys}")
     (_, size, channels), sde_items = keys[0]
     return Ladder(tuple(names), tuple(models), tuple(params), (size, size, channels),
-                  VPSDE(**dict(sde_items)))
+                  VPSDE(**dict(sde_items)), tuple(steps), tuple(map(param_digest, params)))
+
+
+def param_digest(params: Params) -> str:
+    """sha256 of a parameter pytree: its leaves' paths, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        leaf = np.asarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
 
 
 def eps_fn(model: nn.Module, params: Params) -> Callable[[Array, Array], Array]:
@@ -87,6 +106,17 @@ def level_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
         for m, p in zip(ladder.models, ladder.params)])
 
 
+def level_seconds(ladder: Ladder, batch_size: int, repeats: int = 5) -> np.ndarray:
+    """``(K,)`` median seconds of one call of each level's forward pass at ``batch_size``
+    (warm-up excluded), on the default device: what a step that evaluates it pays."""
+    x = jax.random.normal(jax.random.key(0), (batch_size, *ladder.image_shape), jnp.float32)
+    t = jnp.full((batch_size,), 0.5, jnp.float32)
+    return np.array([
+        cost.seconds_per_call(lambda p, x, t, m=m: m.apply({"params": p}, x, t, train=False),
+                              p, x, t, repeats=repeats)
+        for m, p in zip(ladder.models, ladder.params)])
+
+
 def check_ordered(flops: Sequence[float], names: Sequence[str]) -> None:
     """Levels must be ordered cheapest first, with strictly increasing FLOPs."""
     flops = np.asarray(flops)
@@ -101,32 +131,46 @@ def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | None):
     ts = np.asarray(ts, np.float32)
 
     @jax.jit
-    def solve(params, probs, x0, key, increments):
+    def solve(params, probs, x0, key, increments, path):
         fs = drifts(ladder, params)
         if level is not None:
             return sampling.euler_maruyama(fs[level], ladder.sde.diffusion, x0, ts, key,
-                                           increments=increments)
+                                           increments=increments, path=path)
         return sampling.multilevel_euler_maruyama(fs, probs, ladder.sde.diffusion, x0, ts, key,
-                                                  increments=increments)
+                                                  increments=increments, path=path)
 
     return solve
 
 
 def em(ladder: Ladder, level: int, x0: Array, ts: Array, key: Array,
-       increments: Array | None = None) -> tuple[Array, dict[str, Array]]:
-    """EM with level ``level`` (0-based) of the ladder; compiled once per (ladder, ts, level)."""
+       increments: Array | None = None, path: sampling.Path | None = None
+       ) -> tuple[Array, dict[str, Array]]:
+    """EM with level ``level`` (0-based) of the ladder; compiled once per (ladder, ts, level).
+
+    The Brownian increments come from ``increments``, ``path`` or ``key`` as in
+    :func:`mlem.sampling.euler_maruyama`.
+    """
     if not 0 <= level < ladder.num_levels:
         raise ValueError(f"level: must be in [0, {ladder.num_levels}), got {level}")
-    ts = sampling.check_ts(ts)
+    ts = _checked(ts, x0, path)
     solve = _solver(ladder, tuple(np.asarray(ts).tolist()), level)
-    return solve(ladder.params, None, x0, key, increments)
+    return solve(ladder.params, None, x0, key, increments, path)
 
 
 def mlem(ladder: Ladder, probs: Array, x0: Array, ts: Array, key: Array,
-         increments: Array | None = None) -> tuple[Array, dict[str, Array]]:
+         increments: Array | None = None, path: sampling.Path | None = None
+         ) -> tuple[Array, dict[str, Array]]:
     """ML-EM over the whole ladder; ``probs`` ``(K,)`` or ``(N, K)`` (validated here)."""
-    ts = sampling.check_ts(ts)
+    ts = _checked(ts, x0, path)
     probs = sampling.check_probs(probs, ladder.num_levels, ts.shape[0] - 1)
     solve = _solver(ladder, tuple(np.asarray(ts).tolist()), None)
-    return solve(ladder.params, probs, x0, key, increments)
+    return solve(ladder.params, probs, x0, key, increments, path)
+
+
+def _checked(ts: Array, x0: Array, path: sampling.Path | None) -> Array:
+    """Validate ``ts`` (and ``path`` against it) before the jitted solve traces them."""
+    ts = sampling.check_ts(ts)
+    if path is not None:
+        brownian.check_path(path, ts, x0)
+    return ts
 

@@ -7,10 +7,11 @@ constant schedule or ``(N, K)`` on a grid of ``N`` steps.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import optimize
 
 from mlem import sampling
 
@@ -64,6 +65,39 @@ def dyadic(num_levels: int, gamma: float, c: float) -> np.ndarray:
     probs = np.minimum(1.0, c * 2.0 ** (-(1.0 + gamma / 2.0) * k))
     probs[0] = 1.0
     return probs
+
+
+def top_evals(probs: np.ndarray) -> float:
+    """Expected evaluations of the top level in a solve with ``(N, K)`` ``probs``: ``Σ_n p_{n,K}``
+    (the top level runs iff it is drawn)."""
+    return float(np.sum(np.asarray(probs)[:, -1]))
+
+
+def knob_for_top_evals(schedule: Callable[[float], np.ndarray], target: float) -> float:
+    """The knob ``c`` at which ``schedule(c)`` (``(N, K)``, non-decreasing in ``c``) evaluates the
+    top level ``target`` times per solve in expectation.
+
+    A dimensionless sweep coordinate: ``target`` means the same on every ladder and grid,
+    whatever the scale of its variances and costs. Needs ``0 < target <= N``.
+    """
+    num_steps = np.asarray(schedule(1.0)).shape[0]
+    if not 0 < target <= num_steps:
+        raise ValueError(f"top_evals: must lie in (0, N] for a solve of N = {num_steps} steps, "
+                         f"got {target}")
+    gap = lambda log_c: top_evals(schedule(float(np.exp(log_c)))) - target
+    lo = hi = 0.0
+    for _ in range(200):  # bracket the root in log c
+        if gap(lo) > 0:
+            lo -= 2.0
+        elif gap(hi) < 0:
+            hi += 2.0
+        else:
+            break
+    else:
+        raise ValueError(f"top_evals: the schedule never reaches {target} top-level evaluations")
+    if gap(hi) == 0:
+        return float(np.exp(hi))
+    return float(np.exp(optimize.brentq(gap, lo, hi, xtol=1e-10, rtol=1e-12)))
 
 
 def on_grid(bin_probs: np.ndarray, bin_edges: Sequence[float], ts: Sequence[float]) -> np.ndarray:

@@ -421,6 +421,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     try:
         restored = checkpoint.restore_latest(manager, run.init, quarantine=True)
         state = run.init if restored is None else restored[1]
+        if restored is not None and jax.process_index() == 0:
+            print(f"resuming from step {restored[0]} ({workdir})", flush=True)
         writer = MetricsWriter(workdir, config, int(state.step))
         step = _loop(run, state, manager, writer)
     finally:

@@ -1,8 +1,9 @@
 """``python -m sample`` and :mod:`mlem.generation` on the tiny trained ladder.
 
-Three CLI runs start together (they are slow to start): EM with the top level at 4 and at 8
-steps with the same seed (the second on 2 fake CPU devices, so batches are sharded), and
-one bad-input run. Everything else calls the library in-process.
+Three CLI runs start together (they are slow to start): EM with the top level at 4 steps in
+batches of 8 and at 8 steps in one batch of 16, with the same seed (the second on 2 fake CPU
+devices, so batches are sharded), and one bad-input run. Everything else calls the library
+in-process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -20,9 +22,14 @@ from PIL import Image
 
 from configs import tiny_sample
 from mlem import generation, levels, schedules
+from tests.conftest import XLA_FLAGS
+
+# The tests that use the session's tiny trained ladder share one xdist worker (it is
+# trained once): tests/conftest.py.
+pytestmark = pytest.mark.xdist_group("tiny_ladder")
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED, STEPS = 3, 4  # the CLI's runs: EM, top level, STEPS and 2·STEPS steps
+SEED, STEPS, SAMPLES = 3, 4, 16  # the CLI's runs: EM, top level, STEPS and 2·STEPS steps
 
 
 def _sample_cmd(workdir: Path, out: Path, *args: str) -> list[str]:
@@ -35,11 +42,13 @@ def cli(tiny_ladder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Outputs of the three CLI runs: ``'coarse'`` / ``'fine'`` dirs and ``'missing'`` result."""
     out = tmp_path_factory.mktemp("cli")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    em = ("--method", "em", "--seed", str(SEED), "--num_samples", "4", "--batch_size", "4")
+    em = ("--method", "em", "--seed", str(SEED), "--num_samples", str(SAMPLES))
     runs = {
-        "coarse": (_sample_cmd(tiny_ladder, out / "coarse", *em, "--steps", str(STEPS)), env),
-        "fine": (_sample_cmd(tiny_ladder, out / "fine", *em, "--steps", str(2 * STEPS)),
-                 {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+        "coarse": (_sample_cmd(tiny_ladder, out / "coarse", *em, "--steps", str(STEPS),
+                               "--batch_size", "8"), env),
+        "fine": (_sample_cmd(tiny_ladder, out / "fine", *em, "--steps", str(2 * STEPS),
+                             "--batch_size", "16"),
+                 {**env, "XLA_FLAGS": f"{XLA_FLAGS} --xla_force_host_platform_device_count=2"}),
         "missing": (_sample_cmd(tiny_ladder, out / "missing", "--method", "mlem",
                                 "--config.levels=('level1', 'level3')"), env),
     }
@@ -64,9 +73,10 @@ def _config(**sampling) -> ml_collections.ConfigDict:
 def test_cli_writes_grid_samples_and_stats(cli):
     stats = json.loads((cli["coarse"] / "sample_stats.json").read_text())
     samples = np.load(cli["coarse"] / "samples.npz")["samples"]
-    assert samples.shape == (4, 8, 8, 3) and samples.dtype == np.float32
+    assert samples.shape == (SAMPLES, 8, 8, 3) and samples.dtype == np.float32
     assert samples.min() >= -1.0 and samples.max() <= 1.0
-    assert Image.open(cli["coarse"] / "samples.png").size == (16, 16)  # 2 × 2 grid of 8 × 8
+    assert Image.open(cli["coarse"] / "samples.png").size == (32, 32)  # 4 × 4 grid of 8 × 8
+    assert len(stats["level_param_sha256"]) == 2 and stats["level_steps_restored"] == [4, 4]
     assert stats["method"] == "em" and stats["em_level"] == 2 and stats["device"]["count"] == 1
     assert stats["evals_per_level"] == [0, STEPS]
     flops = np.asarray(stats["level_flops"])
@@ -77,25 +87,39 @@ def test_cli_writes_grid_samples_and_stats(cli):
     assert fine["device"]["count"] == 2 and fine["evals_per_level"] == [0, 2 * STEPS]
 
 
-def test_cli_is_deterministic(cli, tiny_ladder, tmp_path):
-    """The library call behind the CLI, in this process, gives the CLI's samples bit for bit."""
-    config = _config(method="em", steps=STEPS, seed=SEED, num_samples=4, batch_size=4)
-    generation.run(config, tiny_ladder, tmp_path, progress=False)
-    again, cli_run = np.load(tmp_path / "samples.npz"), np.load(cli["coarse"] / "samples.npz")
-    np.testing.assert_array_equal(again["samples"], cli_run["samples"])
-    np.testing.assert_array_equal(again["ts"], cli_run["ts"])
+def test_cli_is_deterministic_and_a_sample_does_not_depend_on_its_batch(cli, tiny_ladder,
+                                                                         tmp_path):
+    """The library call behind the CLI, in this process, gives the CLI's samples bit for bit;
+    generated in one batch of 16 instead of two of 8, sample 12 (and every other) is the
+    same sample: same noise and path, equal to float rounding."""
+    cli_run = np.load(cli["coarse"] / "samples.npz")
+    for batch_size in (8, 16):
+        config = _config(method="em", steps=STEPS, seed=SEED, num_samples=SAMPLES,
+                         batch_size=batch_size)
+        generation.run(config, tiny_ladder, tmp_path / str(batch_size), progress=False)
+        again = np.load(tmp_path / str(batch_size) / "samples.npz")
+        np.testing.assert_array_equal(again["ts"], cli_run["ts"])
+        if batch_size == 8:
+            np.testing.assert_array_equal(again["samples"], cli_run["samples"])
+        else:
+            np.testing.assert_allclose(again["samples"][12], cli_run["samples"][12], atol=1e-5)
+            np.testing.assert_allclose(again["samples"], cli_run["samples"], atol=1e-5)
 
 
-def test_same_seed_shares_noise_and_brownian_path_across_step_counts():
+def test_same_seed_shares_noise_and_brownian_path_across_step_counts_and_batches():
     path_ts = np.linspace(0.0, 0.999, 17, dtype=np.float32)
-    shape = (2, 8, 8, 3)
-    x_coarse, inc_coarse, _ = generation.batch_inputs(SEED, 1, shape, path_ts, STEPS)
-    x_fine, inc_fine, _ = generation.batch_inputs(SEED, 1, shape, path_ts, 2 * STEPS)
-    np.testing.assert_array_equal(x_coarse, x_fine)
-    pairs = np.asarray(inc_fine).reshape(STEPS, 2, *shape).sum(1)
-    np.testing.assert_allclose(inc_coarse, pairs, rtol=0, atol=1e-6)
-    x_other, inc_other, _ = generation.batch_inputs(SEED, 2, shape, path_ts, STEPS)
-    assert not np.allclose(x_other, x_coarse) and not np.allclose(inc_other, inc_coarse)
+    x0, path, key = generation.batch_inputs(SEED, 1, 2, (8, 8, 3), path_ts)
+    coarse, fine = path.increments((8, 8, 3), STEPS), path.increments((8, 8, 3), 2 * STEPS)
+    pairs = np.asarray(fine).reshape(STEPS, 2, 2, 8, 8, 3).sum(1)
+    np.testing.assert_allclose(coarse, pairs, rtol=0, atol=1e-6)
+    # Batch 1 of size 2 holds samples 2 and 3: the same as in one batch of 4.
+    x_all, path_all, key_all = generation.batch_inputs(SEED, 0, 4, (8, 8, 3), path_ts)
+    np.testing.assert_allclose(x0, x_all[2:], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(coarse, path_all.increments((8, 8, 3), STEPS)[:, 2:],
+                               rtol=1e-6, atol=1e-7)
+    assert not np.allclose(x0, x_all[:2])
+    # The Bernoulli draws belong to the batch (one realisation): another batch, another key.
+    assert not np.array_equal(jax.random.key_data(key), jax.random.key_data(key_all))
 
 
 def test_cli_em_error_against_a_fine_reference_shrinks_with_steps(cli, ladder):
@@ -110,7 +134,7 @@ def test_cli_em_error_against_a_fine_reference_shrinks_with_steps(cli, ladder):
         return np.clip(x, -1.0, 1.0)
 
     ref = reference(SEED)
-    mse = {name: np.mean((np.load(cli[name] / "samples.npz")["samples"] - ref) ** 2)
+    mse = {name: np.mean((np.load(cli[name] / "samples.npz")["samples"][:4] - ref) ** 2)
            for name in ("coarse", "fine")}
     assert mse["fine"] < 0.8 * mse["coarse"], mse
     assert mse["coarse"] < 0.5 * np.mean((reference(SEED + 1) - ref) ** 2), mse
@@ -126,6 +150,13 @@ def test_mlem_stats_count_the_levels_evaluated(ladder):
     assert evals.shape == (2, 2) and np.all(evals[:, 0] == 8)  # B_1 = 1 needs level 1
     assert np.all(evals[:, 1] <= 8) and evals[:, 1].sum() > 0  # B_2 ~ Bernoulli(0.5)
     np.testing.assert_allclose(stats["evals_per_level"], evals.mean(0))
+    # All probabilities 1: level 1 has weight 1 − 1 = 0 and is never run; EM's samples.
+    ones, stats = generation.generate(ladder, "mlem", schedules.constant((1.0, 1.0), 8), ts,
+                                      num_samples=4, batch_size=2, seed=0, path_ts=path_ts)
+    em, _ = generation.generate(ladder, "em", None, ts, num_samples=4, batch_size=2, seed=0,
+                                path_ts=path_ts)
+    np.testing.assert_array_equal(stats["evals_per_level"], [0, 8])
+    np.testing.assert_allclose(ones, em, rtol=0, atol=1e-6)
 
 
 def test_missing_level_is_one_line_naming_level_workdir_and_train_command(cli, tiny_ladder):

@@ -56,18 +56,10 @@ def cli_flags(**changes) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory):
-    """A persistent XLA cache for this session, in-process and for subprocesses (env)."""
-    cache = str(tmp_path_factory.mktemp("xla_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: getattr(jax.config, n) for n in names}
-    for name, value in zip(names, (cache, 0.0, 0)):
-        jax.config.update(name, value)
-    yield {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    for name, value in saved.items():
-        jax.config.update(name, value)
+def compile_cache() -> dict:
+    """Extra environment for subprocesses: none, the session's XLA cache is in os.environ
+    (tests/conftest.py)."""
+    return {}
 
 
 def run_python(args: list[str], cache_env: dict, **env) -> subprocess.CompletedProcess:
@@ -121,7 +113,7 @@ def test_run_writes_metrics_checkpoints_and_samples(trained):
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4]
     assert not (workdir / "samples").exists()  # num_sample_images=0 (the slow test samples)
     assert json.loads((workdir / "config.json").read_text())["model"]["level"] == "tiny_level1"
-    config, ema = checkpoint.load_level(workdir)
+    config, ema, _ = checkpoint.load_level(workdir)
     assert config.model.level == "tiny_level1"
     state = restore_state(workdir)
     assert int(state["step"]) == 4
@@ -141,6 +133,7 @@ def test_resume_in_a_new_process_is_bitwise_exact(trained, tmp_path, compile_cac
     assert restore_state(workdir)["step"] == 2
     proc = run_python(["-m", "train", "--workdir", str(workdir), *cli_flags()], compile_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from step 2 ({workdir})" in proc.stdout
     resumed, straight = restore_state(workdir), restore_state(trained[0])
     assert int(resumed["step"]) == int(straight["step"]) == 4
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
@@ -161,7 +154,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path, cap
     workdir = copy_run(trained, tmp_path)
     _corrupt(workdir, 4)
     with caplog.at_level(logging.WARNING, logger="mlem.checkpoint"):
-        config, ema = checkpoint.load_level(workdir)
+        config, ema, _ = checkpoint.load_level(workdir)
     assert "step 4" in caplog.text and "falling back" in caplog.text
     good = restore_state(trained[0], step=2)
     for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(good["ema_params"]), strict=True):
