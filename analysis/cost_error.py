@@ -3,27 +3,34 @@
     python -m analysis.cost_error --config configs/mnist_sample.py --workdir runs/mnist \\
         --out results/mnist_cpu [--recompute]
 
-**Coupling.** Batch ``b`` (``config.analysis.batch_size`` samples) takes its initial noise
-and Brownian path from ``fold_in(key(config.sampling.seed), b)`` exactly as ``python -m
-sample`` does (:func:`mlem.generation.batch_inputs`); the path lives on the finest grid
-(``config.analysis.ref_steps``) and a grid of ``N`` steps sums consecutive fine increments.
-**Reference**: EM with the top level on the finest grid, batch by batch (``ref_steps × batch``
-increments in memory at a time), cached in ``reference.npy``.
-**Sweep**: EM at every level over ``em_steps``; ML-EM over ``schedules × c_values ×
-mlem_steps`` and ``seeds`` seeds of the Bernoulli draws (EM is deterministic given the
-coupling: one seed). Draws are shared by a batch, so each batch is one realisation.
-**Error** = MSE over samples and pixels against the reference, ``mse_se`` its standard error
-over samples; **cost** = realised FLOPs per sample (``Σ evals × level FLOPs``); ``wall_s`` =
-wall-clock seconds per sample, compilation excluded (JAX's compile events subtracted).
+**Realisations.** The sweep is measured on ``config.analysis.realisations`` independent
+realisations: realisation ``r`` is batch ``r`` (``config.analysis.batch_size`` samples) of
+seed ``config.sampling.seed``, with its own initial noise, per-sample Brownian paths and
+Bernoulli draws, exactly as ``python -m sample`` would generate that batch
+(:func:`mlem.generation.batch_inputs`). Every configuration runs on every realisation from
+the same noise and paths (coupled), so realisations are the units of every standard error
+and bootstrap (:mod:`analysis.speedup`), never the samples inside one.
+**Reference**: EM with the top level on the finest grid ``ref_steps`` (at least 4× the finest
+swept grid), per realisation, stored in ``reference.npy`` beside ``reference.json``, the key
+of everything it depends on (ladder steps and parameter digests, SDE, grid, seed,
+realisations, batch size); a different key recomputes it.
+**Sweep**: EM at every level over ``em_steps``; ML-EM over ``schedules × cost_models ×
+mlem_steps × top_evals``, where ``top_evals`` is the expected number of top-level evaluations
+per solve (converted to the schedule constant ``c`` for each grid and cost model).
+**Error** = MSE over the samples and pixels of a realisation against the reference.
+**Cost**: FLOPs per sample (EM exact; ML-EM at the expected cost of its schedule, realised
+FLOPs recorded beside) and seconds per solve of a realisation's batch, measured on every
+realisation after one warm-up call of each compiled solver (compilation excluded); a point's
+seconds are the mean over its realisations (the expected time, like the expected FLOPs).
 
-Outputs in ``DIR/cost_error/``: ``points.csv`` (every point, written group by group: an
-interrupted sweep resumes), ``envelopes.json``, ``speedup.json`` and ``cost_error.png/pdf``.
+Outputs in ``DIR/cost_error/``: ``points.csv`` (one row per configuration and realisation,
+written group by group: an interrupted sweep resumes), ``envelopes.json``, ``speedup.json``
+(every comparison, in FLOPs and in seconds, with 95% intervals) and the figures.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -31,79 +38,54 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from analysis import common, figures, variance
+from analysis import common, plots, speedup, variance
 from mlem import brownian, cost, generation, levels, parallel, schedules
 
 STAGE = "cost_error"
-COLUMNS = ("method", "schedule", "level", "c", "steps", "seed", "mse", "mse_se", "flops",
-           "expected_flops", "wall_s", "evals")
-KEY = ("method", "schedule", "level", "c", "steps", "seed")
+COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "c", "steps",
+           "realisation", "mse", "expected_flops", "flops", "seconds", "evals")
+CONFIG_KEY = ("curve", "level", "top_evals", "steps")
+COSTS = {"flops": "expected_flops", "seconds": "seconds"}  # the two rulers and their columns
+PATH_CONVENTION = "per-sample keys fold_in(fold_in(key(seed), 0), i), SamplePaths"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Coupling:
-    """Initial noise, Brownian path and Bernoulli keys shared by every run of the sweep.
+# --- configurations ------------------------------------------------------------------------------
 
-    Batch ``b`` takes them from :func:`mlem.generation.batch_inputs` (``fold_in(key(seed), b)``,
-    the convention of ``python -m sample``); the path lives on the finest grid ``path_ts``.
-    Seed ``s > 0`` of the Bernoulli draws folds ``s`` into the batch's draw key.
-    """
-
-    seed: int
-    path_ts: np.ndarray  # (N_ref + 1,) the finest grid
-    shape: tuple[int, ...]  # (B, H, W, C) of a batch
-    mesh: Any  # jax.sharding.Mesh over all local devices
-
-    def inputs(self, batch: int, num_steps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``x0 (B, H, W, C)``, increments ``(num_steps, B, H, W, C)``, draw key of ``batch``."""
-        return generation.batch_inputs(self.seed, batch, self.shape, self.path_ts, num_steps,
-                                       self.mesh)
-
-    def grid(self, num_steps: int) -> np.ndarray:
-        return np.asarray(brownian.coarse_grid(jnp.asarray(self.path_ts), num_steps))
-
-
-def bernoulli_key(draw_key: jax.Array, seed: int) -> jax.Array:
-    return draw_key if seed == 0 else jax.random.fold_in(draw_key, seed)
-
-
-def reference(ctx: common.Context, ladder: Any, coupling: Coupling, num_samples: int,
-              reuse: bool) -> np.ndarray:
-    """``(n, H, W, C)`` EM with the top level on the finest grid, batch by batch (memory:
-    ``ref_steps × batch`` increments at a time); cached in ``reference.npy``."""
-    path = ctx.out / STAGE / "reference.npy"
-    if reuse and path.exists():
-        ref = np.load(path)
-        if ref.shape[0] == num_samples:
-            return ref
-    n_ref, out = len(coupling.path_ts) - 1, []
-    for b in tqdm(range(num_samples // coupling.shape[0]), desc=f"reference ({n_ref} steps)"):
-        x0, inc, key = coupling.inputs(b, n_ref)
-        x, _ = levels.em(ladder, ladder.num_levels - 1, x0, coupling.path_ts, key, inc)
-        out.append(np.asarray(x))
-    ref = np.concatenate(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, ref)
-    return ref
+def curve_name(schedule: str, cost_model: str) -> str:
+    return f"mlem-{schedule}-{cost_model}"
 
 
 def configurations(config: Any, num_levels: int) -> list[dict]:
-    """Every point of the sweep (one dict of :data:`KEY` fields each)."""
+    """Every configuration of the sweep (realisations not expanded)."""
     a = config.analysis
-    em = [{"method": "em", "schedule": "", "level": k, "c": float("nan"), "steps": int(n),
-           "seed": 0} for k in range(1, num_levels + 1) for n in a.em_steps]
-    ml = [{"method": "mlem", "schedule": s, "level": num_levels, "c": float(c), "steps": int(n),
-           "seed": seed} for s in schedule_names(config) for c in a.c_values
-          for n in a.mlem_steps for seed in range(int(a.seeds))]
-    for n in {p["steps"] for p in em + ml}:
+    check_grids(config)
+    em = [{"curve": "em", "method": "em", "schedule": "", "cost_model": "", "level": k,
+           "top_evals": 0.0, "steps": int(n)}
+          for k in range(1, num_levels + 1) for n in a.em_steps]
+    ml = [{"curve": curve_name(s, m), "method": "mlem", "schedule": s, "cost_model": m,
+           "level": num_levels, "top_evals": float(t), "steps": int(n)}
+          for s in schedule_names(config) for m in cost_model_names(config)
+          for n in a.mlem_steps for t in a.top_evals if 0 < t <= n]
+    return em + ml
+
+
+def check_grids(config: Any) -> None:
+    """Every swept grid divides ``ref_steps``, which is at least 4× the finest of them."""
+    a = config.analysis
+    steps = [int(n) for n in (*a.em_steps, *a.mlem_steps)]
+    if not steps:
+        raise ValueError("config.analysis.em_steps/mlem_steps: need at least one step count")
+    for n in steps:
         if n < 1 or int(a.ref_steps) % n:
             raise ValueError(f"config.analysis.em_steps/mlem_steps: {n} must divide "
                              f"ref_steps={a.ref_steps}")
-    return em + ml
+    if int(a.ref_steps) < 4 * max(steps):
+        raise ValueError(f"config.analysis.ref_steps={a.ref_steps}: the reference grid must be "
+                         f"at least 4x finer than the finest swept grid ({max(steps)} steps); "
+                         f"set it to {4 * max(steps)} or more")
 
 
 def schedule_names(config: Any) -> tuple[str, ...]:
@@ -115,27 +97,161 @@ def schedule_names(config: Any) -> tuple[str, ...]:
     return names
 
 
-def make_probs(schedule: str, c: float, ts: np.ndarray, flops: np.ndarray,
-               variances: dict | None, gamma: float | None) -> np.ndarray:
-    """``(N, K)`` ML-EM probabilities of ``schedule`` with knob ``c`` on the grid ``ts``.
+def cost_model_names(config: Any) -> tuple[str, ...]:
+    names = tuple(config.analysis.get("cost_models", ("flops",)))
+    if not names or set(names) - set(generation.COST_MODELS):
+        raise ValueError(f"config.analysis.cost_models: choose from "
+                         f"{', '.join(generation.COST_MODELS)}; got {names}")
+    return names
 
-    ``variance``: ``p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k))`` per time bin; ``constant``: the
-    same with ``V_k`` averaged over time; ``dyadic``: ``min(1, c·2^{−(1+γ/2)(k−1)})``.
+
+def make_probs(schedule: str, level_costs: np.ndarray, ts: np.ndarray, variances: dict | None,
+               gamma: float | None, top_evals: float) -> tuple[float, np.ndarray]:
+    """``(c, probs (N, K))``: ``schedule`` on the grid ``ts``, priced by ``level_costs``, with
+    the knob ``c`` that evaluates the top level ``top_evals`` times per solve on average.
+
+    ``variance``: ``p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k))`` per time bin; ``constant``: the same
+    with ``V_k`` averaged over time; ``dyadic``: ``min(1, c·2^{−(1+γ/2)(k−1)})``.
     """
     num_steps = len(ts) - 1
     if schedule == "dyadic":
         if gamma is None:
             raise ValueError("schedule 'dyadic' needs gamma: run python -m analysis.fit_gamma "
                              "first (or drop 'dyadic' from config.analysis.schedules)")
-        return schedules.constant(schedules.dyadic(len(flops), gamma, c), num_steps)
-    v, inc_cost = np.asarray(variances["variances"]), schedules.increment_costs(flops)
-    if schedule == "constant":
-        return schedules.constant(schedules.variance_optimal(v.mean(0), inc_cost, c), num_steps)
-    return schedules.on_grid(schedules.variance_optimal(v, inc_cost, c), variances["bin_edges"],
-                             ts)
+        make = lambda c: schedules.constant(schedules.dyadic(len(level_costs), gamma, c),
+                                            num_steps)
+    else:
+        v, inc = np.asarray(variances["variances"]), schedules.increment_costs(level_costs)
+        if schedule == "constant":
+            make = lambda c: schedules.constant(schedules.variance_optimal(v.mean(0), inc, c),
+                                                num_steps)
+        else:
+            make = lambda c: schedules.on_grid(schedules.variance_optimal(v, inc, c),
+                                               variances["bin_edges"], ts)
+    c = schedules.knob_for_top_evals(make, top_evals)
+    return c, make(c)
 
 
-def _variances(ctx: common.Context) -> dict:
+# --- coupling and the reference ------------------------------------------------------------------
+
+class Coupling:
+    """Initial noise, Brownian paths and Bernoulli keys of the realisations of a sweep."""
+
+    def __init__(self, seed: int, path_ts: np.ndarray, batch_size: int,
+                 image_shape: tuple[int, ...], mesh: Any):
+        self.seed, self.path_ts, self.batch_size = seed, path_ts, batch_size
+        self.image_shape, self.mesh = tuple(image_shape), mesh
+
+    def inputs(self, realisation: int) -> tuple[jax.Array, brownian.SamplePaths, jax.Array]:
+        """``x0 (B, H, W, C)``, the samples' paths and the draw key of ``realisation``."""
+        return generation.batch_inputs(self.seed, realisation, self.batch_size,
+                                       self.image_shape, self.path_ts, self.mesh)
+
+    def grid(self, num_steps: int) -> np.ndarray:
+        return np.asarray(brownian.coarse_grid(self.path_ts, num_steps))
+
+
+def reference_key(ctx: common.Context, coupling: Coupling, realisations: int) -> dict:
+    """Everything the reference depends on."""
+    ladder = ctx.ladder
+    return {"levels": list(ladder.names), "steps": list(ladder.steps),
+            "param_sha256": list(ladder.digests), "sde": dict(vars(ladder.sde)),
+            "ref_steps": len(coupling.path_ts) - 1, "seed": coupling.seed,
+            "realisations": realisations, "batch_size": coupling.batch_size,
+            "paths": PATH_CONVENTION, "backend": jax.default_backend()}
+
+
+def reference(ctx: common.Context, ladder: levels.Ladder, coupling: Coupling,
+              realisations: int) -> np.ndarray:
+    """``(R, B, H, W, C)`` EM with the top level on the finest grid for each realisation.
+
+    Stored in ``reference.npy`` with its key in ``reference.json``; reused only when the key
+    matches exactly (and not with ``--recompute``).
+    """
+    stage = ctx.out / STAGE
+    key = common.jsonable(reference_key(ctx, coupling, realisations))
+    key_file, array_file = stage / "reference.json", stage / "reference.npy"
+    if not ctx.recompute and key_file.exists() and array_file.exists():
+        if json.loads(key_file.read_text()) == key:
+            return np.load(array_file)
+        print(f"[cost_error] the stored reference in {stage} was computed for another "
+              f"ladder, grid or set of realisations: recomputing it", flush=True)
+    n_ref, out = len(coupling.path_ts) - 1, []
+    for r in tqdm(range(realisations), desc=f"reference ({n_ref} steps)"):
+        x0, path, key_r = coupling.inputs(r)
+        x, _ = levels.em(ladder, ladder.num_levels - 1, x0, coupling.path_ts, key_r, path=path)
+        out.append(np.asarray(x, np.float32))
+    ref = np.stack(out)
+    stage.mkdir(parents=True, exist_ok=True)
+    key_file.unlink(missing_ok=True)  # never leave a key beside an array it does not describe
+    np.save(array_file, ref)
+    key_file.write_text(json.dumps(key, indent=1) + "\n")
+    return ref
+
+
+# --- running the sweep ---------------------------------------------------------------------------
+
+def run_group(ladder: levels.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
+              points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int
+              ) -> list[dict]:
+    """Every point with ``steps`` steps on every realisation; one row per (point, realisation).
+
+    Each compiled solver (EM at a level, ML-EM) is called once on realisation 0 before
+    anything is timed; then realisations run one after another, every point on each.
+    """
+    ts = coupling.grid(steps)
+
+    def solve(point, p, inputs):
+        x0, path, key = inputs
+        if point["method"] == "em":
+            return levels.em(ladder, point["level"] - 1, x0, ts, key, path=path)
+        return levels.mlem(ladder, p, x0, ts, key, path=path)
+
+    first = coupling.inputs(0)
+    warmed = set()
+    for point, p in zip(points, probs):
+        solver = (point["method"], point["level"])
+        if solver not in warmed:
+            jax.block_until_ready(solve(point, p, first))
+            warmed.add(solver)
+    rows = []
+    for r in tqdm(range(ref.shape[0]), desc=f"{steps} steps x {len(points)} runs", leave=False):
+        inputs = first if r == 0 else coupling.inputs(r)
+        for point, p in zip(points, probs):
+            start = time.perf_counter()
+            x, stats = jax.block_until_ready(solve(point, p, inputs))
+            seconds = time.perf_counter() - start
+            evals = np.asarray(stats["evals"], np.float64)
+            rows.append(_row(flops, point, r, np.asarray(x, np.float64), ref[r], seconds, evals, p))
+    return rows
+
+
+def _row(flops, point, realisation, x, ref, seconds, evals, probs) -> dict:
+    costs = flops if point["method"] == "mlem" else flops[point["level"] - 1:point["level"]]
+    expected = point["steps"] * costs[0] if probs is None else cost.expected_cost(probs, flops)
+    return {**{k: point[k] for k in COLUMNS if k in point}, "realisation": realisation,
+            "mse": float(np.mean((x - ref) ** 2)), "expected_flops": float(expected),
+            "flops": float(evals @ costs), "seconds": float(seconds),
+            "evals": ";".join(f"{e:g}" for e in evals)}
+
+
+def level_costs(ctx: common.Context, cost_model: str, batch_size: int) -> np.ndarray:
+    """Per-level costs the schedules are priced in: FLOPs per sample, or seconds per call at
+    ``batch_size`` (measured once per results directory, device and batch size)."""
+    if cost_model == "flops":
+        return ctx.flops
+    device = jax.devices()[0]
+    settings = {"batch_size": batch_size, "backend": jax.default_backend(),
+                "device": device.device_kind}
+    cached = common.load_stage(ctx.out, "level_seconds", settings)
+    if cached is not None:
+        return np.asarray(cached["level_seconds"])
+    seconds = levels.level_seconds(ctx.ladder, batch_size)
+    common.save_stage(ctx.out, "level_seconds", settings, {"level_seconds": seconds})
+    return seconds
+
+
+def variances_for(ctx: common.Context) -> dict:
     """The configured variances file, else this results dir's (reused or measured now)."""
     given = ctx.config.sampling.get("variance_file", "")
     if not given:
@@ -144,106 +260,77 @@ def _variances(ctx: common.Context) -> dict:
     return {"bin_edges": edges.tolist(), "variances": v.tolist()}
 
 
-def _summary(out: Path) -> dict:
+def fitted_gamma(out: Path) -> float | None:
+    """``gamma`` of ``out/summary.json`` (written by ``analysis.fit_gamma``), if any."""
     path = out / common.SUMMARY
-    return json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(path.read_text()).get("gamma") if path.exists() else None
 
 
-def _on_mesh(ladder: levels.Ladder, mesh: Any) -> levels.Ladder:
-    """The ladder with parameters replicated over ``mesh`` (itself on one device)."""
-    if mesh.size == 1:
-        return ladder
-    params = jax.device_put(ladder.params, parallel.replicated(mesh))
-    return levels.Ladder(ladder.names, ladder.models, params, ladder.image_shape, ladder.sde)
-
-
-def run_group(ladder: levels.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
-              points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int
-              ) -> list[dict]:
-    """Every point with ``steps`` steps, batch by batch (inputs drawn once per batch)."""
-    ts, batch = coupling.grid(steps), coupling.shape[0]
-    sq, evals = [[] for _ in points], [[] for _ in points]
-    wall = np.zeros(len(points))
-
-    def solve(point, p, x0, inc, key):
-        if point["method"] == "em":
-            return levels.em(ladder, point["level"] - 1, x0, ts, key, inc)
-        return levels.mlem(ladder, p, x0, ts, bernoulli_key(key, point["seed"]), inc)
-
-    for b in tqdm(range(ref.shape[0] // batch), desc=f"{steps} steps x {len(points)} runs",
-                  leave=False):
-        x0, inc, key = coupling.inputs(b, steps)
-        for j, (point, p) in enumerate(zip(points, probs)):
-            with generation.compile_timer() as compile_seconds:  # compilation is not counted
-                start = time.perf_counter()
-                x, stats = jax.block_until_ready(solve(point, p, x0, inc, key))
-                wall[j] += time.perf_counter() - start - compile_seconds()
-            diff = np.asarray(x, np.float64) - ref[b * batch:(b + 1) * batch]
-            sq[j].append(np.mean(diff**2, axis=tuple(range(1, diff.ndim))))
-            evals[j].append(np.asarray(stats["evals"], np.float64))
-    return [_row(flops, point, np.concatenate(s), np.mean(e, 0), w / ref.shape[0], p, steps)
-            for point, s, e, w, p in zip(points, sq, evals, wall, probs)]
-
-
-def _row(flops, point, sq, evals, wall_s, probs, steps) -> dict:
-    costs = flops if point["method"] == "mlem" else flops[point["level"] - 1:point["level"]]
-    expected = steps * costs[0] if probs is None else cost.expected_cost(probs, flops)
-    return {**point, "mse": float(sq.mean()), "mse_se": float(sq.std(ddof=1) / np.sqrt(sq.size)),
-            "flops": float(evals @ costs), "expected_flops": float(expected),
-            "wall_s": float(wall_s), "evals": ";".join(f"{e:g}" for e in evals)}
-
-
-def sweep(ctx: common.Context) -> list[dict]:
-    """Run (or resume) the sweep; returns every row of ``points.csv``."""
+def sweep(ctx: common.Context) -> tuple[list[dict], int]:
+    """Run (or resume) the sweep; returns every row of ``points.csv`` and how many of them
+    this call computed."""
     a, mesh = ctx.config.analysis, parallel.make_mesh()
-    n, batch = int(a.num_samples), int(a.batch_size)
-    if n % batch or n < 2:
-        raise ValueError(f"config.analysis.num_samples ({n}) must be a multiple of "
-                         f"config.analysis.batch_size ({batch}) and >= 2")
+    realisations, batch = int(a.realisations), int(a.batch_size)
+    if realisations < 3 or batch < 1:
+        raise ValueError(f"config.analysis.realisations ({realisations}) must be >= 3 (the "
+                         f"bootstrap's units) and batch_size ({batch}) >= 1")
     parallel.check_batch_size(batch, mesh.size, "analysis.batch_size")
+    points = configurations(ctx.config, ctx.ladder.num_levels)
     names = schedule_names(ctx.config)
-    v = _variances(ctx) if {"variance", "constant"} & set(names) else None
-    gamma = _summary(ctx.out).get("gamma") if "dyadic" in names else None
-    settings = {"num_samples": n, "batch_size": batch, "ref_steps": int(a.ref_steps),
+    v = variances_for(ctx) if {"variance", "constant"} & set(names) else None
+    gamma = fitted_gamma(ctx.out) if "dyadic" in names else None
+    prices = {m: level_costs(ctx, m, batch) for m in cost_model_names(ctx.config)}
+    settings = {"realisations": realisations, "batch_size": batch, "ref_steps": int(a.ref_steps),
                 "seed": int(ctx.config.sampling.seed), "level_flops": ctx.flops.tolist(),
-                "variances": common.digest(v) if v else None, "gamma": gamma}
+                "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},
+                "variances": common.digest(v) if v else None, "gamma": gamma,
+                "paths": PATH_CONVENTION}
     path = ctx.out / STAGE / "points.csv"
     fresh = common.load_stage(ctx.out, STAGE, settings, ctx.recompute) is None
-    points = configurations(ctx.config, ctx.ladder.num_levels)
     wanted = {_key(p) for p in points}  # rows of configurations no longer swept are dropped
     rows = [] if fresh or not path.exists() else [r for r in read_points(path)
                                                   if _key(r) in wanted]
-    done = {_key(r) for r in rows}
+    done = {_key(r) for r in rows if r["realisation"] == realisations - 1}
+    rows = [r for r in rows if _key(r) in done]  # a group cut short is run again whole
     todo = [p for p in points if _key(p) not in done]
     common.save_stage(ctx.out, STAGE, settings, {"points": "points.csv"})
     write_points(path, rows)
     if not todo:
-        return rows
-    ladder = _on_mesh(ctx.ladder, mesh)
+        return rows, 0
+    ladder = generation.on_mesh(ctx.ladder, mesh)
     coupling = Coupling(int(ctx.config.sampling.seed),
                         np.asarray(ctx.ladder.sde.time_grid(int(a.ref_steps)), np.float32),
-                        (batch, *ctx.ladder.image_shape), mesh)
-    ref = reference(ctx, ladder, coupling, n, reuse=not fresh)
+                        batch, ctx.ladder.image_shape, mesh)
+    ref = reference(ctx, ladder, coupling, realisations)
     for steps in tqdm(sorted({p["steps"] for p in todo}), desc="cost-error sweep"):
         group = [p for p in todo if p["steps"] == steps]
-        ts = coupling.grid(steps)
-        probs = [None if p["method"] == "em" else
-                 make_probs(p["schedule"], p["c"], ts, ctx.flops, v, gamma) for p in group]
+        ts, probs = coupling.grid(steps), []
+        for p in group:
+            if p["method"] == "mlem":
+                p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]], ts, v, gamma,
+                                          p["top_evals"])
+                probs.append(prob)
+            else:
+                p["c"] = float("nan")
+                probs.append(None)
         rows += run_group(ladder, ctx.flops, coupling, ref, group, probs, steps)
         write_points(path, rows)
-    return rows
+    return rows, len(todo) * realisations
 
 
 def _key(point: dict) -> tuple:
-    return tuple(f"{point[k]:.6g}" if k == "c" else str(point[k]) for k in KEY)
+    return tuple(f"{float(point[k]):.6g}" if k == "top_evals" else str(point[k])
+                 for k in CONFIG_KEY)
 
 
 def write_points(path: Path, rows: Sequence[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    tmp.replace(path)
 
 
 def read_points(path: Path) -> list[dict]:
@@ -251,111 +338,143 @@ def read_points(path: Path) -> list[dict]:
     with path.open() as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        r["level"], r["steps"], r["seed"] = int(r["level"]), int(r["steps"]), int(r["seed"])
-        for k in ("c", "mse", "mse_se", "flops", "expected_flops", "wall_s"):
+        for k in ("level", "steps", "realisation"):
+            r[k] = int(r[k])
+        for k in ("top_evals", "c", "mse", "expected_flops", "flops", "seconds"):
             r[k] = float(r[k])
     return rows
 
 
-# --- envelopes and speedup ----------------------------------------------------------------
+# --- the statistics ------------------------------------------------------------------------------
 
-def seed_average(rows: Sequence[dict]) -> list[dict]:
-    """One point per configuration: means over seeds (``mse_se``: the mean of the per-seed
-    standard errors, conservative since seeds share the samples; ``mse_seed_sd``: spread)."""
-    groups: dict[tuple, list[dict]] = {}
+def table(rows: Sequence[dict]) -> tuple[list[dict], speedup.Sweep]:
+    """Configurations (first row of each) and the :class:`~analysis.speedup.Sweep` of ``rows``:
+    MSE and seconds ``(P, R)``, expected FLOPs ``(P,)``, realised FLOPs ``(P, R)``."""
+    configs: dict[tuple, dict] = {}
     for r in rows:
-        groups.setdefault(_key(r)[:-1], []).append(r)
-    out = []
-    for g in groups.values():
-        mse = np.array([r["mse"] for r in g])
-        out.append({**{k: g[0][k] for k in KEY[:-1]}, "seeds": len(g), "mse": mse.mean(),
-                    "mse_se": np.mean([r["mse_se"] for r in g]),
-                    "mse_seed_sd": mse.std(ddof=1) if len(g) > 1 else 0.0,
-                    "flops": np.mean([r["flops"] for r in g]),
-                    "wall_s": np.mean([r["wall_s"] for r in g])})
-    return out
+        configs.setdefault(_key(r), r)
+    index = {k: i for i, k in enumerate(configs)}
+    realisations = max(r["realisation"] for r in rows) + 1
+    mse, seconds, realised = np.full((3, len(configs), realisations), np.nan)
+    expected = np.zeros(len(configs))
+    for r in rows:
+        i, j = index[_key(r)], r["realisation"]
+        mse[i, j], seconds[i, j], realised[i, j] = r["mse"], r["seconds"], r["flops"]
+        expected[i] = r["expected_flops"]
+    if np.isnan(mse).any():
+        raise ValueError("points.csv: some configuration lacks a realisation; rerun the sweep")
+    curves = np.array([c["curve"] for c in configs.values()])
+    return list(configs.values()), speedup.Sweep(
+        curves, mse, {"flops": expected, "seconds": seconds, "realised_flops": realised})
 
 
-def curve_name(point: dict) -> str:
-    return "em" if point["method"] == "em" else f"mlem-{point['schedule']}"
-
-
-def envelopes(averaged: Sequence[dict]) -> dict[str, dict]:
-    """Lower envelope of each method's seed-averaged points (zero-MSE reference runs dropped)."""
-    out = {}
-    for name in sorted({curve_name(p) for p in averaged}):
-        pts = [p for p in averaged if curve_name(p) == name and p["mse"] > 0]
-        if not pts:
-            continue
-        idx = common.lower_envelope([p["flops"] for p in pts], [p["mse"] for p in pts])
-        out[name] = {k: [float(pts[i][k]) for i in idx]
-                     for k in ("flops", "mse", "mse_se", "mse_seed_sd", "wall_s")}
-        out[name]["points"] = [{k: pts[i][k] for k in ("level", "c", "steps")} for i in idx]
-    return out
-
-
-def operating_point(config: Any, averaged: Sequence[dict], num_levels: int) -> tuple[float, str]:
-    """``config.analysis.operating_point`` (an MSE), or with 'auto' the MSE of EM at the top
-    level with ``config.sampling.steps`` steps (the nearest swept step count)."""
-    op = config.analysis.get("operating_point", "auto")
-    if op != "auto":
-        return float(op), "config.analysis.operating_point"
-    top = [p for p in averaged if p["method"] == "em" and p["level"] == num_levels
-           and p["mse"] > 0]
+def operating_point(config: Any, configs: Sequence[dict], sweep_: speedup.Sweep,
+                    num_levels: int) -> tuple[int, str]:
+    """Index of the configuration that defines the operating point: EM at the top level with
+    ``config.sampling.steps`` steps (the nearest swept step count)."""
+    if config.analysis.get("operating_point", "auto") != "auto":
+        raise ValueError("config.analysis.operating_point: only 'auto' (EM at the top level with "
+                         "sampling.steps steps) is supported; set --config.sampling.steps")
+    top = [i for i, c in enumerate(configs) if c["method"] == "em" and c["level"] == num_levels
+           and sweep_.error[i].mean() > 0]
     if not top:
         raise ValueError("config.analysis.em_steps: need a top-level EM point below ref_steps "
-                         "to define the operating point (or set config.analysis.operating_point)")
+                         "to define the operating point")
     want = int(config.sampling.steps)
-    best = min(top, key=lambda p: abs(np.log(p["steps"] / want)))
-    return best["mse"], f"MSE of EM at the top level with {best['steps']} steps"
+    best = min(top, key=lambda i: abs(np.log(configs[i]["steps"] / want)))
+    return best, f"EM at the top level with {configs[best]['steps']} steps"
 
 
-def analyse(rows: Sequence[dict], config: Any, num_levels: int, gamma: float | None) -> dict:
-    """Envelopes, speedup at equal MSE, MSE ratio at equal cost, wall-clock ÷ FLOP speedup,
-    envelope slopes and the slopes γ predicts (NaN where a value falls outside the ranges)."""
-    averaged = seed_average(rows)
-    envs = envelopes(averaged)
-    primary = next((n for n in ("mlem-variance", "mlem-constant", "mlem-dyadic") if n in envs),
-                   None)
-    if "em" not in envs or primary is None:
-        raise ValueError("the sweep has no EM or no ML-EM point with MSE > 0")
-    op_mse, op_text = operating_point(config, averaged, num_levels)
-    em, ml = envs["em"], envs[primary]
-    return {"envelopes": envs, "speedup_method": primary, "operating_point": op_text,
-            "operating_point_mse": op_mse, **_speedups(em, ml, op_mse),
-            "em_envelope_slope": common.loglog_slope(em["mse"], em["flops"]),
-            "mlem_envelope_slope": common.loglog_slope(ml["mse"], ml["flops"]),
-            "predicted_em_slope": -(gamma + 1) / 2 if gamma else None,
-            "predicted_mlem_slope": -gamma / 2 if gamma and gamma > 2 else None}
+def headline_curves(curves: Sequence[str], config: Any) -> dict[str, str]:
+    """The ML-EM curve each ruler's headline uses: FLOPs → the FLOP-priced schedule, seconds →
+    the time-priced one (each falls back to the other when only one was swept)."""
+    schedule = schedule_names(config)[0]
+    named = {m: curve_name(schedule, m) for m in generation.COST_MODELS}
+    present = [c for c in (named["flops"], named["time"]) if c in curves]
+    if not present:
+        raise ValueError("the sweep has no ML-EM point of config.analysis.schedules[0]")
+    pick = lambda m: named[m] if named[m] in curves else present[0]
+    return {"flops": pick("flops"), "seconds": pick("time")}
 
 
-def _interp(env: dict, x_key: str, y_key: str, x: float) -> float:
-    return float(common.loglog_interp([x], env[x_key], env[y_key])[0]) if x > 0 else np.nan
-
-
-def _speedups(em: dict, ml: dict, op_mse: float) -> dict:
-    """The speedup and MSE-ratio curves and their values at the operating point."""
-    grid, curve = common.speedup_curve((em["flops"], em["mse"]), (ml["flops"], ml["mse"]))
-    cost_grid, ratio = common.mse_ratio_curve((em["flops"], em["mse"]), (ml["flops"], ml["mse"]))
-    speedup_at = lambda m: _interp(em, "mse", "flops", m) / _interp(ml, "mse", "flops", m)
-    op_cost = _interp(ml, "mse", "flops", op_mse)  # what ML-EM pays for the operating MSE
-    best = int(np.nanargmax(curve)) if np.isfinite(curve).any() else None
-    match = op_mse if np.isfinite(speedup_at(op_mse)) else grid[best] if best is not None else 0
-    wall = _interp(em, "mse", "wall_s", match) / _interp(ml, "mse", "wall_s", match)
+def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
+    """Every comparison (each ML-EM curve against EM, in FLOPs and in seconds) with 95%
+    bootstrap intervals over realisations, the headline numbers of DESIGN.md §3, envelopes
+    and curves for the figures."""
+    configs, sweep_ = table(rows)
+    op, op_text = operating_point(config, configs, sweep_, num_levels)
+    resamples = int(config.analysis.get("speedup_bootstrap", 1000))
+    curves = sorted(set(sweep_.curve) - {"em"})
+    comparisons = {c: {ruler: speedup.bootstrap_compare(sweep_, "em", c, ruler, op, resamples)
+                       for ruler in COSTS} for c in curves}
+    heads = headline_curves(curves, config)
+    flop_head = comparisons[heads["flops"]]["flops"]
+    wall_head = comparisons[heads["seconds"]]["seconds"]
     return {
-        "speedup_curve": np.stack([grid, curve], 1),
-        "speedup_at_equal_mse_max": curve[best] if best is not None else None,
-        "speedup_at_equal_mse_max_mse": grid[best] if best is not None else None,
-        "speedup_at_operating_point": speedup_at(op_mse),
-        "mse_ratio_curve": np.stack([cost_grid, ratio], 1),
-        "mse_ratio_at_equal_cost": (_interp(em, "flops", "mse", op_cost)
-                                    / _interp(ml, "flops", "mse", op_cost)),
-        "mse_ratio_at_equal_cost_max": np.nanmax(ratio) if np.isfinite(ratio).any() else None,
-        "mlem_flops_at_operating_point": op_cost,
-        "em_flops_at_operating_point": _interp(em, "mse", "flops", op_mse), "matched_mse": match,
-        "wallclock_speedup": wall, "flops_speedup_at_matched_mse": speedup_at(match),
-        "wallclock_speedup_over_flops_speedup": wall / speedup_at(match),
+        "speedup_at_equal_mse": _headline(flop_head, heads["flops"]),
+        "wallclock_speedup_at_equal_mse": _headline(wall_head, heads["seconds"]),
+        "mse_ratio_at_equal_cost": {
+            "value": flop_head["error_ratio_at_equal_cost"],
+            "ci": flop_head["error_ratio_at_equal_cost_ci"],
+            "at_cost_flops": flop_head["equal_cost"],
+            "at_cost_flops_ci": flop_head["equal_cost_ci"],
+            "curve": heads["flops"],
+            "definition": "EM's MSE at the FLOPs ML-EM pays for the operating MSE, divided by "
+                          "the operating MSE"},
+        "operating_point": op_text, "num_realisations": sweep_.num_realisations,
+        "comparisons": comparisons,
+        "envelopes": envelopes(configs, sweep_),
+        "curves": {c: {ruler: _curve_band(sweep_, c, ruler, resamples) for ruler in COSTS}
+                   for c in curves},
     }
+
+
+def _headline(stats: dict, curve: str) -> dict:
+    return {"max": stats["max"], "max_ci": stats["max_ci"], "max_at_mse": stats["max_at_error"],
+            "at_operating_point": stats["at_operating_point"],
+            "at_operating_point_ci": stats["at_operating_point_ci"],
+            "operating_point_mse": stats["operating_point_error"],
+            "undefined_fraction_at_operating_point": stats["at_operating_point_undefined"],
+            "curve": curve}
+
+
+def envelopes(configs: Sequence[dict], sweep_: speedup.Sweep) -> dict:
+    """Per curve and ruler: the envelope of the realisation-averaged points, with the MSE's
+    standard error over realisations and the configurations on it."""
+    mse, costs = sweep_.means(np.arange(sweep_.num_realisations))
+    se = sweep_.error.std(1, ddof=1) / np.sqrt(sweep_.num_realisations)
+    out: dict[str, dict] = {}
+    for curve in sorted(set(sweep_.curve)):
+        out[curve] = {}
+        for ruler in COSTS:
+            env = sweep_.envelope(curve, mse, costs[ruler])
+            out[curve][ruler] = {
+                "cost": env.cost.tolist(), "mse": env.error.tolist(),
+                "mse_se": se[env.index].tolist(),
+                "points": [{k: configs[i][k] for k in ("level", "top_evals", "c", "steps")}
+                           for i in env.index]}
+    return out
+
+
+def _curve_band(sweep_: speedup.Sweep, curve: str, ruler: str, resamples: int,
+                num: int = 60) -> dict:
+    """The speedup curve on all realisations and its pointwise 95% bootstrap band."""
+    mse, costs = sweep_.means(np.arange(sweep_.num_realisations))
+    em, ml = (sweep_.envelope(c, mse, costs[ruler]) for c in ("em", curve))
+    grid, values = speedup.speedup_curve(em, ml, num)
+    if grid.size == 0:
+        return {"mse": [], "speedup": [], "lo": [], "hi": []}
+
+    def at_grid(idx):
+        m, c = sweep_.means(idx)
+        s = speedup.speedup_at(sweep_.envelope("em", m, c[ruler]),
+                               sweep_.envelope(curve, m, c[ruler]), grid)
+        return {str(i): v for i, v in enumerate(s)}
+
+    boot = speedup.bootstrap(at_grid, sweep_.num_realisations, resamples, seed=1)
+    bands = np.array([speedup.percentile_interval(boot[str(i)]) for i in range(grid.size)])
+    return {"mse": grid.tolist(), "speedup": values.tolist(), "lo": bands[:, 0].tolist(),
+            "hi": bands[:, 1].tolist()}
 
 
 def run(config: Any, workdir: str | Path, out: str | Path, recompute: bool = False) -> dict:
@@ -364,15 +483,15 @@ def run(config: Any, workdir: str | Path, out: str | Path, recompute: bool = Fal
 
 
 def stage(ctx: common.Context) -> dict:
-    """Sweep (resuming), then envelopes, speedup, figure; merge the summary and return it."""
-    rows = sweep(ctx)
-    result = analyse(rows, ctx.config, ctx.ladder.num_levels, _summary(ctx.out).get("gamma"))
-    stage = ctx.out / STAGE
-    (stage / "envelopes.json").write_text(
-        json.dumps(common.jsonable(result.pop("envelopes")), indent=1) + "\n")
-    (stage / "speedup.json").write_text(json.dumps(common.jsonable(result), indent=1) + "\n")
-    figures.plot_cost_error(stage)
-    summary = {k: v for k, v in result.items() if not k.endswith("_curve")}
+    """Sweep (resuming), then the statistics and figures; merge the summary and return it."""
+    rows, computed = sweep(ctx)
+    result = common.jsonable(analyse(rows, ctx.config, ctx.ladder.num_levels))
+    stage_dir, envs = ctx.out / STAGE, result.pop("envelopes")
+    (stage_dir / "envelopes.json").write_text(json.dumps(envs, indent=1) + "\n")
+    (stage_dir / "speedup.json").write_text(json.dumps(result, indent=1) + "\n")
+    plots.cost_error(*table(rows), envs, result, stage_dir)
+    summary = {k: v for k, v in result.items() if k not in ("curves", "comparisons")}
+    summary["cost_error_runs_computed_last_call"] = computed
     return common.merge_summary(ctx.out, summary)
 
 

@@ -3,8 +3,9 @@
     python -m analysis.figures --config configs/mnist_sample.py --workdir runs/mnist \\
         --out results/mnist_cpu
 
-Writes ``DIR/figures/``: ``cost_error.png/pdf`` (the paper-style log–log cost vs MSE with
-both envelopes, and the speedup at equal MSE), ``gamma.png`` (both γ fits), ``variance.png``
+Writes ``DIR/figures/``: ``cost_error.png/pdf`` and ``cost_error_seconds.png/pdf`` (the
+paper-style log–log cost vs MSE with the envelopes, and the speedup at equal MSE with its
+95% band, in FLOPs and in seconds), ``gamma.png`` (both γ fits), ``variance.png``
 (``V_k(τ)``), ``heldout_loss.png`` (held-out loss of each level against training FLOPs) and
 ``samples_equal_cost.png`` (reference, EM and ML-EM from the same noise and Brownian path,
 EM and ML-EM at about equal FLOPs). A figure whose stage has not run is skipped and named.
@@ -18,79 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from analysis import common
+from analysis import common, cost_error, plots
 
 STAGE = "figures"
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward ≈ 3 forward passes (standard estimate)
 GRID_SAMPLES = 8
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_cost_error(stage: Path, out_dir: Path | None = None) -> list[Path]:
-    """Cost vs MSE (all seed-averaged points, envelopes) and the speedup curve; PNG + PDF."""
-    from analysis import cost_error
-
-    plt = _plt()
-    rows = cost_error.seed_average(cost_error.read_points(stage / "points.csv"))
+    """The cost–error figures (:func:`analysis.plots.cost_error`) from what the
+    ``cost_error`` stage left in ``stage``."""
+    configs, sweep = cost_error.table(cost_error.read_points(stage / "points.csv"))
     envs = json.loads((stage / "envelopes.json").read_text())
     result = json.loads((stage / "speedup.json").read_text())
-    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(12, 4.8), width_ratios=(3, 2))
-    levels = sorted({r["level"] for r in rows if r["method"] == "em"})
-    colours = plt.cm.Blues(np.linspace(0.35, 0.95, len(levels)))
-    for level, colour in zip(levels, colours):
-        pts = sorted((r for r in rows if r["method"] == "em" and r["level"] == level
-                      and r["mse"] > 0), key=lambda r: r["steps"])
-        ax.plot([r["flops"] for r in pts], [r["mse"] for r in pts], "o-", ms=3, lw=0.8,
-                c=colour, label=f"EM level {level}")
-    ml = [r for r in rows if r["method"] == "mlem"]
-    ax.plot([r["flops"] for r in ml], [r["mse"] for r in ml], "s", ms=3, c="tab:red",
-            alpha=0.35, label="ML-EM (every c, steps)")
-    styles = {"em": ("tab:blue", "EM envelope"), "mlem-variance": ("tab:red", "ML-EM envelope"),
-              "mlem-constant": ("tab:orange", "ML-EM (constant p) envelope"),
-              "mlem-dyadic": ("tab:purple", "ML-EM (dyadic p) envelope")}
-    for name, env in envs.items():
-        colour, label = styles.get(name, ("k", name))
-        ax.errorbar(env["flops"], env["mse"], yerr=env["mse_se"], c=colour, lw=2, ls="--",
-                    capsize=2, label=label)
-    op = result.get("operating_point_mse")
-    if op:
-        ax.axhline(op, c="gray", ls=":", label=f"operating point ({result['operating_point']})")
-    ax.set(xscale="log", yscale="log", xlabel="FLOPs per sample (realised)",
-           ylabel="MSE vs reference (per pixel)", title="error vs cost (coupled, seed-averaged)")
-    ax.legend(fontsize=7)
-    _plot_speedup(ax_s, result)
-    fig.tight_layout()
-    out_dir = stage if out_dir is None else out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "cost_error.png", out_dir / "cost_error.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return paths
-
-
-def _plot_speedup(ax, result: dict) -> None:
-    curve = np.array(result["speedup_curve"], dtype=float).reshape(-1, 2)
-    curve = curve[np.isfinite(curve).all(1)]
-    ax.set(xlabel="MSE", ylabel="EM FLOPs / ML-EM FLOPs",
-           title=f"speedup at equal MSE ({result['speedup_method']})")
-    if not len(curve):
-        ax.text(0.5, 0.5, "the EM and ML-EM envelopes\nshare no MSE range", ha="center",
-                transform=ax.transAxes)
-        return
-    ax.plot(curve[:, 0], curve[:, 1], c="tab:red")
-    ax.axhline(1.0, c="gray", lw=0.8)
-    op, value = result.get("operating_point_mse"), result.get("speedup_at_operating_point")
-    if op and value:
-        ax.plot(op, value, "ko", label=f"{value:.2f}× at the operating point")
-        ax.legend(fontsize=8)
-    ax.set_xscale("log")
+    return plots.cost_error(configs, sweep, envs, result, stage if out_dir is None else out_dir)
 
 
 def heldout_curves(config: Any, workdir: Path, flops: np.ndarray) -> dict[str, np.ndarray]:
@@ -112,7 +54,7 @@ def heldout_curves(config: Any, workdir: Path, flops: np.ndarray) -> dict[str, n
 
 
 def plot_heldout(curves: dict[str, np.ndarray], path: Path) -> None:
-    plt = _plt()
+    plt = plots.plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, pts in curves.items():
         ax.plot(pts[:, 0], pts[:, 1], "o-", ms=3, label=name)
@@ -125,22 +67,24 @@ def plot_heldout(curves: dict[str, np.ndarray], path: Path) -> None:
 
 
 def equal_cost_pair(out: Path) -> tuple[dict, dict]:
-    """The ML-EM envelope point nearest the operating MSE and the EM envelope point nearest
-    it in FLOPs (log scale): ``({level, c, steps, flops, mse}, ...)``."""
+    """The envelope point of the FLOP headline ML-EM curve nearest the operating MSE and the
+    EM envelope point nearest it in FLOPs (log scale), each ``{level, top_evals, c, steps,
+    flops, mse, curve}``."""
     stage = out / "cost_error"
     envs = json.loads((stage / "envelopes.json").read_text())
     result = json.loads((stage / "speedup.json").read_text())
-    ml, em = envs[result["speedup_method"]], envs["em"]
-    op = result["operating_point_mse"]
+    curve = result["speedup_at_equal_mse"]["curve"]
+    ml, em = envs[curve]["flops"], envs["em"]["flops"]
+    op = result["speedup_at_equal_mse"]["operating_point_mse"]
     i = int(np.argmin(np.abs(np.log(np.asarray(ml["mse"]) / op))))
-    j = int(np.argmin(np.abs(np.log(np.asarray(em["flops"]) / ml["flops"][i]))))
-    pick = lambda env, k: {**env["points"][k], "flops": env["flops"][k], "mse": env["mse"][k]}
-    return pick(em, j), {**pick(ml, i), "schedule": result["speedup_method"].split("-", 1)[1]}
+    j = int(np.argmin(np.abs(np.log(np.asarray(em["cost"]) / ml["cost"][i]))))
+    pick = lambda env, k, name: {**env["points"][k], "flops": env["cost"][k],
+                                 "mse": env["mse"][k], "curve": name}
+    return pick(em, j, "em"), pick(ml, i, curve)
 
 
 def sample_grid(ctx: common.Context, path: Path) -> None:
     """Reference, EM and ML-EM at about equal cost, from one seed (coupled), in three rows."""
-    from analysis import cost_error
     from mlem import brownian, generation
 
     a, seed = ctx.config.analysis, int(ctx.config.sampling.seed)
@@ -151,22 +95,23 @@ def sample_grid(ctx: common.Context, path: Path) -> None:
     ref, _ = generation.generate(ctx.ladder, "em", None, path_ts, em_level=-1, **kwargs)
     x_em, _ = generation.generate(ctx.ladder, "em", None, grid(em["steps"]),
                                   em_level=em["level"], **kwargs)
-    variances = (cost_error._variances(ctx) if ml["schedule"] != "dyadic" else None)
-    gamma = cost_error._summary(ctx.out).get("gamma")
-    probs = cost_error.make_probs(ml["schedule"], ml["c"], grid(ml["steps"]), ctx.flops,
-                                  variances, gamma)
+    _, schedule, cost_model = ml["curve"].split("-")
+    variances = cost_error.variances_for(ctx) if schedule != "dyadic" else None
+    prices = cost_error.level_costs(ctx, cost_model, int(a.batch_size))
+    _, probs = cost_error.make_probs(schedule, prices, grid(ml["steps"]), variances,
+                                     cost_error.fitted_gamma(ctx.out), ml["top_evals"])
     x_ml, _ = generation.generate(ctx.ladder, "mlem", probs, grid(ml["steps"]), **kwargs)
     rows = [(f"reference: EM top level, {a.ref_steps} steps", ref),
             (f"EM level {em['level']}, {em['steps']} steps: {em['flops']:.3g} FLOPs, "
              f"sweep MSE {em['mse']:.3g}", x_em),
-            (f"ML-EM c={ml['c']:g}, {ml['steps']} steps: {ml['flops']:.3g} FLOPs, "
-             f"sweep MSE {ml['mse']:.3g}", x_ml)]
+            (f"ML-EM ({ml['curve']}) {ml['top_evals']:g} top-level evals, {ml['steps']} steps: "
+             f"{ml['flops']:.3g} FLOPs, sweep MSE {ml['mse']:.3g}", x_ml)]
     _image_rows(rows, path)
 
 
 def _image_rows(rows: list[tuple[str, np.ndarray]], path: Path) -> None:
     """One labelled strip of images per row (images in [-1, 1], ``(n, H, W, C)``)."""
-    plt = _plt()
+    plt = plots.plt()
     fig, axes = plt.subplots(len(rows), 1, figsize=(1.2 * rows[0][1].shape[0], 1.6 * len(rows)),
                              squeeze=False)
     for ax, (title, images) in zip(axes[:, 0], rows):
@@ -180,6 +125,19 @@ def _image_rows(rows: list[tuple[str, np.ndarray]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def _reused_sample_grid(ctx: common.Context, path: Path) -> None:
+    """:func:`sample_grid`, unless the image on disk was drawn from the same sweep results
+    (it generates samples, the only figure that costs compute)."""
+    envelopes = ctx.out / "cost_error" / "envelopes.json"
+    settings = {"envelopes": common.digest(json.loads(envelopes.read_text())),
+                "samples": GRID_SAMPLES}
+    if path.exists() and common.load_stage(ctx.out, "figure_samples", settings,
+                                           ctx.recompute) is not None:
+        return
+    sample_grid(ctx, path)
+    common.save_stage(ctx.out, "figure_samples", settings, {"file": str(path)})
 
 
 def run(config: Any, workdir: str | Path, out: str | Path, recompute: bool = False) -> dict:
@@ -206,7 +164,7 @@ def stage(ctx: common.Context) -> dict:
         "heldout_loss.png": (None, lambda p: plot_heldout(
             heldout_curves(config, ctx.workdir, ctx.flops), p)),
         "samples_equal_cost.png": (cost_stage / "speedup.json",
-                                   lambda p: sample_grid(ctx, p)),
+                                   lambda p: _reused_sample_grid(ctx, p)),
     }
     for name, (needs, draw) in jobs.items():
         if needs is not None and not needs.exists():
@@ -214,8 +172,9 @@ def stage(ctx: common.Context) -> dict:
             continue
         draw(fig_dir / name)
         written.append(str(fig_dir / name))
-    if (fig_dir / "cost_error.pdf").exists():
-        written.append(str(fig_dir / "cost_error.pdf"))
+    for extra in ("cost_error.pdf", "cost_error_seconds.png", "cost_error_seconds.pdf"):
+        if (fig_dir / extra).exists():
+            written.append(str(fig_dir / extra))
     return common.merge_summary(ctx.out, {"figures": written, "figures_skipped": skipped})
 
 

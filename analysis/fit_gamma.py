@@ -32,7 +32,7 @@ import numpy as np
 from scipy import optimize
 from tqdm import tqdm
 
-from analysis import common, variance
+from analysis import common, speedup, variance
 from mlem import data, synthetic, training
 
 STAGE = "fit_gamma"
@@ -89,9 +89,9 @@ def bootstrap_loss_gamma(costs: Sequence[float], losses: Sequence[float],
     """
     losses = np.asarray(losses, np.float64)
     centred = per_example - per_example.mean(0)
-    return common.bootstrap(
-        lambda idx: fit_loss_power_law(costs, losses + centred[idx].mean(0))["gamma"],
-        per_example.shape[0], num_resamples, seed)
+    return speedup.bootstrap(
+        lambda idx: {"gamma": fit_loss_power_law(costs, losses + centred[idx].mean(0))["gamma"]},
+        per_example.shape[0], num_resamples, seed).get("gamma", np.full(num_resamples, np.nan))
 
 
 def fit_drift_gamma(costs: Sequence[float], error_sq: np.ndarray) -> tuple[float, np.ndarray]:
@@ -107,8 +107,9 @@ def bootstrap_drift_gamma(costs: Sequence[float], error_sq: np.ndarray, num_resa
                           seed: int = 0) -> np.ndarray:
     """γ of :func:`fit_drift_gamma` over samples resampled jointly across levels."""
     error_sq = np.asarray(error_sq, np.float64)
-    return common.bootstrap(lambda idx: fit_drift_gamma(costs, error_sq[idx])[0],
-                            error_sq.shape[0], num_resamples, seed)
+    return speedup.bootstrap(lambda idx: {"gamma": fit_drift_gamma(costs, error_sq[idx])[0]},
+                             error_sq.shape[0], num_resamples, seed
+                             ).get("gamma", np.full(num_resamples, np.nan))
 
 
 def last_heldout_loss(workdir: Path) -> tuple[int, float]:
@@ -178,7 +179,7 @@ def _try(fit) -> dict:
 
 
 def _interval(boot: np.ndarray) -> dict:
-    return {"ci": common.percentile_interval(boot), "bootstrap": boot.tolist(),
+    return {"ci": speedup.percentile_interval(boot), "bootstrap": boot.tolist(),
             "bootstrap_failures": int(np.sum(~np.isfinite(boot)))}
 
 

@@ -2,19 +2,20 @@
 
     python -m sample --method mlem --config configs/celeba64_sample.py --workdir runs/celeba64
 
-Batches are split over all local devices (``sampling.batch_size`` must be a multiple of the
-device count). Everything not set here is as in ``configs/mnist_sample.py``.
+Batches are split over all local devices (``sampling.batch_size`` and
+``analysis.batch_size`` must be multiples of the device count). Defaults and the meaning of
+every field: ``configs/sample_base.py``.
 """
 
 import ml_collections
 
-from configs import mnist_sample
+from configs import sample_base
 
-REF_STEPS = 1024
+REF_STEPS = 2048
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = mnist_sample.get_config()
+    config = sample_base.get_config()
     config.levels = tuple(f"level{k}" for k in range(1, 6))
     config.train_configs = tuple(f"configs/celeba64_level{k}.py" for k in range(1, 6))
     config.results_dir = "results/celeba64"
@@ -25,12 +26,14 @@ def get_config() -> ml_collections.ConfigDict:
     s.num_samples = 1024
     s.batch_size = 256
     s.probs = (1.0, 0.5, 0.25, 0.125, 0.0625)
+    s.top_evals = 4.0  # the schedule constant is chosen per ladder from this
 
     a = config.analysis
-    a.ref_steps = REF_STEPS
+    a.ref_steps = REF_STEPS  # 4x the finest swept grid (512 steps)
     a.em_steps = (16, 32, 64, 128, 256, 512)
     a.mlem_steps = (32, 64, 128, 256, 512)
-    a.num_samples = 1024
-    a.batch_size = 256
+    a.top_evals = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+    a.realisations = 16
+    a.batch_size = 64
     a.variance_samples = 2048
     return config

@@ -3,11 +3,11 @@ ladder, trained by the ``tiny_ladder`` fixture of ``tests/conftest.py``."""
 
 import ml_collections
 
-from configs import mnist_sample
+from configs import sample_base
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = mnist_sample.get_config()
+    config = sample_base.get_config()
     config.levels = ("level1", "level2")
     config.train_configs = tuple(f"configs/tiny.py --config.model.level=tiny_level{k}"
                                  for k in (1, 2))
@@ -22,12 +22,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     a = config.analysis
     a.ref_steps = 16
-    a.em_steps = (2, 4, 8)
-    a.mlem_steps = (4, 8)
-    a.c_values = (10.0, 100.0)
-    a.seeds = 2
-    a.num_samples = 4
+    a.em_steps = (2, 4)
+    a.mlem_steps = (4,)
+    a.top_evals = (0.5, 2.0)
+    a.realisations = 3
     a.batch_size = 4
+    a.speedup_bootstrap = 50
     a.num_time_bins = 4
     a.variance_samples = 8
     a.gamma_bootstrap = 50

@@ -8,77 +8,60 @@ import json
 import numpy as np
 import pytest
 
-from analysis import common, cost_error, fit_gamma
+from analysis import common, cost_error, fit_gamma, speedup
 
-# --- envelope and speedup on constructed curves -------------------------------------------
+# The tests that use the session's tiny trained ladder share one xdist worker (it is
+# trained once): tests/conftest.py.
+pytestmark = pytest.mark.xdist_group("tiny_ladder")
 
-
-def test_lower_envelope_keeps_only_pareto_points():
-    costs = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0])
-    mses = np.array([5.0, 3.0, 4.0, 3.5, 1.0, 1.0])
-    idx = common.lower_envelope(costs, mses)
-    assert idx.tolist() == [0, 1, 4]  # (2,4) dominated at equal cost, (3,3.5), (5,1) dominated
-    assert np.all(np.diff(costs[idx]) > 0) and np.all(np.diff(mses[idx]) < 0)
+# --- the sweep's statistics on constructed rows ---------------------------------------------
 
 
-def _power_law_envelope(rng, scale, exponent, mses, dominated=3):
-    """Points on ``cost = scale·mse^-exponent`` plus points dominated by some of them."""
-    costs = scale * mses**-exponent
-    pick = rng.choice(mses.size, dominated, replace=False)
-    extra_mse, extra_cost = mses[pick] * 1.5, costs[pick] * 1.3
-    return np.concatenate([costs, extra_cost]), np.concatenate([mses, extra_mse])
-
-
-def test_speedup_and_mse_ratio_match_power_laws():
-    """cost_em = a·m^-1.5, cost_ml = b·m^-1 ⇒ speedup(m) = (a/b)·m^-0.5,
-    mse_em(c) / mse_ml(c) = (c/a)^(-2/3) / (c/b)^(-1)."""
-    rng = np.random.default_rng(0)
-    a, b = 2.0e6, 5.0e6
-    em = _power_law_envelope(rng, a, 1.5, np.geomspace(1e-4, 1e-1, 7))
-    ml = _power_law_envelope(rng, b, 1.0, np.geomspace(3e-5, 3e-2, 5))
-    envs = []
-    for costs, mses in (em, ml):
-        idx = common.lower_envelope(costs, mses)
-        envs.append((costs[idx], mses[idx]))
-        assert len(idx) == len(costs) - 3  # every dominated point dropped
-    grid, speedup = common.speedup_curve(envs[0], envs[1], num=50)
-    assert grid[0] == pytest.approx(1e-4) and grid[-1] == pytest.approx(3e-2)
-    np.testing.assert_allclose(speedup, (a / b) * grid**-0.5, rtol=1e-9)
-    cost_grid, ratio = common.mse_ratio_curve(envs[0], envs[1], num=50)
-    expected = (cost_grid / a) ** (-1 / 1.5) / (cost_grid / b) ** -1.0
-    np.testing.assert_allclose(ratio, expected, rtol=1e-9)
-    assert np.isnan(common.loglog_interp([1e-5], envs[0][1], envs[0][0])[0])  # no extrapolation
-
-
-def test_analyse_reports_max_and_operating_point_from_rows():
-    """The full row → summary path on constructed curves (two seeds of ML-EM)."""
+def _rows(realisations=4):
+    """EM at cost a·m^-1.5 and the FLOP-priced ML-EM at b·m^-1, per realisation (rows as
+    points.csv holds them); ML-EM's errors wobble by realisation, EM's do not."""
     a, b = 2.0e6, 5.0e6
     rows = []
-    for steps, m in zip((8, 16, 32, 64), (1e-1, 1e-2, 1e-3, 1e-4)):
-        rows.append({"method": "em", "schedule": "", "level": 2, "c": float("nan"),
-                     "steps": steps, "seed": 0, "mse": m, "mse_se": 0.1 * m,
-                     "flops": a * m**-1.5, "wall_s": 1e-9 * a * m**-1.5})
-    for steps, m in zip((4, 8, 16), (3e-2, 3e-3, 3e-4)):
-        for seed, wobble in enumerate((0.9, 1.1)):
-            rows.append({"method": "mlem", "schedule": "variance", "level": 2, "c": 1.0,
-                         "steps": steps, "seed": seed, "mse": m * wobble, "mse_se": 0.1 * m,
-                         "flops": b * m**-1.0, "wall_s": 2e-9 * b * m**-1.0})
+    wobble = np.linspace(0.8, 1.2, realisations)
+    for r in range(realisations):
+        for steps, m in zip((8, 16, 32, 64), (1e-1, 1e-2, 1e-3, 1e-4)):
+            rows.append({"curve": "em", "method": "em", "level": 2, "top_evals": 0.0, "c": np.nan,
+                         "steps": steps, "realisation": r, "mse": m,
+                         "expected_flops": a * m**-1.5, "flops": a * m**-1.5,
+                         "seconds": 1e-9 * a * m**-1.5})
+        for steps, m in zip((4, 8, 16), (3e-2, 3e-3, 3e-4)):
+            rows.append({"curve": "mlem-variance-flops", "method": "mlem", "level": 2,
+                         "top_evals": 1.0, "c": 1.0, "steps": steps, "realisation": r,
+                         "mse": m * wobble[r], "expected_flops": b * m**-1.0,
+                         "flops": b * m**-1.0 * wobble[::-1][r],
+                         "seconds": 2e-9 * b * m**-1.0})
+    return rows, a, b
 
+
+def test_analyse_reports_the_headline_with_intervals_from_rows():
     class Config(dict):
         __getattr__ = dict.__getitem__
 
-    config = Config(analysis=Config(operating_point="auto"), sampling=Config(steps=32))
-    result = cost_error.analyse(rows, config, num_levels=2, gamma=3.0)
-    assert result["operating_point_mse"] == pytest.approx(1e-3)
-    # seed-averaged ML-EM points sit exactly on b·m^-1, so the speedup is (a/b)·m^-0.5
-    assert result["speedup_at_operating_point"] == pytest.approx((a / b) * 1e-3**-0.5)
-    assert result["speedup_at_equal_mse_max"] == pytest.approx((a / b) * 3e-4**-0.5)
-    # at ML-EM's cost for the operating MSE (b / 1e-3), EM reaches (c / a)^(-2/3)
-    assert result["mse_ratio_at_equal_cost"] == pytest.approx((b / 1e-3 / a) ** (-2 / 3) / 1e-3)
-    assert result["wallclock_speedup_over_flops_speedup"] == pytest.approx(0.5)
-    assert result["em_envelope_slope"] == pytest.approx(-1.5)
-    assert result["mlem_envelope_slope"] == pytest.approx(-1.0)
-    assert result["predicted_em_slope"] == -2.0 and result["predicted_mlem_slope"] == -1.5
+    rows, a, b = _rows()
+    config = Config(analysis=Config(operating_point="auto", speedup_bootstrap=200,
+                                    schedules=("variance",), cost_models=("flops",)),
+                    sampling=Config(steps=32))
+    result = cost_error.analyse(rows, config, num_levels=2)
+    flops, wall = result["speedup_at_equal_mse"], result["wallclock_speedup_at_equal_mse"]
+    assert flops["operating_point_mse"] == pytest.approx(1e-3)
+    # realisation-averaged ML-EM errors sit exactly on b·m^-1 (the wobble averages to 1)
+    assert flops["at_operating_point"] == pytest.approx((a / b) * 1e-3**-0.5)
+    assert flops["max"] == pytest.approx((a / b) * 3e-4**-0.5)
+    assert flops["max_at_mse"] == pytest.approx(3e-4)
+    lo, hi = flops["at_operating_point_ci"]
+    assert lo < flops["at_operating_point"] < hi  # the realisations' spread, resampled
+    # ML-EM's seconds are twice its FLOPs' worth: the wall-clock speedup is half
+    assert wall["at_operating_point"] == pytest.approx(0.5 * flops["at_operating_point"])
+    assert wall["curve"] == flops["curve"] == "mlem-variance-flops"  # the only curve swept
+    ratio = result["mse_ratio_at_equal_cost"]  # at ML-EM's cost for the operating MSE, b/1e-3
+    assert ratio["at_cost_flops"] == pytest.approx(b / 1e-3)
+    assert ratio["value"] == pytest.approx((b / 1e-3 / a) ** (-2 / 3) / 1e-3)
+    assert result["num_realisations"] == 4
 
 
 # --- γ fits on noisy synthetic points -----------------------------------------------------
@@ -96,7 +79,7 @@ def test_loss_floor_fit_recovers_gamma_and_ci_covers_it():
     assert fit["gamma"] == pytest.approx(gamma, rel=0.05)
     assert fit["loss_inf"] == pytest.approx(loss_inf, abs=2e-3) and not fit["at_bound"]
     boot = fit_gamma.bootstrap_loss_gamma(costs, losses, per_example, 200, seed=0)
-    lo, hi = common.percentile_interval(boot)
+    lo, hi = speedup.percentile_interval(boot)
     assert lo <= gamma <= hi and hi - lo < 0.5
     with pytest.raises(ValueError, match="needs >= 3 levels"):
         fit_gamma.fit_loss_power_law(costs[:2], losses[:2])
@@ -113,7 +96,7 @@ def test_drift_error_fit_recovers_gamma_and_ci_covers_it():
     estimate, errors = fit_gamma.fit_drift_gamma(costs, error_sq)
     assert estimate == pytest.approx(gamma, rel=0.05)
     np.testing.assert_allclose(errors[:-1], delta[:-1], rtol=0.05)
-    lo, hi = common.percentile_interval(fit_gamma.bootstrap_drift_gamma(costs, error_sq, 200))
+    lo, hi = speedup.percentile_interval(fit_gamma.bootstrap_drift_gamma(costs, error_sq, 200))
     assert lo <= gamma <= hi and hi - lo < 0.5
 
 
@@ -144,21 +127,30 @@ class _Levels:
         self.levels = tuple(names)
 
 
+class _Loaded:
+    """What make_manifest reads of a loaded ladder: restored steps and parameter digests."""
+
+    def __init__(self, digests=("aa", "bb")):
+        self.steps, self.digests = (10, 20), digests
+
+
 def test_results_dir_refuses_to_mix_configs(tmp_path):
     _fake_ladder(tmp_path / "a", ["level1", "level2"])
     _fake_ladder(tmp_path / "b", ["level1", "level2"], image_size=16)
     out = tmp_path / "results"
-    manifest_a = common.make_manifest(_Levels(["level1", "level2"]), tmp_path / "a")
+    manifest_a = common.make_manifest(_Levels(["level1", "level2"]), tmp_path / "a", _Loaded())
     common.open_results(out, manifest_a, recompute=False)
     common.merge_summary(out, {"gamma": 2.5})
     common.merge_summary(out, {"speedup": 3.0})
     assert json.loads((out / "summary.json").read_text()) == {"gamma": 2.5, "speedup": 3.0}
     common.open_results(out, manifest_a, recompute=False)  # same config: fine
-    manifest_b = common.make_manifest(_Levels(["level1", "level2"]), tmp_path / "b")
+    manifest_b = common.make_manifest(_Levels(["level1", "level2"]), tmp_path / "b", _Loaded())
     with pytest.raises(common.ResultsMismatchError, match="produced by a different config"):
         common.open_results(out, manifest_b, recompute=False)
-    with pytest.raises(FileNotFoundError, match="level level3: no trained run"):
-        common.make_manifest(_Levels(["level1", "level3"]), tmp_path / "a")
+    retrained = common.make_manifest(_Levels(["level1", "level2"]), tmp_path / "a",
+                                     _Loaded(("aa", "cc")))  # same configs, other weights
+    with pytest.raises(common.ResultsMismatchError, match="levels differ"):
+        common.open_results(out, retrained, recompute=False)
     common.save_stage(out, "stage", {"n": 1}, {"x": 1})
     assert common.load_stage(out, "stage", {"n": 1}) == {"x": 1}
     assert common.load_stage(out, "stage", {"n": 2}) is None  # other settings: recompute
@@ -171,16 +163,14 @@ def test_results_dir_refuses_to_mix_configs(tmp_path):
 
 
 def _tiny_config():
-    import ml_collections
+    from configs import tiny_sample
 
-    config = ml_collections.ConfigDict()
-    config.levels = ("level1", "level2")
-    config.sampling = ml_collections.ConfigDict(
-        {"method": "mlem", "steps": 4, "seed": 0, "variance_file": ""})
-    config.analysis = ml_collections.ConfigDict({
-        "ref_steps": 8, "em_steps": (2, 8), "mlem_steps": (2, 8), "c_values": (300.0,),
-        "seeds": 2, "num_samples": 8, "batch_size": 4, "num_time_bins": 2,
-        "variance_samples": 8, "gamma_bootstrap": 10, "operating_point": "auto"})
+    config = tiny_sample.get_config()
+    config.sampling.steps, config.sampling.path_steps = 2, 8
+    a = config.analysis
+    a.ref_steps, a.em_steps, a.mlem_steps, a.top_evals = 8, (1, 2), (2,), (0.5, 1.0)
+    a.realisations, a.batch_size, a.speedup_bootstrap = 3, 4, 50
+    a.num_time_bins, a.variance_samples, a.gamma_bootstrap = 2, 8, 10
     return config
 
 
@@ -227,8 +217,9 @@ def test_variance_file_is_the_agreed_format(tiny_results):
                                               method="mlem", schedule="variance", c=300.0,
                                               variance_file=variance_file)
     stats = generation.run(sample_config, ctx.workdir, out / "sample_variance", progress=False)
-    assert stats["schedule"] == "variance"
-    assert stats["evals_per_level"][0] == sample_config.sampling.steps
+    assert stats["schedule"] == "variance" and stats["cost_model"] == "time"
+    assert len(stats["level_seconds_per_call"]) == 2 and min(stats["level_seconds_per_call"]) > 0
+    assert 0 < stats["evals_per_level"][1] <= sample_config.sampling.steps
 
 
 def test_cost_error_reads_a_given_variance_file_and_checks_its_levels(tiny_results):
@@ -237,37 +228,87 @@ def test_cost_error_reads_a_given_variance_file_and_checks_its_levels(tiny_resul
     record = json.loads(path.read_text())
     config = ctx.config.copy_and_resolve_references()
     config.sampling.variance_file = str(path)
-    got = cost_error._variances(dataclasses.replace(ctx, config=config))
+    got = cost_error.variances_for(dataclasses.replace(ctx, config=config))
     np.testing.assert_allclose(got["variances"], record["variances"])
     np.testing.assert_allclose(got["bin_edges"], record["bin_edges"])
     config.levels = list(reversed(config.levels))
     with pytest.raises(ValueError, match="rerun python -m analysis.variance"):
-        cost_error._variances(dataclasses.replace(ctx, config=config))
+        cost_error.variances_for(dataclasses.replace(ctx, config=config))
 
 
-def test_tiny_sweep_envelope_is_monotone_and_seed_averaged(tiny_results):
+def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
     ctx, summary = tiny_results
-    out = ctx.out
-    rows = cost_error.read_points(out / "cost_error" / "points.csv")
-    assert len(rows) == 2 * 2 + 2 * 2  # EM: 2 levels × 2 steps; ML-EM: 2 steps × 2 seeds
-    top_at_ref = [r for r in rows if r["method"] == "em" and r["level"] == 2 and r["steps"] == 8]
-    assert top_at_ref[0]["mse"] == 0.0  # same noise and path as the reference: coupled
-    envs = json.loads((out / "cost_error" / "envelopes.json").read_text())
-    averaged = cost_error.seed_average(rows)
-    for name, env in envs.items():
-        assert np.all(np.diff(env["flops"]) > 0) and np.all(np.diff(env["mse"]) < 0)
-        for p in (p for p in averaged if cost_error.curve_name(p) == name and p["mse"] > 0):
-            cheaper = np.asarray(env["flops"]) <= p["flops"] * (1 + 1e-12)
-            assert np.min(np.asarray(env["mse"])[cheaper]) <= p["mse"]  # nothing below it
-    for point, mse in zip(envs["mlem-variance"]["points"], envs["mlem-variance"]["mse"]):
-        seeds = [r["mse"] for r in rows if r["method"] == "mlem" and r["steps"] == point["steps"]]
-        assert len(seeds) == 2
-        assert mse == pytest.approx(np.mean(seeds))  # the seed mean, never the best seed
-    assert summary["operating_point_mse"] == pytest.approx(  # sampling.steps=4: nearest is 2
-        next(r["mse"] for r in rows if r["method"] == "em" and r["level"] == 2
-             and r["steps"] == 2))
-    assert (out / "cost_error" / "cost_error.png").exists()
-    assert (out / "cost_error" / "cost_error.pdf").exists()
+    stage = ctx.out / "cost_error"
+    rows = cost_error.read_points(stage / "points.csv")
+    # EM: 2 levels × 2 grids; ML-EM: 2 cost models × 1 grid × 2 top_evals; × 3 realisations
+    assert len(rows) == (2 * 2 + 2 * 2) * 3
+    assert {r["curve"] for r in rows} == {"em", "mlem-variance-flops", "mlem-variance-time"}
+    for r in rows:
+        assert r["seconds"] > 0 and r["expected_flops"] > 0 and r["mse"] > 0
+        if r["method"] == "em":
+            assert r["flops"] == r["expected_flops"]
+    envs = json.loads((stage / "envelopes.json").read_text())
+    configs, sweep = cost_error.table(rows)
+    mse, _ = sweep.means(np.arange(3))
+    for curve, by_ruler in envs.items():
+        for env in by_ruler.values():
+            assert np.all(np.diff(env["cost"]) > 0) and np.all(np.diff(env["mse"]) < 0)
+            for point, m in zip(env["points"], env["mse"]):  # the realisation mean, never the best
+                i = next(i for i, c in enumerate(configs) if c["curve"] == curve
+                         and c["steps"] == point["steps"] and c["level"] == point["level"]
+                         and c["top_evals"] == point["top_evals"])
+                assert m == pytest.approx(mse[i]) and m > sweep.error[i].min()
+    for key in ("speedup_at_equal_mse", "wallclock_speedup_at_equal_mse"):
+        head = summary[key]
+        assert {"max", "max_ci", "max_at_mse", "at_operating_point", "at_operating_point_ci",
+                "operating_point_mse"} <= set(head)
+        assert head["max"] > 0 and head["max_ci"][0] <= head["max"] <= head["max_ci"][1]
+    assert summary["wallclock_speedup_at_equal_mse"]["curve"] == "mlem-variance-time"
+    assert set(summary["mse_ratio_at_equal_cost"]) >= {"value", "ci", "at_cost_flops"}
+    top_em = [r for r in rows if r["curve"] == "em" and r["level"] == 2 and r["steps"] == 2]
+    assert summary["speedup_at_equal_mse"]["operating_point_mse"] == pytest.approx(
+        np.mean([r["mse"] for r in top_em]))
+    for name in ("cost_error.png", "cost_error.pdf", "cost_error_seconds.png"):
+        assert (stage / name).exists()
+
+
+def test_ml_em_points_sit_at_their_expected_cost_for_the_requested_top_level_evaluations(
+        tiny_results):
+    from mlem import cost, schedules
+
+    ctx, _ = tiny_results
+    rows = cost_error.read_points(ctx.out / "cost_error" / "points.csv")
+    variances = json.loads((ctx.out / "variance" / "variances.json").read_text())
+    ts = np.asarray(ctx.ladder.sde.time_grid(8))[::4]
+    for r in (r for r in rows if r["curve"] == "mlem-variance-flops"):
+        c, probs = cost_error.make_probs("variance", ctx.flops, ts, variances, None,
+                                         r["top_evals"])
+        assert c == pytest.approx(r["c"]) and schedules.top_evals(probs) == pytest.approx(
+            r["top_evals"])
+        assert r["expected_flops"] == pytest.approx(cost.expected_cost(probs, ctx.flops))
+
+
+def test_reference_is_keyed_and_the_grid_rule_is_enforced(tiny_results, capsys):
+    ctx, _ = tiny_results
+    stage = ctx.out / "cost_error"
+    good = np.load(stage / "reference.npy")
+    key = json.loads((stage / "reference.json").read_text())
+    assert key["ref_steps"] == 8 and key["realisations"] == 3 and key["param_sha256"]
+    np.save(stage / "reference.npy", np.zeros_like(good))  # stale values under the right key
+    stale = dict(key, steps=[0, 0])  # ... then under a key of other checkpoints
+    (stage / "reference.json").write_text(json.dumps(stale))
+    from mlem import parallel
+
+    coupling = cost_error.Coupling(0, np.asarray(ctx.ladder.sde.time_grid(8), np.float32), 4,
+                                   ctx.ladder.image_shape, parallel.make_mesh())
+    again = cost_error.reference(ctx, ctx.ladder, coupling, 3)
+    assert "recomputing it" in capsys.readouterr().out
+    np.testing.assert_allclose(again, good, rtol=1e-6)
+    assert json.loads((stage / "reference.json").read_text()) == key
+    config = _tiny_config()
+    config.analysis.ref_steps = 4
+    with pytest.raises(ValueError, match="at least 4x finer than the finest swept grid"):
+        cost_error.check_grids(config)
 
 
 def test_tiny_sweep_reuses_points_and_refuses_other_ladder(tiny_results, tiny_ladder):
@@ -276,8 +317,23 @@ def test_tiny_sweep_reuses_points_and_refuses_other_ladder(tiny_results, tiny_la
     before = (out / "cost_error" / "points.csv").read_text()
     again = cost_error.stage(ctx)  # everything on disk: nothing recomputed
     assert (out / "cost_error" / "points.csv").read_text() == before
-    assert again["speedup_at_operating_point"] == summary["speedup_at_operating_point"]
+    assert again["cost_error_runs_computed_last_call"] == 0
+    assert again["speedup_at_equal_mse"] == summary["speedup_at_equal_mse"]
     other = _tiny_config()
     other.levels = ("level1",)
     with pytest.raises(common.ResultsMismatchError, match="use another --out or --recompute"):
         cost_error.run(other, tiny_ladder, out)
+
+
+def test_report_prints_the_tables_from_the_results_dir(tiny_results, capsys):
+    from analysis import report
+
+    ctx, summary = tiny_results
+    text = report.report([ctx.out])
+    head = summary["speedup_at_equal_mse"]
+    assert f"{report.fmt(head['max'])}× {report.fmt_ci(head['max_ci'])}" in text
+    assert "| mlem-variance-time | seconds |" in text
+    assert text.strip().splitlines()[-1].startswith("In wall-clock time")
+    with pytest.raises(SystemExit):
+        report.main([str(ctx.out / "missing")])
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analysis import common
+from analysis import speedup
 from analysis import synthetic as sweep
-from mlem import synthetic
+from mlem import sampling, synthetic
 
 REQUIRED_KEYS = ("gamma_target", "gamma_fitted", "exponent_em", "exponent_mlem", "fit_range",
                  "speedup_at_smallest_common_error")
@@ -110,25 +110,33 @@ def test_pareto_front_and_exponent_fit_recover_a_power_law():
     # Dominated points (more cost for the same error) must not move the envelope.
     noisy_errors = np.concatenate([errors, errors * rng.uniform(1.0, 3.0, 30)])
     noisy_costs = np.concatenate([costs, costs * rng.uniform(1.0, 5.0, 30)])
-    front = common.lower_envelope(noisy_costs, noisy_errors)
-    np.testing.assert_array_equal(np.sort(front), np.arange(30))
-    assert sweep.fit_exponent(noisy_costs[front], noisy_errors[front], 2e-3, 5e-2) == (
-        pytest.approx(3.0, abs=1e-6))
+    env = speedup.Envelope.of(noisy_costs, noisy_errors)
+    np.testing.assert_array_equal(np.sort(env.index), np.arange(30))
+    assert sweep.fit_exponent(env, 2e-3, 5e-2) == pytest.approx(3.0, abs=1e-6)
+    assert np.isnan(sweep.fit_exponent(env, 1e-4, 5e-2))  # outside the envelope: no fit
 
 
-def test_mlem_plan_drops_only_levels_below_a_saturated_one():
-    """Below the ladder start every level has p = 1 (weight 1 − 1 = 0: skipping them changes
-    nothing but the cost); the top level is evaluated m times per solve on average."""
+def test_mlem_plan_sets_top_level_evaluations_and_the_sampler_skips_saturated_levels():
+    """Below the highest level with p = 1 every weight is 1 − 1 = 0: the sampler evaluates
+    none of those levels; the top level is evaluated m times per solve on average."""
     cfg = sweep.SweepConfig(gamma=3.0, num_levels=8, mlem_min_top=4, max_steps=512)
     ladder = synthetic.dyadic_hierarchy(3.0, num_levels=8)
     variances = synthetic.level_variances(ladder, ladder.sample_x0(jax.random.key(0), 256))
     plan = sweep.mlem_plan(cfg, ladder, variances)
-    assert len(plan) == len(cfg.mlem_grid()) and any(run["start"] > 0 for run in plan)
+    assert len(plan) == len(cfg.mlem_grid())
     for run in plan:
         probs = run["probs"]
-        assert probs.shape == (run["top"],) and np.all(probs[: run["start"] + 1] == 1.0)
-        assert np.all(np.diff(probs) <= 0)
+        assert probs.shape == (run["top"],) and np.all(np.diff(probs) <= 0)
         assert run["steps"] * probs[-1] == pytest.approx(min(run["top_evals"], run["steps"]))
+    run = max(plan, key=lambda r: int(np.sum(r["probs"] == 1.0)))
+    saturated = int(np.flatnonzero(run["probs"] == 1.0).max())
+    assert saturated >= 1
+    ts = jnp.linspace(0.0, 1.0, run["steps"] + 1)
+    _, stats = sampling.multilevel_euler_maruyama(
+        ladder.drifts[:run["top"]], run["probs"], ladder.diffusion,
+        ladder.sample_x0(jax.random.key(1), 4), ts, jax.random.key(2))
+    evals = np.asarray(stats["evals"])
+    assert np.all(evals[:saturated] == 0) and evals[saturated] == run["steps"]
 
 
 def test_tiny_sweep_writes_summary_points_and_figure(tmp_path):
@@ -153,7 +161,14 @@ def test_tiny_sweep_writes_summary_points_and_figure(tmp_path):
     assert len(points) == 6 * 3 + 3 * 2
     mlem = [p for p in points if p["method"] == "mlem"]
     assert all(float(p["cost"]) > 0 and int(p["seeds"]) == 2 for p in mlem)
+    assert all(float(p["realised_cost"]) > 0 for p in mlem)
+    for key in ("exponent_em_ci95", "exponent_mlem_ci95", "speedup_at_fit_range_low_ci95"):
+        assert len(on_disk[key]) == 2, key
     assert (tmp_path / "cost_vs_error.png").stat().st_size > 10_000
+    from analysis import report
+
+    row = report.report([tmp_path]).splitlines()[2]  # the table's one data row
+    assert row.startswith("| 3 | ") and f"{summary['exponent_mlem']:.3g}" in row
 
 
 @pytest.mark.slow
@@ -169,6 +184,16 @@ def test_exponents_match_theory(gamma, tmp_path):
     inside = (curve[:, 0] >= summary["fit_range"][0]) & (curve[:, 0] <= summary["fit_range"][1])
     slope = np.polyfit(np.log(curve[inside, 0]), np.log(curve[inside, 1]), 1)[0]
     assert slope < 0, "the speedup must grow as the error shrinks"
+
+
+def test_reduced_sweep_separates_the_exponents(tmp_path):
+    """The theory in ``make test``: on a 10-level ladder at γ = 3 (16 seeds, ~40 s) ML-EM's
+    cost exponent is clearly below EM's (theory: γ vs γ + 1), and ML-EM is faster at the low
+    end of the fit range with a 95% interval above 1."""
+    summary = sweep.run(sweep.SweepConfig.ci(3.0), tmp_path, progress=False)
+    assert summary["exponent_em"] - summary["exponent_mlem"] >= 0.5, summary
+    assert summary["exponent_mlem_ci95"][1] < summary["exponent_em_ci95"][0]
+    assert summary["speedup_at_fit_range_low_ci95"][0] > 1.0
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ V_k(τ), sweep cost against error and draw the figures.
 
 Each level trains in its own workdir (``WORKDIR/levelK``) and resumes where it stopped;
 finished levels and analysis stages are reused. ``--smoke`` runs the same code on
-``tfds.testing.mock_data`` at 8×8 with the five ``smoke_level`` UNets, a few steps each.
+``tfds.testing.mock_data`` at 8×8 with the first three ``smoke_level`` UNets (three levels
+exercise every stage, the γ fits included), a few steps each.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ from mlem import cli, cost
 from mlem.models import ladder
 
 SAMPLE_CONFIG = "configs/celeba64_sample.py"
+SMOKE_LEVELS = 3
 SMOKE_TRAIN = {"model.dropout": 0.0, "data.image_size": 8,
                "data.source": "tfds", "training.batch_size": 8, "training.num_steps": 4,
                "training.log_every": 2, "training.eval_every": 4, "training.checkpoint_every": 4,
                "training.sample_every": 0, "optim.warmup_steps": 2, "eval.batch_size": 8,
                "eval.num_batches": 1, "wandb.mode": "disabled"}
-SMOKE_SAMPLE = {"sampling.steps": 4, "sampling.path_steps": 8, "sampling.num_samples": 8,
-                "sampling.batch_size": 8, "analysis.ref_steps": 8, "analysis.em_steps": (2, 4),
-                "analysis.mlem_steps": (4,), "analysis.c_values": (100.0,), "analysis.seeds": 1,
-                "analysis.num_samples": 8, "analysis.batch_size": 8,
-                "analysis.num_time_bins": 2, "analysis.variance_samples": 8,
-                "analysis.gamma_bootstrap": 20}
+SMOKE_SAMPLE = {"sampling.steps": 2, "sampling.path_steps": 8, "sampling.num_samples": 8,
+                "sampling.batch_size": 8, "analysis.ref_steps": 8, "analysis.em_steps": (1, 2),
+                "analysis.mlem_steps": (2,), "analysis.top_evals": (0.5, 1.0),
+                "analysis.realisations": 3, "analysis.batch_size": 4,
+                "analysis.speedup_bootstrap": 20, "analysis.num_time_bins": 2,
+                "analysis.variance_samples": 8, "analysis.gamma_bootstrap": 20}
 
 
 def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
@@ -42,7 +44,8 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
 
     Training: 3 × forward (forward + backward) × batch × steps. Reference: ``ref_steps``
     top-level evaluations per sample. EM sweep: ``Σ_k Σ_N N·c_k`` per sample. ML-EM sweep: at
-    most the EM cost of all levels at each step count, per value of c and seed.
+    most the EM cost of all levels at each step count, per configuration (schedule, cost
+    model, top-level evaluations). Samples: realisations × batch size.
     """
     configs = pipeline.level_configs(sample_config)
     flops = [_forward_flops(config) for config in configs.values()]
@@ -50,13 +53,15 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
              "flops": 3 * f * config.training.batch_size * config.training.num_steps}
             for (level, config), f in zip(configs.items(), flops)]
     a = sample_config.analysis
+    samples = a.realisations * a.batch_size
+    mlem_configs = len(a.schedules) * len(a.cost_models)
     rows.append({"stage": "cost_error: reference",
-                 "flops": a.ref_steps * flops[-1] * a.num_samples})
+                 "flops": a.ref_steps * flops[-1] * samples})
     rows.append({"stage": "cost_error: EM sweep",
-                 "flops": sum(a.em_steps) * sum(flops) * a.num_samples})
+                 "flops": sum(a.em_steps) * sum(flops) * samples})
     rows.append({"stage": "cost_error: ML-EM sweep (bound)",
-                 "flops": sum(a.mlem_steps) * sum(flops) * a.num_samples * len(a.c_values)
-                 * a.seeds * len(a.get("schedules", ("variance",)))})
+                 "flops": sum(n * sum(t <= n for t in a.top_evals) for n in a.mlem_steps)
+                 * sum(flops) * samples * mlem_configs})
     return rows
 
 
@@ -79,6 +84,8 @@ def smoke(workdir: Path, out: Path) -> dict:
     sample_config = load_config(SAMPLE_CONFIG)
     for dotted, value in SMOKE_SAMPLE.items():
         pipeline.set_field(sample_config, dotted, value)
+    sample_config.levels = sample_config.levels[:SMOKE_LEVELS]
+    sample_config.train_configs = sample_config.train_configs[:SMOKE_LEVELS]
     configs = pipeline.level_configs(
         sample_config, {**SMOKE_TRAIN, "data.data_dir": str(workdir / "tfds")})
     for k, config in enumerate(configs.values(), start=1):

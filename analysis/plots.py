@@ -1,0 +1,92 @@
+"""Figures drawn from the analysis stages' data (no stage imports this module's callers).
+
+``cost_error``: the paper-style log–log cost vs MSE with each method's envelope and the
+speedup at equal MSE with its 95% bootstrap band, once in FLOPs and once in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from analysis import speedup
+
+
+def plt():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+    return pyplot
+
+
+RULERS = {"flops": ("FLOPs per sample (ML-EM: expected)", "EM FLOPs / ML-EM FLOPs", ""),
+          "seconds": ("seconds per solve of a realisation's batch", "EM seconds / ML-EM seconds",
+                      "_seconds")}
+
+
+def cost_error(configs: Sequence[dict], sweep: speedup.Sweep, envs: dict, result: dict,
+               out_dir: Path) -> list[Path]:
+    """For each ruler (FLOPs, seconds): cost vs MSE (realisation-averaged points, envelopes
+    with standard errors over realisations) and the speedup curves with their 95% bootstrap
+    bands; ``cost_error.png/pdf`` and ``cost_error_seconds.png/pdf`` in ``out_dir``.
+
+    ``configs`` and ``sweep`` as :func:`analysis.cost_error.table` returns them, ``envs`` and
+    ``result`` as the stage writes them to ``envelopes.json`` and ``speedup.json``.
+    """
+    mse, costs = sweep.means(np.arange(sweep.num_realisations))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ruler, (xlabel, speed_label, suffix) in RULERS.items():
+        fig = _cost_error_figure(configs, mse, costs[ruler], envs, result, ruler, xlabel,
+                                 speed_label)
+        for ext in ("png", "pdf"):
+            paths.append(out_dir / f"cost_error{suffix}.{ext}")
+            fig.savefig(paths[-1], dpi=130)
+        plt().close(fig)
+    return paths
+
+
+def _cost_error_figure(configs, mse, cost, envs, result, ruler, xlabel, speed_label):
+    plt_ = plt()
+    fig, (ax, ax_s) = plt_.subplots(1, 2, figsize=(12, 4.8), width_ratios=(3, 2))
+    levels = sorted({c["level"] for c in configs if c["method"] == "em"})
+    colours = plt_.cm.Blues(np.linspace(0.35, 0.95, len(levels)))
+    for level, colour in zip(levels, colours):
+        idx = sorted((i for i, c in enumerate(configs) if c["method"] == "em"
+                      and c["level"] == level and mse[i] > 0), key=lambda i: configs[i]["steps"])
+        ax.plot(cost[idx], mse[idx], "o-", ms=3, lw=0.8, c=colour, label=f"EM level {level}")
+    ml_colours = dict(zip(sorted(c for c in envs if c != "em"),
+                          ("tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown")))
+    for curve, colour in ml_colours.items():
+        idx = [i for i, c in enumerate(configs) if c["curve"] == curve]
+        ax.plot(cost[idx], mse[idx], "s", ms=3, c=colour, alpha=0.3)
+    for curve, env in envs.items():
+        e = env[ruler]
+        ax.errorbar(e["cost"], e["mse"], yerr=e["mse_se"], c=ml_colours.get(curve, "tab:blue"),
+                    lw=2, ls="--", capsize=2, label=f"{curve} envelope")
+    op = result["speedup_at_equal_mse"]["operating_point_mse"]
+    ax.axhline(op, c="gray", ls=":", label=f"operating point ({result['operating_point']})")
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="MSE vs reference (per pixel)",
+           title=f"error vs cost ({result['num_realisations']} realisations, ± 1 SE)")
+    ax.legend(fontsize=7)
+    ax_s.axhline(1.0, c="gray", lw=0.8)
+    for curve, colour in ml_colours.items():
+        band = result["curves"][curve][ruler]
+        if not band["mse"]:
+            continue
+        stats = result["comparisons"][curve][ruler]
+        ax_s.plot(band["mse"], band["speedup"], c=colour,
+                  label=f"{curve}: max {stats['max']:.2f}× "
+                        f"[{stats['max_ci'][0]:.2f}, {stats['max_ci'][1]:.2f}]")
+        ax_s.fill_between(band["mse"], band["lo"], band["hi"], color=colour, alpha=0.2, lw=0)
+        if np.isfinite(stats["at_operating_point"] or np.nan):
+            ax_s.plot(op, stats["at_operating_point"], "o", c=colour, mec="k")
+    ax_s.axvline(op, c="gray", ls=":")
+    ax_s.set(xscale="log", xlabel="MSE", ylabel=speed_label,
+             title="speedup at equal MSE (95% bootstrap band over realisations)")
+    ax_s.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

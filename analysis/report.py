@@ -1,0 +1,135 @@
+"""Print README's results tables (Markdown) from results directories.
+
+    python -m analysis.report results/mnist_cpu results/synthetic_gamma2.5_seeds96 ...
+
+A directory written by ``analysis.synthetic`` gives one row of the synthetic table; one
+written by the image pipeline (``make demo``, ``experiments.celeba64``) gives its headline
+table, every comparison (each ML-EM schedule against EM, in FLOPs and in seconds) and the
+plain wall-clock sentence. Every number is read from the directory's ``summary.json`` (and
+``cost_error/speedup.json``); nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number with `digits` significant digits; "n/a" for a missing or non-finite one."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def fmt_ci(pair, digits: int = 3) -> str:
+    """An interval as "[lo, hi]"."""
+    if not pair or any(v is None for v in pair):
+        return "[n/a]"
+    return f"[{fmt(pair[0], digits)}, {fmt(pair[1], digits)}]"
+
+
+def synthetic_rows(dirs: Sequence[Path]) -> list[str]:
+    """The synthetic testbed's table: exponents and speedups with 95% intervals over seeds."""
+    lines = ["| γ target | γ fitted | levels | seeds | EM exponent (theory γ+1) | "
+             "ML-EM exponent (theory γ) | finite-ladder prediction | fit range (RMSE) | "
+             "speedup at the fit range's low end | max speedup | wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in dirs:
+        s = json.loads((d / "summary.json").read_text())
+        lo, hi = s["fit_range"]
+        lines.append(
+            f"| {fmt(s['gamma_target'])} | {fmt(s['gamma_fitted'], 4)} | "
+            f"{s['config']['num_levels']} | {s['seeds']} | "
+            f"{fmt(s['exponent_em'])} {fmt_ci(s.get('exponent_em_ci95'))} | "
+            f"{fmt(s['exponent_mlem'])} {fmt_ci(s.get('exponent_mlem_ci95'))} | "
+            f"{fmt(s.get('exponent_mlem_ideal_ladder'))} | {lo:.2g} – {hi:.2g} | "
+            f"{fmt(s['speedup_at_fit_range_low'])}× "
+            f"{fmt_ci(s.get('speedup_at_fit_range_low_ci95'))} | {fmt(s['speedup_max'])}× {fmt_ci(s.get('speedup_max_ci95'))} | "
+            f"{s['wall_time_s']:.0f} s |")
+    return lines
+
+
+def wallclock_sentence(summary: dict) -> str:
+    """One plain sentence: is ML-EM faster or slower than EM in wall-clock, and by how much."""
+    w = summary["wallclock_speedup_at_equal_mse"]
+    value, (lo, hi) = w["at_operating_point"], w["at_operating_point_ci"]
+    if value is None:
+        return ("In wall-clock time the ML-EM envelope does not reach the operating MSE, so no "
+                "speedup is measured there.")
+    verdict = "faster" if value > 1 else "slower"
+    factor = value if value > 1 else 1 / value
+    certain = (lo is not None and hi is not None) and (lo > 1 or hi < 1)
+    hedge = "" if certain else " (the 95% interval includes 1: not a clear difference)"
+    return (f"In wall-clock time ML-EM is {factor:.2f}× {verdict} than EM at the operating point "
+            f"(EM seconds ÷ ML-EM seconds at equal MSE = {value:.2f}, 95% CI "
+            f"[{fmt(lo)}, {fmt(hi)}])"
+            f"{hedge}; at its best MSE it is {fmt(w['max'])}× {fmt_ci(w['max_ci'])} at MSE "
+            f"{fmt(w['max_at_mse'])}.")
+
+
+def image_rows(d: Path) -> list[str]:
+    """The headline table of an image sweep, its comparisons and the wall-clock sentence."""
+    s = json.loads((d / "summary.json").read_text())
+    detail = json.loads((d / "cost_error" / "speedup.json").read_text())
+    f, w, r = (s["speedup_at_equal_mse"], s["wallclock_speedup_at_equal_mse"],
+               s["mse_ratio_at_equal_cost"])
+    lines = [f"**{d}** ({s['num_realisations']} realisations; operating point: "
+             f"{s['operating_point']}, MSE {fmt(f['operating_point_mse'])})", "",
+             "| quantity | value | 95% CI |", "|---|---:|---|",
+             f"| γ (used for predictions: {s.get('gamma_source')}) | {fmt(s.get('gamma'))} | "
+             f"{fmt_ci(s.get('gamma_ci'))} |",
+             f"| speedup at equal MSE, FLOPs, at the operating point ({f['curve']}) | "
+             f"{fmt(f['at_operating_point'])}× | {fmt_ci(f['at_operating_point_ci'])} |",
+             f"| speedup at equal MSE, FLOPs, maximum (at MSE {fmt(f['max_at_mse'])}) | "
+             f"{fmt(f['max'])}× | {fmt_ci(f['max_ci'])} |",
+             f"| speedup at equal MSE, seconds, at the operating point ({w['curve']}) | "
+             f"{fmt(w['at_operating_point'])}× | {fmt_ci(w['at_operating_point_ci'])} |",
+             f"| speedup at equal MSE, seconds, maximum (at MSE {fmt(w['max_at_mse'])}) | "
+             f"{fmt(w['max'])}× | {fmt_ci(w['max_ci'])} |",
+             f"| MSE ratio at equal FLOPs (EM ÷ ML-EM, at {fmt(r['at_cost_flops'])} FLOPs) | "
+             f"{fmt(r['value'])} | {fmt_ci(r['ci'])} |"]
+    if "total_wall_seconds" in s:
+        lines.append(f"| wall time of the run that computed it | {s['total_wall_seconds']:.0f} s "
+                     f"| |")
+    lines += ["", "| ML-EM schedule | ruler | at the operating point | maximum | at MSE |",
+              "|---|---|---|---|---|"]
+    for curve, by_ruler in sorted(detail["comparisons"].items()):
+        for ruler, c in by_ruler.items():
+            lines.append(f"| {curve} | {ruler} | {fmt(c['at_operating_point'])}× "
+                         f"{fmt_ci(c['at_operating_point_ci'])} | {fmt(c['max'])}× "
+                         f"{fmt_ci(c['max_ci'])} | {fmt(c['max_at_error'])} |")
+    return [*lines, "", wallclock_sentence(s)]
+
+
+def report(dirs: Sequence[str | Path]) -> str:
+    """All tables for ``dirs`` (synthetic directories first, in one table)."""
+    dirs = [Path(d) for d in dirs]
+    for d in dirs:
+        if not (d / "summary.json").is_file():
+            raise FileNotFoundError(f"{d}: no summary.json; run the analysis that writes it")
+    synthetic = [d for d in dirs if "exponent_em" in json.loads((d / "summary.json").read_text())]
+    lines = synthetic_rows(synthetic) if synthetic else []
+    for d in (d for d in dirs if d not in synthetic):
+        lines += ["", *image_rows(d)]
+    return "\n".join(lines).strip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or any(a.startswith("-") for a in args):
+        print("usage: python -m analysis.report RESULTS_DIR [RESULTS_DIR ...]", file=sys.stderr)
+        sys.exit(2)
+    try:
+        print(report(args), end="")
+    except (FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Defaults shared by every sample/analysis config; ``configs/<dataset>_sample.py`` overrides
+the ladder, the grids and the sizes.
+
+``levels`` are subdirectories of ``--workdir`` (cheapest first), each trained with the
+matching entry of ``train_configs``. The Brownian path of a sample lives on a grid of
+``sampling.path_steps`` steps, so every ``steps`` dividing it shares the same path
+(DESIGN.md §3).
+
+The ML-EM sweep of ``analysis.cost_error`` is set by a dimensionless knob, ``top_evals``:
+the expected number of evaluations of the top level in one solve (``Σ_n p_K(τ_n)``). It is
+turned into the schedule constant ``c`` for each ladder, grid and cost model, so the same
+values mean the same thing on MNIST and on CelebA.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.levels = ()  # level subdirectories of --workdir, cheapest first
+    config.train_configs = ()  # one training config per level
+    config.results_dir = ""  # analysis output (--out default)
+
+    config.sampling = s = ml_collections.ConfigDict()
+    s.method = "mlem"  # 'mlem' | 'em'
+    s.steps = 32  # also the operating point of the sweep (EM at the top level, this many steps)
+    s.path_steps = 256  # grid of the shared Brownian path; steps must divide it
+    s.num_samples = 64
+    s.batch_size = 64  # split over all local devices: a multiple of the device count
+    s.seed = 0
+    s.em_level = -1  # 1-based level for --method em; -1 = the top level K
+    s.schedule = "constant"  # 'constant' | 'variance' | 'file'
+    s.probs = ()  # constant schedule: p_k per level, p_1 = 1
+    # Variance schedule p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k)), V_k = E‖fᵏ − fᵏ⁻¹‖² per sample;
+    # C_k priced in seconds per call measured now ('time', what a user pays) or in FLOPs.
+    s.cost_model = "time"  # 'time' | 'flops'
+    s.c = 30.0
+    s.top_evals = 0.0  # > 0: choose c so that the top level runs this often per solve
+    s.variance_file = ""  # '' = <results_dir>/variance/variances.json
+    s.schedule_file = ""  # schedule 'file': JSON of mlem.schedules.save
+
+    config.analysis = a = ml_collections.ConfigDict()
+    a.ref_steps = 256  # N_ref: the reference grid, >= 4x the finest swept grid
+    a.em_steps = (4, 8, 16, 32, 64)  # each divides ref_steps
+    a.mlem_steps = (8, 16, 32, 64)
+    a.schedules = ("variance",)  # ML-EM schedules of the sweep: variance | constant | dyadic
+    a.cost_models = ("flops", "time")  # what each schedule's increment costs C_k are priced in
+    a.top_evals = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # expected top-level evaluations per solve
+    a.realisations = 8  # independent batches (noise, paths, draws): the bootstrap's units
+    a.batch_size = 16  # samples per realisation
+    a.speedup_bootstrap = 1000  # resamples of the realisations for every speedup interval
+    a.num_time_bins = 16
+    a.variance_samples = 256
+    a.gamma_bootstrap = 1000
+    a.operating_point = "auto"  # an MSE value, or 'auto' (EM, top level, sampling.steps steps)
+    return config
