@@ -18,11 +18,15 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
+# Two workers (the machine's two cores; XLA compiles on one); tests sharing the trained tiny
+# ladder stay on one worker (--dist loadgroup).
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup
+
 test: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 test-all: setup
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 lint: setup
 	$(PY) -m ruff check .

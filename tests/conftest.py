@@ -1,10 +1,30 @@
-"""Shared fixtures: a tiny trained ladder for every test that samples from real checkpoints."""
+"""Shared fixtures: a tiny trained ladder for every test that samples from real checkpoints.
+
+The suite is dominated by XLA compiling many tiny networks on the CPU, so before JAX is
+imported anywhere this file (1) lowers XLA's CPU optimisation level, which halves compile
+times and changes only rounding (both sides of every comparison are compiled alike), and
+(2) points JAX at a compilation cache private to this session, which the subprocesses that
+tests start inherit through the environment. Both reach subprocesses through ``os.environ``;
+a test that sets ``XLA_FLAGS`` itself appends to :data:`XLA_FLAGS`.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+_CACHE = tempfile.mkdtemp(prefix="mlem_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip()
+os.environ.update({"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": _CACHE,
+                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
 
 TINY_LEVELS = ("tiny_level1", "tiny_level2")
 

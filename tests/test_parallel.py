@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlem import parallel
+from tests.conftest import XLA_FLAGS
 from tests.test_training import run_python
 
 EIGHT_DEVICES = """
@@ -60,8 +61,7 @@ def test_eight_devices_match_one_device(tmp_path):
     steps move the parameters by > 1e-3.
     """
     # Low LLVM optimisation only to compile faster; both meshes are built the same way.
-    flags = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-             "--xla_llvm_disable_expensive_passes=true")
+    flags = f"--xla_force_host_platform_device_count=8 {XLA_FLAGS}"
     proc = run_python(["-c", EIGHT_DEVICES, str(tmp_path / "bad")], {}, XLA_FLAGS=flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
