@@ -147,13 +147,15 @@ class Context:
     ladder: Any  # mlem.levels.Ladder
     flops: np.ndarray  # (K,) FLOPs per sample of one forward pass, at the sampling batch size
     level_configs: tuple[Any, ...]
+    seconds: np.ndarray  # (K,) seconds per call of each level at that batch size, this device
 
 
 def prepare(config: Any, workdir: str | Path, out: str | Path, recompute: bool) -> Context:
     """Check/claim ``out`` (refusing to mix), load the ladder and measure its FLOPs.
 
-    The FLOPs are stored in ``DIR/level_flops/`` and reused (they depend only on the ladder,
-    the batch size and the backend). Stages that take a context share one loaded ladder, so
+    The FLOPs and seconds per call are measured together (one compilation per level), stored
+    in ``DIR/level_costs/`` and reused while the ladder, the batch size and the device are
+    the same. Stages that take a context share one loaded ladder, so
     their compiled solvers are reused within a process.
     """
     import jax
@@ -163,14 +165,17 @@ def prepare(config: Any, workdir: str | Path, out: str | Path, recompute: bool) 
     ladder = generation.load_ladder(config, workdir)
     out = open_results(out, make_manifest(config, workdir, ladder), recompute)
     paths = level_workdirs(config, workdir)
-    settings = {"batch_size": int(config.analysis.batch_size), "backend": jax.default_backend()}
-    cached = load_stage(out, "level_flops", settings)
-    flops = (np.asarray(cached["level_flops"]) if cached is not None
-             else levels.level_flops(ladder, settings["batch_size"]))
+    settings = {"batch_size": int(config.analysis.batch_size), "backend": jax.default_backend(),
+                "device": jax.devices()[0].device_kind}
+    cached = load_stage(out, "level_costs", settings)
+    if cached is None:
+        flops, seconds = levels.level_costs(ladder, settings["batch_size"])
+    else:
+        flops, seconds = np.asarray(cached["level_flops"]), np.asarray(cached["level_seconds"])
     levels.check_ordered(flops, tuple(config.levels))
-    save_stage(out, "level_flops", settings, {"level_flops": flops})
+    save_stage(out, "level_costs", settings, {"level_flops": flops, "level_seconds": seconds})
     return Context(config, Path(workdir), out, recompute, ladder, flops,
-                   tuple(checkpoint.load_config(p) for p in paths))
+                   tuple(checkpoint.load_config(p) for p in paths), seconds)
 
 
 def cli(run: Callable[[Any, Path, Path, bool], Mapping]) -> None:

@@ -16,7 +16,8 @@ of everything it depends on (ladder steps and parameter digests, SDE, grid, seed
 realisations, batch size); a different key recomputes it.
 **Sweep**: EM at every level over ``em_steps``; ML-EM over ``schedules × cost_models ×
 mlem_steps × top_evals``, where ``top_evals`` is the expected number of top-level evaluations
-per solve (converted to the schedule constant ``c`` for each grid and cost model).
+per solve (converted to the schedule constant ``c`` for each grid and cost model), for those
+pairs whose mean top-level probability ``top_evals / steps`` lies in ``top_prob_range``.
 **Error** = MSE over the samples and pixels of a realisation against the reference.
 **Cost**: FLOPs per sample (EM exact; ML-EM at the expected cost of its schedule, realised
 FLOPs recorded beside) and seconds per solve of a realisation's batch, measured on every
@@ -68,8 +69,16 @@ def configurations(config: Any, num_levels: int) -> list[dict]:
     ml = [{"curve": curve_name(s, m), "method": "mlem", "schedule": s, "cost_model": m,
            "level": num_levels, "top_evals": float(t), "steps": int(n)}
           for s in schedule_names(config) for m in cost_model_names(config)
-          for n in a.mlem_steps for t in a.top_evals if 0 < t <= n]
+          for n in a.mlem_steps for t in a.top_evals if _swept(config, t, n)]
     return em + ml
+
+
+def _swept(config: Any, top_evals: float, steps: int) -> bool:
+    """Whether ML-EM with ``top_evals`` expected top-level evaluations on ``steps`` steps is
+    swept: its mean top-level probability ``top_evals / steps`` lies in
+    ``config.analysis.top_prob_range`` (and below 1, where every step runs the top level)."""
+    lo, hi = config.analysis.get("top_prob_range", (0.0, 0.5))
+    return 0 < top_evals <= steps and lo <= top_evals / steps <= min(hi, 1.0)
 
 
 def check_grids(config: Any) -> None:
@@ -235,20 +244,10 @@ def _row(flops, point, realisation, x, ref, seconds, evals, probs) -> dict:
             "evals": ";".join(f"{e:g}" for e in evals)}
 
 
-def level_costs(ctx: common.Context, cost_model: str, batch_size: int) -> np.ndarray:
+def level_costs(ctx: common.Context, cost_model: str) -> np.ndarray:
     """Per-level costs the schedules are priced in: FLOPs per sample, or seconds per call at
-    ``batch_size`` (measured once per results directory, device and batch size)."""
-    if cost_model == "flops":
-        return ctx.flops
-    device = jax.devices()[0]
-    settings = {"batch_size": batch_size, "backend": jax.default_backend(),
-                "device": device.device_kind}
-    cached = common.load_stage(ctx.out, "level_seconds", settings)
-    if cached is not None:
-        return np.asarray(cached["level_seconds"])
-    seconds = levels.level_seconds(ctx.ladder, batch_size)
-    common.save_stage(ctx.out, "level_seconds", settings, {"level_seconds": seconds})
-    return seconds
+    ``config.analysis.batch_size`` on this device (``ctx.seconds``)."""
+    return ctx.flops if cost_model == "flops" else ctx.seconds
 
 
 def variances_for(ctx: common.Context) -> dict:
@@ -279,7 +278,7 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
     names = schedule_names(ctx.config)
     v = variances_for(ctx) if {"variance", "constant"} & set(names) else None
     gamma = fitted_gamma(ctx.out) if "dyadic" in names else None
-    prices = {m: level_costs(ctx, m, batch) for m in cost_model_names(ctx.config)}
+    prices = {m: level_costs(ctx, m) for m in cost_model_names(ctx.config)}
     settings = {"realisations": realisations, "batch_size": batch, "ref_steps": int(a.ref_steps),
                 "seed": int(ctx.config.sampling.seed), "level_flops": ctx.flops.tolist(),
                 "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},

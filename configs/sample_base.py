@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.schedules = ("variance",)  # ML-EM schedules of the sweep: variance | constant | dyadic
     a.cost_models = ("flops", "time")  # what each schedule's increment costs C_k are priced in
     a.top_evals = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # expected top-level evaluations per solve
+    a.top_prob_range = (0.0, 0.5)  # ... swept where top_evals / steps lies in this range
     a.realisations = 8  # independent batches (noise, paths, draws): the bootstrap's units
     a.batch_size = 16  # samples per realisation
     a.speedup_bootstrap = 1000  # resamples of the realisations for every speedup interval

@@ -24,7 +24,18 @@ Array = jax.Array
 
 def flops_per_sample(fn: Callable[..., Array], *args, batch_size: int) -> float:
     """FLOPs of one call ``fn(*args)`` compiled by XLA, divided by ``batch_size``."""
-    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return _flops(jax.jit(fn).lower(*args).compile(), batch_size)
+
+
+def flops_and_seconds(fn: Callable[..., Array], *args, batch_size: int,
+                      repeats: int = 5) -> tuple[float, float]:
+    """``(FLOPs per sample, median seconds per call)`` of ``fn(*args)`` from one compilation."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    return _flops(compiled, batch_size), median_seconds(lambda: compiled(*args), repeats)
+
+
+def _flops(compiled, batch_size: int) -> float:
+    analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device
         analysis = analysis[0]
     flops = (analysis or {}).get("flops", 0.0)

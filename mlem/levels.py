@@ -98,23 +98,35 @@ def drifts(ladder: Ladder, params: Sequence[Params]) -> list[Callable[[Array, Ar
 
 def level_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
     """``(K,)`` FLOPs per sample of one forward pass of each level, from XLA."""
-    x = jnp.zeros((batch_size, *ladder.image_shape), jnp.float32)
-    t = jnp.full((batch_size,), 0.5, jnp.float32)
-    return np.array([
-        cost.flops_per_sample(lambda p, x, t, m=m: m.apply({"params": p}, x, t, train=False),
-                              p, x, t, batch_size=batch_size)
-        for m, p in zip(ladder.models, ladder.params)])
+    x, t = _probe(ladder, batch_size)
+    return np.array([cost.flops_per_sample(_forward(m), p, x, t, batch_size=batch_size)
+                     for m, p in zip(ladder.models, ladder.params)])
+
+
+def level_costs(ladder: Ladder, batch_size: int, repeats: int = 5
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(flops, seconds)``, each ``(K,)``: XLA's FLOPs per sample of one forward pass of each
+    level and the median seconds of one call at ``batch_size`` on the default device (warm-up
+    excluded): what a step that evaluates it pays. One compilation per level."""
+    x, t = _probe(ladder, batch_size)
+    pairs = [cost.flops_and_seconds(_forward(m), p, x, t, batch_size=batch_size,
+                                    repeats=repeats)
+             for m, p in zip(ladder.models, ladder.params)]
+    return np.array([f for f, _ in pairs]), np.array([s for _, s in pairs])
 
 
 def level_seconds(ladder: Ladder, batch_size: int, repeats: int = 5) -> np.ndarray:
-    """``(K,)`` median seconds of one call of each level's forward pass at ``batch_size``
-    (warm-up excluded), on the default device: what a step that evaluates it pays."""
+    """``(K,)`` median seconds of one call of each level's forward pass at ``batch_size``."""
+    return level_costs(ladder, batch_size, repeats)[1]
+
+
+def _probe(ladder: Ladder, batch_size: int) -> tuple[Array, Array]:
     x = jax.random.normal(jax.random.key(0), (batch_size, *ladder.image_shape), jnp.float32)
-    t = jnp.full((batch_size,), 0.5, jnp.float32)
-    return np.array([
-        cost.seconds_per_call(lambda p, x, t, m=m: m.apply({"params": p}, x, t, train=False),
-                              p, x, t, repeats=repeats)
-        for m, p in zip(ladder.models, ladder.params)])
+    return x, jnp.full((batch_size,), 0.5, jnp.float32)
+
+
+def _forward(model: nn.Module) -> Callable:
+    return lambda p, x, t: model.apply({"params": p}, x, t, train=False)
 
 
 def check_ordered(flops: Sequence[float], names: Sequence[str]) -> None:
