@@ -147,21 +147,23 @@ def max_speedup(base: Envelope, other: Envelope) -> tuple[float, float]:
 def speedup_curve(base: Envelope, other: Envelope, num: int = 200
                   ) -> tuple[np.ndarray, np.ndarray]:
     """``(errors, speedup)`` on ``num`` log-spaced errors of the common range (for figures)."""
-    span = common_range(base.error, other.error)
-    if span is None:
-        return np.empty(0), np.empty(0)
-    grid = np.geomspace(*span, num) if span[0] < span[1] else np.array([span[0]])
+    grid = _common_grid(base.error, other.error, num)
     return grid, speedup_at(base, other, grid)
 
 
 def error_ratio_curve(base: Envelope, other: Envelope, num: int = 200
                       ) -> tuple[np.ndarray, np.ndarray]:
     """``(costs, error ratio)`` on ``num`` log-spaced costs of the common cost range."""
-    span = common_range(base.cost, other.cost)
-    if span is None:
-        return np.empty(0), np.empty(0)
-    grid = np.geomspace(*span, num) if span[0] < span[1] else np.array([span[0]])
+    grid = _common_grid(base.cost, other.cost, num)
     return grid, error_ratio_at(base, other, grid)
+
+
+def _common_grid(a: np.ndarray, b: np.ndarray, num: int) -> np.ndarray:
+    """``num`` log-spaced points of the overlap of two ranges (empty if they do not meet)."""
+    span = common_range(a, b)
+    if span is None:
+        return np.empty(0)
+    return np.geomspace(*span, num) if span[0] < span[1] else np.array([span[0]])
 
 
 # --- realisations and the bootstrap -----------------------------------------------------------

@@ -30,9 +30,18 @@ import numpy as np
 Array = jax.Array
 
 
+class _Nested:
+    """What both path forms share: step ``n`` of a nested grid sums the fine increments
+    ``fine(i, like)`` that a subclass draws on its grid ``ts``."""
+
+    def step(self, n: Array, num_steps: int, like: Array) -> Array:
+        """Increment of step ``n`` of the nested grid with ``num_steps`` steps, like ``like``."""
+        return _coarse(self, n, _ratio(self.ts.shape[0] - 1, num_steps), like)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class BatchPath:
+class BatchPath(_Nested):
     """The path of one key for a whole batch, on the fine grid ``ts`` ``(N_fine + 1,)``."""
 
     key: Array
@@ -43,14 +52,10 @@ class BatchPath:
         noise = jax.random.normal(jax.random.fold_in(self.key, i), like.shape, like.dtype)
         return _sqrt_dt(self.ts, i, like.dtype) * noise
 
-    def step(self, n: Array, num_steps: int, like: Array) -> Array:
-        """Increment of step ``n`` of the nested grid with ``num_steps`` steps."""
-        return _coarse(self, n, _ratio(self.ts.shape[0] - 1, num_steps), like)
-
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class SamplePaths:
+class SamplePaths(_Nested):
     """One path per sample: ``keys`` ``(B,)`` typed keys, fine grid ``ts`` ``(N_fine + 1,)``."""
 
     keys: Array
@@ -60,10 +65,6 @@ class SamplePaths:
         """Fine increment ``i`` of every sample, ``(B, ...)`` like ``like``."""
         draw = lambda k: jax.random.normal(jax.random.fold_in(k, i), like.shape[1:], like.dtype)
         return _sqrt_dt(self.ts, i, like.dtype) * jax.vmap(draw)(self.keys)
-
-    def step(self, n: Array, num_steps: int, like: Array) -> Array:
-        """Increment of step ``n`` of the nested grid with ``num_steps`` steps."""
-        return _coarse(self, n, _ratio(self.ts.shape[0] - 1, num_steps), like)
 
     def increments(self, sample_shape: tuple[int, ...], num_steps: int | None = None,
                    dtype=jnp.float32) -> Array:
