@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mlem.files import read_json
+
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 STAGE = "stage.json"
@@ -49,7 +51,7 @@ def make_manifest(config: Any, workdir: str | Path, ladder: Any) -> dict:
     step restored and the digest of the parameters loaded), SDE and data."""
     levels = []
     for k, (name, path) in enumerate(zip(config.levels, level_workdirs(config, workdir))):
-        level_config = json.loads((path / "config.json").read_text())
+        level_config = read_json(path / "config.json", "config record")
         levels.append({"name": name, "model": level_config["model"]["level"],
                        "config_sha256": digest(level_config),
                        "checkpoint_step": ladder.steps[k], "param_sha256": ladder.digests[k]})
@@ -72,7 +74,7 @@ def open_results(out: str | Path, manifest: Mapping, recompute: bool) -> Path:
     out = Path(out)
     path = out / MANIFEST
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path, "results manifest")
         if digest(old) != digest(manifest):
             if not recompute:
                 differ = ", ".join(sorted(k for k in set(old) | set(manifest)
@@ -92,8 +94,8 @@ def load_stage(out: Path, stage: str, settings: Mapping, recompute: bool = False
     path = out / stage / STAGE
     if recompute or not path.exists():
         return None
-    record = json.loads(path.read_text())
-    manifest = json.loads((out / MANIFEST).read_text())
+    record = read_json(path, "stage record")
+    manifest = read_json(out / MANIFEST, "results manifest")
     if record.get("manifest") != digest(manifest) or record.get("settings") != jsonable(settings):
         return None
     return record["result"]
@@ -193,8 +195,10 @@ def cli(run: Callable[[Any, Path, Path, bool], Mapping]) -> None:
     flags.DEFINE_string("out", None, "results directory, e.g. results/mnist_cpu")
     flags.DEFINE_bool("recompute", False, "recompute this stage instead of reusing what is on "
                       "disk (and take over a results directory made by another config)")
+    flags.DEFINE_bool("allow_older_checkpoints", False, "use the newest readable checkpoint of "
+                      "a level whose newest one is unreadable (recorded in the manifest)")
     flags.mark_flags_as_required(["config", "workdir", "out"])
-    for name in ("config", "workdir", "out", "recompute"):  # listed by --help
+    for name in ("config", "workdir", "out", "recompute", "allow_older_checkpoints"):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
     def main(argv: Sequence[str]) -> None:
@@ -202,6 +206,8 @@ def cli(run: Callable[[Any, Path, Path, bool], Mapping]) -> None:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         f = flags.FLAGS
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+        if f.allow_older_checkpoints:
+            f.config.allow_older_checkpoints = True
         try:
             summary = run(f.config, Path(f.workdir), Path(f.out), f.recompute)
         except (ValueError, FileNotFoundError) as err:

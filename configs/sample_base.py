@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.levels = ()  # level subdirectories of --workdir, cheapest first
     config.train_configs = ()  # one training config per level
     config.results_dir = ""  # analysis output (--out default)
+    # Load each level's newest checkpoint or stop; True (--allow_older_checkpoints) falls back
+    # to the newest readable step, which every output records.
+    config.allow_older_checkpoints = False
 
     config.sampling = s = ml_collections.ConfigDict()
     s.method = "mlem"  # 'mlem' | 'em'

@@ -1,11 +1,22 @@
 """Checkpoints of a training run and loading trained ladder levels.
 
-A workdir holds ``config.json`` (the run's config) and ``checkpoints/<step>/`` written by an
-async orbax :class:`~orbax.checkpoint.CheckpointManager` that keeps the newest
-``keep_checkpoints`` steps. A checkpoint that cannot be restored (corrupt or partial files)
-is skipped with a warning in favour of the previous one; during training it is moved to
-``corrupt_checkpoints/<step>/`` (kept for inspection, never deleted) so that the step can be
-written again.
+A workdir holds:
+
+* ``config.json``: the record of the weights, written once when the run starts (after
+  validation). A later call whose model, data or SDE fields differ is refused
+  (:func:`check_workdir`); the fields that may change on a resume (training, optimiser,
+  evaluation and logging knobs, the dataset's location, the compute dtype) are appended to
+  ``config_history.jsonl`` instead (:func:`record_config`).
+* ``checkpoints/<step>/``: written by an async orbax :class:`~orbax.checkpoint.CheckpointManager`
+  that keeps the newest ``keep_checkpoints`` steps.
+* ``corrupt_checkpoints/<step>/``: checkpoints that training found unreadable, moved aside
+  (never deleted) so that the step can be written again.
+* ``previous_runs/<n>/``: what ``python -m train --restart`` set aside (metrics, unreadable
+  checkpoints, sample grids) before training from step 0 again.
+
+Loading a trained level (:func:`load_level`) is exact: it restores the newest checkpoint or
+raises :class:`UnreadableCheckpointError`; ``allow_older=True`` falls back to the newest
+readable step, which the caller records.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,65 +34,99 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from mlem import parallel
+from mlem.files import read_json
 
 CONFIG_FILE = "config.json"
+CONFIG_HISTORY = "config_history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
+PREVIOUS_DIR = "previous_runs"
 
-# Config fields that define what a run learns: a workdir holding another value is refused.
-# (The compute dtype, dataset location and all training knobs may change on resume.)
-IDENTITY_FIELDS = ("model.level", "model.dropout", "data.name", "data.image_size",
-                   "data.num_channels")
+# Sections of config.json that define the weights: a call with other values is refused.
+RECORD_SECTIONS = ("model", "data", "sde")
+# ... except these, which say how the same thing is computed or where the same data lives.
+RESUMABLE_FIELDS = ("model.dtype", "data.source", "data.data_dir", "data.local_path")
 
 log = logging.getLogger(__name__)
 
 
 class WorkdirMismatchError(ValueError):
-    """The workdir holds a run of another model or dataset."""
+    """The workdir holds a run of another model, dataset or SDE."""
 
 
 class CheckpointNotFoundError(FileNotFoundError):
     """No restorable checkpoint in a workdir that must have one."""
 
 
-# --- config.json --------------------------------------------------------------------------
+class UnreadableCheckpointError(CheckpointNotFoundError):
+    """The newest checkpoint exists but cannot be restored (and no fallback was allowed)."""
 
-def _lookup(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = config.get(part) if hasattr(config, "get") else None
-    return config
+
+# --- config.json: the record of the weights ----------------------------------------------
+
+def flatten(record: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'a.b': value}`` for a nested dict / ConfigDict (JSON values: tuples become lists)."""
+    if isinstance(record, ml_collections.ConfigDict):
+        record = json.loads(record.to_json_best_effort())
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def check_workdir(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
-    """Raise :class:`WorkdirMismatchError` if ``workdir/config.json`` names another model/data."""
+    """Raise :class:`WorkdirMismatchError` listing every model/data/SDE field of ``config``
+    that differs from the record ``workdir/config.json`` (nothing is written)."""
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         return
-    saved = json.loads(path.read_text())
-    for field in IDENTITY_FIELDS:
-        old, new = _lookup(saved, field), _lookup(config, field)
-        if old != new:
-            raise WorkdirMismatchError(
-                f"workdir {workdir} holds a run with {field}={old!r}, but the config has "
-                f"{field}={new!r}; use another --workdir")
+    saved, new = flatten(read_json(path, "config record")), flatten(config)
+    fields = sorted(f for f in set(saved) | set(new)
+                    if f.split(".")[0] in RECORD_SECTIONS and f not in RESUMABLE_FIELDS
+                    and saved.get(f) != new.get(f))
+    if fields:
+        listing = ", ".join(f"{f}={saved.get(f)!r} (config: {new.get(f)!r})" for f in fields)
+        raise WorkdirMismatchError(
+            f"workdir {workdir} holds weights trained with {listing}; these fields define the "
+            f"weights and cannot change on a resume: use another --workdir")
 
 
-def save_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
-    """Write ``workdir/config.json`` (the latest config of the run) from process 0."""
+def record_config(workdir: str | Path, config: ml_collections.ConfigDict, step: int) -> None:
+    """Write ``config.json`` if the run is new; otherwise append the fields that changed
+    since the last call (``{"time", "step", "changes": {field: value}}``) to
+    ``config_history.jsonl``. Process 0 only; call after validation."""
     if jax.process_index() != 0:
         return
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    (Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + "\n")
+    workdir = Path(workdir)
+    path, history = workdir / CONFIG_FILE, workdir / CONFIG_HISTORY
+    if not path.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(config.to_json_best_effort(indent=2) + "\n")
+        return
+    current = flatten(read_json(path, "config record"))
+    if history.exists():
+        for line in filter(None, history.read_text().splitlines()):
+            current.update(json.loads(line)["changes"])
+    new = flatten(config)
+    changes = {f: new.get(f) for f in sorted(set(current) | set(new))
+               if current.get(f) != new.get(f)}
+    if changes:
+        entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "step": step, "changes": changes}
+        with history.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config saved in ``workdir/config.json``."""
+    """The record ``workdir/config.json`` (what the weights were trained as)."""
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise CheckpointNotFoundError(
             f"{path} does not exist: {workdir} is not a training workdir; train it with "
             f"python -m train --config ... --workdir {workdir}")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(read_json(path, "config record"))
 
 
 # --- the checkpoint manager ---------------------------------------------------------------
@@ -104,15 +150,18 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
 
 
 def restore_latest(manager: ocp.CheckpointManager, target: Any | None = None, *,
-                   quarantine: bool = False) -> tuple[int, Any] | None:
+                   quarantine: bool = False, allow_older: bool = True
+                   ) -> tuple[int, Any] | None:
     """Restore the newest restorable step as ``(step, state)``; ``None`` if there is none.
 
     ``target`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` (shapes, dtypes and
     shardings of the result); without it the saved tree comes back as nested dicts of arrays
-    replicated over the current devices (whatever devices it was saved from). A step
-    whose files are corrupt or missing is skipped with a warning and, with ``quarantine``,
-    moved to ``<workdir>/corrupt_checkpoints/<step>``. If steps exist but none restores,
-    raises :class:`CheckpointNotFoundError`.
+    replicated over the current devices (whatever devices it was saved from).
+
+    A step whose files are corrupt or missing raises :class:`UnreadableCheckpointError`
+    unless ``allow_older``, which falls back to the previous step with one warning; with
+    ``quarantine`` the unreadable step is moved to ``<workdir>/corrupt_checkpoints/<step>``.
+    If steps exist but none restores, raises :class:`CheckpointNotFoundError`.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     for step in steps:
@@ -120,16 +169,25 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any | None = None, *,
             abstract = _abstract(target) if target is not None else _saved_abstract(manager, step)
             return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
-            reason = " ".join(str(err).split())[:300]
-            log.warning("checkpoint step %d in %s cannot be restored (%s: %s); falling back "
-                        "to the previous one", step, manager.directory, type(err).__name__,
-                        reason)
-            if quarantine:
-                _move_aside(manager, step)
+            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+            where = Path(manager.directory) / str(step)
+            if not allow_older:
+                raise UnreadableCheckpointError(
+                    f"the newest checkpoint, step {step} ({where}), cannot be restored "
+                    f"({reason}); rerun its python -m train command (it moves the file aside "
+                    f"and recomputes the step), or pass --allow_older_checkpoints to use the "
+                    f"newest readable older step (the step used is recorded)") from None
+            moved = f"; moved it to {_move_aside(manager, step)}" if quarantine else ""
+            log.warning("checkpoint step %d in %s cannot be restored (%s)%s; falling back to "
+                        "the previous one", step, manager.directory, reason, moved)
     if steps:
+        workdir = Path(manager.directory).parent
+        fix = (f"they were moved to {workdir / CORRUPT_DIR}; rerun with --restart to train "
+               f"from step 0 (the earlier history is kept in {workdir / PREVIOUS_DIR})"
+               if quarantine else "retrain the level")
         raise CheckpointNotFoundError(
             f"none of the checkpoints {sorted(steps)} in {manager.directory} can be restored; "
-            f"inspect or move them away, or use another --workdir")
+            f"{fix}, or use another --workdir")
     return None
 
 
@@ -144,7 +202,7 @@ def _saved_abstract(manager: ocp.CheckpointManager, step: int) -> Any:
                         manager.item_metadata(step).tree)
 
 
-def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> Path:
     src = Path(manager.directory) / str(step)
     dst = Path(manager.directory).parent / CORRUPT_DIR / str(step)
     if jax.process_index() == 0:
@@ -152,30 +210,57 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
             dst = dst.with_name(f"{step}.{len(list(dst.parent.iterdir()))}")
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), str(dst))
-        log.warning("moved the unreadable checkpoint to %s", dst)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"mlem_move_aside_{step}")
     manager.reload()
+    return dst
+
+
+def quarantined_steps(workdir: str | Path) -> list[int]:
+    """Steps of the unreadable checkpoints in ``workdir/corrupt_checkpoints`` (sorted)."""
+    folder = Path(workdir) / CORRUPT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name.split(".")[0]) for p in folder.iterdir()
+                  if p.name.split(".")[0].isdigit())
+
+
+def set_aside_for_restart(workdir: str | Path, names: tuple[str, ...]) -> Path:
+    """Move ``workdir/<name>`` for each existing name into a new ``previous_runs/<n>/``."""
+    workdir = Path(workdir)
+    parent = workdir / PREVIOUS_DIR
+    dst = parent / str(len(list(parent.iterdir())) + 1 if parent.is_dir() else 1)
+    if jax.process_index() == 0:
+        dst.mkdir(parents=True)
+        for name in names:
+            if (workdir / name).exists():
+                shutil.move(str(workdir / name), str(dst / name))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("mlem_restart")
+    return dst
 
 
 # --- loading a trained level --------------------------------------------------------------
 
-def load_level(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, int]:
-    """``(config, ema_params, step)`` of the newest restorable checkpoint in ``workdir``.
+def load_level(workdir: str | Path, allow_older: bool = False
+               ) -> tuple[ml_collections.ConfigDict, Any, int]:
+    """``(config, ema_params, step)`` of the newest checkpoint in ``workdir``.
 
-    The EMA parameters are the ones sampling uses; build the network with
+    Raises :class:`UnreadableCheckpointError` if the newest checkpoint cannot be restored,
+    unless ``allow_older`` (then the newest readable step is used and returned). The EMA
+    parameters are the ones sampling uses; build the network with
     ``mlem.training.build_model(config)``.
     """
     config = load_config(workdir)
-    if not (Path(workdir) / CHECKPOINT_DIR).is_dir():
-        raise CheckpointNotFoundError(f"no checkpoint in {workdir}: train it first with "
+    missing = CheckpointNotFoundError(f"no checkpoint in {workdir}: train it first with "
                                       f"python -m train --config ... --workdir {workdir}")
+    if not (Path(workdir) / CHECKPOINT_DIR).is_dir():
+        raise missing
     manager = make_manager(workdir, keep=None)
     try:
-        restored = restore_latest(manager)
+        restored = restore_latest(manager, allow_older=allow_older)
     finally:
         manager.close()
     if restored is None:
-        raise CheckpointNotFoundError(f"no checkpoint in {workdir}: train it first with "
-                                      f"python -m train --config ... --workdir {workdir}")
+        raise missing
     return config, restored[1]["ema_params"], int(restored[0])

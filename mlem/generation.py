@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from mlem import brownian, checkpoint, cost, levels, parallel, schedules, training
+from mlem.files import read_json
 from mlem.levels import Ladder
 
 Array = jax.Array
@@ -56,7 +57,8 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
     """The ladder ``config.levels`` (subdirectories of ``workdir``, cheapest first).
 
     Raises :class:`LevelNotTrainedError` naming the level, the workdir expected and the
-    train command (``config.train_configs`` names each level's training config).
+    train command (``config.train_configs`` names each level's training config). Each level
+    is its newest checkpoint or an error, unless ``config.allow_older_checkpoints``.
     """
     names = tuple(config.levels)
     if not names:
@@ -70,7 +72,7 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
             raise LevelNotTrainedError(
                 f"level {k + 1} ({names[k]}): no trained checkpoint in {wd}; train it with "
                 f"python -m train --config {train} --workdir {wd}")
-    return levels.load_ladder(workdirs)
+    return levels.load_ladder(workdirs, bool(config.get("allow_older_checkpoints", False)))
 
 
 def measure_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
@@ -142,7 +144,10 @@ def load_variances(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, 
     """``(bin_edges (bins + 1,), variances (bins, K))`` from ``analysis.variance``'s JSON."""
     path = _existing(path, "sampling.variance_file",
                      "measure V_k with python -m analysis.variance")
-    record = json.loads(path.read_text())
+    record = read_json(path, "variance file")
+    if not isinstance(record, dict) or not {"variances", "bin_edges"} <= set(record):
+        raise ValueError(f"variance file {path}: no 'variances'/'bin_edges' entries; rerun "
+                         f"python -m analysis.variance")
     variances = np.asarray(record["variances"], np.float64)
     saved = list(record.get("levels", names))
     if variances.ndim != 2 or variances.shape[1] != len(names) or len(saved) != len(names):
@@ -370,7 +375,9 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
         "schedule": s.schedule if s.method == "mlem" else None,
         "cost_model": s.get("cost_model", "time") if s.method == "mlem" else None,
         "levels": list(ladder.names), "level_flops": flops.tolist(),
-        "level_steps_restored": list(ladder.steps), "level_param_sha256": list(ladder.digests),
+        "level_steps_restored": list(ladder.steps),
+        "level_param_sha256": list(ladder.digests),
+        "allow_older_checkpoints": bool(config.get("allow_older_checkpoints", False)),
         "evals_per_level": evals.tolist(), "evals_per_batch": gen["evals_per_batch"].tolist(),
         "realised_flops_per_sample": float(evals @ flops),
         "expected_flops_per_sample": (cost.expected_cost(probs, flops) if probs is not None

@@ -49,15 +49,20 @@ class Ladder:
         return len(self.models)
 
 
-def load_ladder(workdirs: Sequence[str | Path]) -> Ladder:
+def load_ladder(workdirs: Sequence[str | Path], allow_older: bool = False) -> Ladder:
     """Load the EMA checkpoints of ``workdirs`` (level 1 first) into a :class:`Ladder`.
 
-    Raises ``FileNotFoundError`` (from :func:`mlem.checkpoint.load_level`) naming the workdir
-    of a missing checkpoint, and ``ValueError`` when levels disagree on data or SDE.
+    Each level is its newest checkpoint, or a ``FileNotFoundError`` naming the level, the
+    step and the file (:func:`mlem.checkpoint.load_level`); ``allow_older`` falls back to the
+    newest readable step, recorded in ``Ladder.steps``. ``ValueError`` when levels disagree
+    on data or SDE.
     """
     names, models, params, keys, steps = [], [], [], [], []
-    for workdir in workdirs:
-        config, ema_params, step = checkpoint.load_level(workdir)
+    for k, workdir in enumerate(workdirs, start=1):
+        try:
+            config, ema_params, step = checkpoint.load_level(workdir, allow_older)
+        except checkpoint.CheckpointNotFoundError as err:
+            raise type(err)(f"level {k} ({Path(workdir).name}): {err}") from None
         steps.append(step)
         names.append(config.model.level)
         models.append(registry.get_model(config.model.level, dtype=config.model.dtype))

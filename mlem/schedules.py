@@ -14,6 +14,7 @@ import numpy as np
 from scipy import optimize
 
 from mlem import sampling
+from mlem.files import read_json
 
 
 def constant(probs: Sequence[float], num_steps: int) -> np.ndarray:
@@ -126,7 +127,10 @@ def save(path: str | Path, probs: np.ndarray, bin_edges: Sequence[float] | None 
 
 def load(path: str | Path, num_levels: int, ts: Sequence[float]) -> np.ndarray:
     """Read a schedule file written by :func:`save` and put it on the grid ``ts`` as ``(N, K)``."""
-    record = json.loads(Path(path).read_text())
+    record = read_json(path, "schedule file")
+    if not isinstance(record, dict) or "probs" not in record:
+        raise ValueError(f"schedule file {path}: no 'probs' entry; write it with "
+                         f"mlem.schedules.save")
     probs = np.asarray(record["probs"], np.float64)
     if probs.shape[-1] != num_levels:
         raise ValueError(f"schedule file {path}: has {probs.shape[-1]} levels but the ladder has "

@@ -39,6 +39,8 @@ Array = jax.Array
 HELDOUT_SEED = 0  # fixed noise and t draws of the held-out loss, shared by every level
 SAMPLE_SEED = 1  # fixed initial noise and Brownian path of the sample grids
 SAMPLE_STEPS = 100  # Euler–Maruyama steps of the (quick, visual-only) sample grids
+METRICS_FILE = "metrics.jsonl"
+WINDOW_FILE = "log_window.json"  # per-step metrics not yet logged, at each checkpoint
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -179,14 +181,45 @@ def make_sampler(model: nn.Module, sde: VPSDE, num_steps: int = SAMPLE_STEPS
     return jax.jit(sample, static_argnums=2)
 
 
-def _assert_finite(metrics: list[dict], first_step: int) -> None:
-    """Raise :class:`NonFiniteLossError` naming the first step with a NaN/inf loss or grad."""
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError`` naming the first field whose value cannot make a run."""
+    t, o, e = config.training, config.optim, config.eval
+    positive = {"training.num_steps": t.num_steps, "training.batch_size": t.batch_size,
+                "training.log_every": t.log_every, "training.eval_every": t.eval_every,
+                "training.checkpoint_every": t.checkpoint_every,
+                "training.sample_every": t.sample_every,
+                "training.keep_checkpoints": t.keep_checkpoints,
+                "optim.learning_rate": o.learning_rate, "optim.grad_clip": o.grad_clip,
+                "eval.batch_size": e.batch_size, "eval.num_batches": e.num_batches}
+    non_negative = {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
+                    "training.num_sample_images": t.num_sample_images}
+    for name, value in positive.items():
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: must be a positive number, got {value}; set "
+                             f"--config.{name}=...")
+    for name, value in non_negative.items():
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: must be >= 0, got {value}; set --config.{name}=...")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ValueError(f"training.ema_decay: must be in [0, 1), got {t.ema_decay}")
+
+
+def _assert_finite(metrics: list[dict], first_step: int, kept: str) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first step with a NaN/inf loss or grad;
+    ``kept`` says which checkpoint survives."""
     for i, m in enumerate(metrics):
         if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
             raise NonFiniteLossError(
                 f"non-finite training loss {m['loss']} (gradient norm {m['grad_norm']}) at step "
-                f"{first_step + i + 1}; the last good checkpoint is kept; lower "
-                f"config.optim.learning_rate or check the data")
+                f"{first_step + i + 1}; {kept}; lower config.optim.learning_rate or check the "
+                f"data")
+
+
+def _kept(manager) -> str:
+    """What a failed run leaves behind, in words."""
+    step = manager.latest_step()
+    return ("no checkpoint had been written yet" if step is None
+            else f"the last good checkpoint (step {step}) is kept")
 
 
 _all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
@@ -198,26 +231,33 @@ _all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
 class MetricsWriter:
     """Appends ``{"step": ..., <name>: value}`` lines to ``metrics.jsonl`` and logs to wandb.
 
-    Only process 0 writes. On resume, records after the restored step are dropped: the
-    resumed run recomputes them (identically), so every (step, name) appears once.
+    Only process 0 writes. On resume, records up to ``keep_through`` (the newest step that a
+    checkpoint of the run reached, readable or moved aside) are kept and later ones dropped
+    (the resumed run recomputes them identically). A record whose step and names are already
+    in the file is not written again, so every (step, name) appears once and no history a
+    checkpoint reached is ever cut.
     """
 
-    def __init__(self, workdir: Path, config: ml_collections.ConfigDict, resume_step: int):
-        self.path, self.primary = workdir / "metrics.jsonl", jax.process_index() == 0
-        self.records = self._truncate(resume_step)
+    def __init__(self, workdir: Path, config: ml_collections.ConfigDict, keep_through: int):
+        self.path, self.primary = workdir / METRICS_FILE, jax.process_index() == 0
+        self.records = self._truncate(keep_through)
+        self.seen = {(r["step"], frozenset(r)) for r in self.records}
         self.wandb = _init_wandb(config, workdir) if self.primary else None
 
-    def _truncate(self, resume_step: int) -> list[dict]:
+    def _truncate(self, keep_through: int) -> list[dict]:
         if not self.path.exists():
             return []
         records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
-        records = [r for r in records if r["step"] <= resume_step]
-        if self.primary:
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
-        return records
+        kept = [r for r in records if r["step"] <= keep_through]
+        if self.primary and len(kept) < len(records):
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return kept
 
     def write(self, step: int, **values: float) -> None:
         record = {"step": step, **{k: float(v) for k, v in values.items()}}
+        if (step, frozenset(record)) in self.seen:  # recomputed after a fallback: kept as is
+            return
+        self.seen.add((step, frozenset(record)))
         self.records.append(record)
         if self.primary:
             with self.path.open("a") as f:
@@ -313,26 +353,52 @@ def _build(config: ml_collections.ConfigDict, workdir: Path, mesh: Mesh) -> _Run
 
 
 class _Progress:
-    """Device metrics of recent steps; synced, checked and averaged on the host at events."""
+    """Device metrics of recent steps; synced, checked and averaged on the host at events.
 
-    def __init__(self):
+    ``window`` holds ``{"loss", "grad_norm"}`` of every step since the last log line; it is
+    saved with each checkpoint (:func:`save_window`) so that the first line logged after a
+    resume averages the same steps as an uninterrupted run's.
+    """
+
+    def __init__(self, window: list[dict] | None = None):
         self.pending: list[dict] = []
-        self.window: list[dict] = []
-        self.train_seconds, self.resumed_at = 0.0, time.perf_counter()
+        self.window: list[dict] = list(window or [])
+        self.timed_steps, self.train_seconds = 0, 0.0
+        self.resumed_at = time.perf_counter()
 
-    def sync(self, step: int) -> None:
-        values = jax.device_get(self.pending)
-        _assert_finite(values, step - len(values))
+    def sync(self, step: int, kept: str) -> None:
+        values = [{k: float(v) for k, v in m.items()} for m in jax.device_get(self.pending)]
+        _assert_finite(values, step - len(values), kept)
         self.window += values
+        self.timed_steps += len(values)
         self.pending = []
         self.train_seconds += time.perf_counter() - self.resumed_at
 
     def summary(self) -> dict[str, float]:
         out = {"train_loss": float(np.mean([m["loss"] for m in self.window])),
                "grad_norm": float(np.mean([m["grad_norm"] for m in self.window])),
-               "steps_per_sec": len(self.window) / max(self.train_seconds, 1e-9)}
-        self.window, self.train_seconds = [], 0.0
+               "steps_per_sec": self.timed_steps / max(self.train_seconds, 1e-9)}
+        self.window, self.timed_steps, self.train_seconds = [], 0, 0.0
         return out
+
+
+def save_window(workdir: Path, step: int, window: list[dict], keep: int) -> None:
+    """Record the unlogged per-step metrics at checkpoint ``step`` (the newest ``keep``)."""
+    if jax.process_index() != 0:
+        return
+    path = workdir / WINDOW_FILE
+    windows = json.loads(path.read_text()) if path.exists() else {}
+    windows[str(step)] = window
+    newest = sorted(windows, key=int)[-keep:]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: windows[k] for k in newest}))
+    tmp.replace(path)
+
+
+def load_window(workdir: Path, step: int) -> list[dict]:
+    """The unlogged per-step metrics saved with checkpoint ``step`` (empty if none)."""
+    path = workdir / WINDOW_FILE
+    return json.loads(path.read_text()).get(str(step), []) if path.exists() else []
 
 
 def heldout_loss(run: _Run, params: Any) -> float:
@@ -347,14 +413,14 @@ def _on_step(run: _Run, state: TrainState, step: int, progress: _Progress, manag
              writer: MetricsWriter, bar: tqdm, final: bool) -> None:
     """Log / evaluate / sample / checkpoint when ``step`` is due (all of them when ``final``)."""
     cfg = run.config.training
-    due = lambda every: final or (every > 0 and step % every == 0)
+    due = lambda every: final or step % every == 0
     if not any(due(e) for e in (cfg.log_every, cfg.eval_every, cfg.sample_every,
                                 cfg.checkpoint_every)):
         return
-    progress.sync(step)
+    progress.sync(step, _kept(manager))
     if not bool(_all_finite(state)):
-        raise NonFiniteLossError(f"parameters became non-finite by step {step}; the last good "
-                                 f"checkpoint is kept; lower config.optim.learning_rate")
+        raise NonFiniteLossError(f"parameters became non-finite by step {step}; "
+                                 f"{_kept(manager)}; lower config.optim.learning_rate")
     if due(cfg.log_every) and progress.window:
         summary = progress.summary()
         writer.write(step, **summary)
@@ -367,6 +433,7 @@ def _on_step(run: _Run, state: TrainState, step: int, progress: _Progress, manag
     if due(cfg.sample_every) and cfg.num_sample_images > 0:
         _write_samples(run, state, step, writer)
     if due(cfg.checkpoint_every) and manager.latest_step() != step:
+        save_window(run.workdir, step, progress.window, cfg.keep_checkpoints + 1)
         checkpoint.save(manager, step, state)
     progress.resumed_at = time.perf_counter()
 
@@ -387,7 +454,8 @@ def _loop(run: _Run, state: TrainState, manager, writer: MetricsWriter) -> int:
     """Train from ``state.step`` to ``config.training.num_steps``; returns the final step."""
     start, num_steps = int(state.step), run.config.training.num_steps
     step = start
-    progress, sharding = _Progress(), parallel.batch_sharded(run.mesh)
+    progress = _Progress(load_window(run.workdir, start) if start else None)
+    sharding = parallel.batch_sharded(run.mesh)
     bar = tqdm(total=num_steps, initial=min(step, num_steps), unit="step", dynamic_ncols=True,
                desc=run.workdir.name, disable=jax.process_index() != 0)
     with bar, run.pipeline.iterate(step, max(step, num_steps)) as batches:
@@ -402,28 +470,30 @@ def _loop(run: _Run, state: TrainState, manager, writer: MetricsWriter) -> int:
     return step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Train ``config`` in ``workdir`` (resuming from its newest good checkpoint).
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       restart: bool = False) -> dict:
+    """Train ``config`` in ``workdir``, resuming from its newest readable checkpoint.
 
-    Returns the final metrics: ``step``, ``heldout_loss`` and, when steps ran in this call,
-    ``train_loss``, ``grad_norm`` and ``steps_per_sec`` of the last logging window.
+    ``restart``: train from step 0 in a workdir whose checkpoints are all unreadable, after
+    setting its history aside (:func:`resume_state`). Returns the final metrics: ``step``,
+    ``heldout_loss`` and, when steps ran in this call, ``train_loss``, ``grad_norm`` and
+    ``steps_per_sec`` of the last logging window.
     """
     workdir = Path(workdir)
+    validate(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.training.batch_size, mesh.size, "training.batch_size")
     parallel.check_batch_size(config.eval.batch_size, mesh.size, "eval.batch_size")
     checkpoint.check_workdir(workdir, config)
     wandb_mode(config)
     run = _build(config, workdir, mesh)
-    checkpoint.save_config(workdir, config)
     manager = checkpoint.make_manager(workdir, config.training.keep_checkpoints)
     writer = None
     try:
-        restored = checkpoint.restore_latest(manager, run.init, quarantine=True)
-        state = run.init if restored is None else restored[1]
-        if restored is not None and jax.process_index() == 0:
-            print(f"resuming from step {restored[0]} ({workdir})", flush=True)
-        writer = MetricsWriter(workdir, config, int(state.step))
+        state = resume_state(run, manager, restart)
+        checkpoint.record_config(workdir, config, int(state.step))
+        reached = max([int(state.step), *checkpoint.quarantined_steps(workdir)])
+        writer = MetricsWriter(workdir, config, keep_through=reached)
         step = _loop(run, state, manager, writer)
     finally:
         manager.wait_until_finished()
@@ -432,3 +502,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             writer.close()
     last = {k: v for r in writer.records for k, v in r.items()}
     return {"step": step, **{k: v for k, v in last.items() if k != "step"}}
+
+
+def resume_state(run: _Run, manager, restart: bool) -> TrainState:
+    """The state to train from: the newest readable checkpoint (unreadable newer ones are
+    moved to ``corrupt_checkpoints/``), or a fresh state.
+
+    A workdir whose checkpoints are all unreadable is not silently restarted: that needs
+    ``restart``, which first moves its metrics, unreadable checkpoints and sample grids to
+    ``previous_runs/<n>/``. ``restart`` is refused while a checkpoint is readable.
+    """
+    workdir = run.workdir
+    try:
+        restored = checkpoint.restore_latest(manager, run.init, quarantine=True)
+    except checkpoint.CheckpointNotFoundError:
+        if not restart:
+            raise
+        restored = None
+    primary = jax.process_index() == 0
+    if restored is not None:
+        if restart:
+            raise ValueError(f"--restart: {workdir} has a readable checkpoint (step "
+                             f"{restored[0]}); rerun without --restart to resume it, or use "
+                             f"another --workdir to start afresh")
+        if primary:
+            print(f"resuming from step {restored[0]} ({workdir})", flush=True)
+        return restored[1]
+    quarantined = checkpoint.quarantined_steps(workdir)
+    if quarantined and not restart:
+        raise checkpoint.CheckpointNotFoundError(
+            f"{workdir} has no readable checkpoint, but its run reached step {max(quarantined)} "
+            f"(unreadable checkpoints {quarantined} in {workdir / checkpoint.CORRUPT_DIR}); "
+            f"rerun with --restart to train from step 0 (the earlier metrics and checkpoints "
+            f"are kept in {workdir / checkpoint.PREVIOUS_DIR}), or use another --workdir")
+    history = (METRICS_FILE, checkpoint.CORRUPT_DIR, "samples", WINDOW_FILE)
+    if restart and any((workdir / name).exists() for name in history):
+        kept = checkpoint.set_aside_for_restart(workdir, history)
+        if primary:
+            print(f"restarting from step 0 (--restart); the earlier metrics, unreadable "
+                  f"checkpoints and sample grids are kept in {kept}", flush=True)
+    return run.init

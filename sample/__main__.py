@@ -6,10 +6,10 @@
 
 Flags override ``config.sampling``; then :func:`mlem.generation.run` writes
 ``samples.png``, ``samples.npz`` and ``sample_stats.json`` to ``--out`` (default
-``<workdir>/samples/<method>_<steps>steps_seed<seed>``). Bad input (missing level
-checkpoint, levels not ordered by FLOPs, schedule of the wrong level count, unknown method,
-batch not divisible by the devices) prints one ``error: ...`` line and exits with status 1;
-``--verbosity=1`` also logs the traceback.
+``<workdir>/samples/<method>_<steps>steps_seed<seed>``). Bad input (a level whose newest
+checkpoint is missing or unreadable, levels not ordered by FLOPs, schedule of the wrong level
+count, unknown method, batch not divisible by the devices) prints one ``error: ...`` line and
+exits with status 1; ``--verbosity=1`` also logs the traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ _SEED = flags.DEFINE_integer("seed", None, "Seed of the noise, Brownian path and
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Samples per batch (all devices).")
 _EM_LEVEL = flags.DEFINE_integer("em_level", None, "Level of --method em (1-based; -1 = top).")
 _SCHEDULE = flags.DEFINE_string("schedule", None, "'constant', 'variance' or 'file'.")
+_ALLOW_OLDER = flags.DEFINE_bool(
+    "allow_older_checkpoints", False, "Use the newest readable checkpoint of a level whose "
+    "newest one is unreadable (recorded in sample_stats.json); default: stop.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -50,6 +53,8 @@ def main(argv: list[str]) -> None:
             _CONFIG.value, method=_METHOD.value, num_samples=_NUM_SAMPLES.value,
             steps=_STEPS.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
             em_level=_EM_LEVEL.value, schedule=_SCHEDULE.value)
+        if _ALLOW_OLDER.value:
+            config.allow_older_checkpoints = True
         stats = generation.run(config, _WORKDIR.value, _OUT.value)
     except (ValueError, OSError) as err:
         logging.debug("traceback", exc_info=True)

@@ -153,28 +153,36 @@ def _corrupt(workdir: Path, step: int) -> None:
 def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path, caplog):
     workdir = copy_run(trained, tmp_path)
     _corrupt(workdir, 4)
+    # Loading a level is exact: the newest step or an error naming it and the fix ...
+    with pytest.raises(checkpoint.UnreadableCheckpointError,
+                       match=r"step 4 \(.*checkpoints/4\).*--allow_older_checkpoints"):
+        checkpoint.load_level(workdir)
+    # ... or, when allowed, the newest readable step, which it returns.
     with caplog.at_level(logging.WARNING, logger="mlem.checkpoint"):
-        config, ema, _ = checkpoint.load_level(workdir)
-    assert "step 4" in caplog.text and "falling back" in caplog.text
+        config, ema, step = checkpoint.load_level(workdir, allow_older=True)
+    assert step == 2 and "step 4" in caplog.text and "falling back" in caplog.text
     good = restore_state(trained[0], step=2)
     for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(good["ema_params"]), strict=True):
         np.testing.assert_array_equal(a, b)
 
-    # Training from the damaged workdir resumes at 2, keeps step 4's files aside, and
-    # recomputes step 4 exactly.
+    # Training from the damaged workdir resumes at 2, keeps step 4's files aside, recomputes
+    # step 4 exactly, and keeps the history that step 4 had reached (nothing is cut).
     training.train_and_evaluate(tiny_config(), workdir)
     assert (workdir / "corrupt_checkpoints" / "4").is_dir()
     for a, b in zip(jax.tree.leaves(restore_state(workdir)),
                     jax.tree.leaves(restore_state(trained[0])), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert records(workdir) == records(trained[0])
 
 
 def test_no_restorable_checkpoint_stops_with_a_message(trained, tmp_path):
     workdir = copy_run(trained, tmp_path)
     for step in (2, 4):
         _corrupt(workdir, step)
-    with pytest.raises(checkpoint.CheckpointNotFoundError, match="none of the checkpoints"):
+    with pytest.raises(checkpoint.UnreadableCheckpointError, match="newest checkpoint, step 4"):
         checkpoint.load_level(workdir)
+    with pytest.raises(checkpoint.CheckpointNotFoundError, match="none of the checkpoints"):
+        checkpoint.load_level(workdir, allow_older=True)
     with pytest.raises(checkpoint.CheckpointNotFoundError, match="not a training workdir"):
         checkpoint.load_level(workdir / "checkpoints")
     (tmp_path / "fresh").mkdir()
@@ -182,6 +190,91 @@ def test_no_restorable_checkpoint_stops_with_a_message(trained, tmp_path):
     with pytest.raises(checkpoint.CheckpointNotFoundError, match="no checkpoint in"):
         checkpoint.load_level(tmp_path / "fresh")
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+
+
+def test_unreadable_run_is_quarantined_once_and_restarts_only_when_asked(trained, tmp_path):
+    """Every checkpoint unreadable: training moves them aside and stops; a rerun does not
+    silently start from scratch; --restart does, keeping the old history in previous_runs/."""
+    workdir = copy_run(trained, tmp_path)
+    history = records(workdir)
+    for step in (2, 4):
+        _corrupt(workdir, step)
+    with pytest.raises(checkpoint.CheckpointNotFoundError, match="none of the checkpoints.*"
+                       "corrupt_checkpoints.*--restart"):
+        training.train_and_evaluate(tiny_config(), workdir)
+    assert sorted(p.name for p in (workdir / "corrupt_checkpoints").iterdir()) == ["2", "4"]
+    with pytest.raises(checkpoint.CheckpointNotFoundError, match="reached step 4.*--restart"):
+        training.train_and_evaluate(tiny_config(), workdir)
+    assert records(workdir) == history  # metrics.jsonl is never cut
+    with pytest.raises(ValueError, match="--restart: .*readable checkpoint"):
+        training.train_and_evaluate(tiny_config(), trained[0], restart=True)
+
+    training.train_and_evaluate(tiny_config(), workdir, restart=True)
+    previous = workdir / "previous_runs" / "1"
+    assert records(previous) == history
+    assert sorted(p.name for p in (previous / "corrupt_checkpoints").iterdir()) == ["2", "4"]
+    assert not (workdir / "corrupt_checkpoints").exists()
+    assert records(workdir) == history  # the restarted run recomputes the same numbers
+    for a, b in zip(jax.tree.leaves(restore_state(workdir)),
+                    jax.tree.leaves(restore_state(trained[0])), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_metrics_after_a_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch):
+    """log_every (3) does not divide checkpoint_every (2): the run dies at step 5, resumes
+    from the checkpoint at 4, and its line at step 6 still averages steps 4–6."""
+    changes = {"training__num_steps": 6, "training__log_every": 3, "training__eval_every": 6}
+    training.train_and_evaluate(tiny_config(**changes), tmp_path / "straight")
+    make_step = training.make_train_step
+
+    def dying_step(*args, **kwargs):
+        step_fn = make_step(*args, **kwargs)
+
+        def step(state, x0):
+            if int(state.step) == 4:
+                raise RuntimeError("killed")  # while computing step 5
+            return step_fn(state, x0)
+
+        return step
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "make_train_step", dying_step)
+        with pytest.raises(RuntimeError, match="killed"):
+            training.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
+    assert [r["step"] for r in records(tmp_path / "resumed")] == [3]
+    training.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
+    assert records(tmp_path / "resumed") == records(tmp_path / "straight")
+
+
+def test_config_json_is_the_record_of_the_weights(trained, tmp_path):
+    """Weight-defining fields cannot change on a resume (all differences listed, nothing
+    written); other changes go to config_history.jsonl and config.json stays as written."""
+    workdir = copy_run(trained, tmp_path)
+    record = (workdir / "config.json").read_text()
+    with pytest.raises(checkpoint.WorkdirMismatchError,
+                       match=r"model.dropout=0.0 \(config: 0.1\), sde.beta_max=20.0 "
+                             r"\(config: 5.0\).*another --workdir"):
+        training.train_and_evaluate(tiny_config(sde__beta_max=5.0, model__dropout=0.1), workdir)
+    with pytest.raises(ValueError, match="training.keep_checkpoints: must be a positive"):
+        training.train_and_evaluate(tiny_config(training__keep_checkpoints=0), workdir)
+    assert not (workdir / "config_history.jsonl").exists()
+    training.train_and_evaluate(tiny_config(training__num_steps=6), workdir)
+    assert (workdir / "config.json").read_text() == record
+    history = [json.loads(line) for line in
+               (workdir / "config_history.jsonl").read_text().splitlines()]
+    assert [(h["step"], h["changes"]) for h in history] == [(4, {"training.num_steps": 6})]
+    assert checkpoint.load_config(workdir).training.num_steps == 4
+
+
+@pytest.mark.parametrize("field, value", [
+    ("training.num_steps", -5), ("training.num_steps", 0), ("optim.learning_rate", -1e-3),
+    ("training.batch_size", 0), ("training.log_every", 0), ("eval.num_batches", 0),
+    ("optim.learning_rate", float("nan")), ("training.ema_decay", 1.0)])
+def test_invalid_values_are_refused_before_anything_is_written(field, value, tmp_path):
+    with pytest.raises(ValueError, match=field):
+        training.train_and_evaluate(tiny_config(**{field.replace(".", "__"): value}),
+                                    tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_workdir_of_another_model_is_refused_and_untouched(trained, tmp_path):
@@ -195,14 +288,16 @@ def test_workdir_of_another_model_is_refused_and_untouched(trained, tmp_path):
     assert sorted(str(p) for p in workdir.rglob("*")) == before
 
 
-def test_identity_fields_exist_in_every_config():
-    """The fields the workdir guard compares are present in the shipped configs."""
+def test_record_sections_exist_in_every_config():
+    """The sections the workdir guard compares are present in the shipped configs, and the
+    fields allowed to change on a resume exist."""
     from configs import celeba64_level3, mnist_level1
 
     for module in (tiny, mnist_level1, celeba64_level3):
-        config = module.get_config()
-        for field in checkpoint.IDENTITY_FIELDS:
-            assert checkpoint._lookup(config, field) is not None, (module.__name__, field)
+        fields = checkpoint.flatten(module.get_config())
+        for section in checkpoint.RECORD_SECTIONS:
+            assert any(f.startswith(section + ".") for f in fields), (module.__name__, section)
+        assert set(checkpoint.RESUMABLE_FIELDS) <= set(fields), module.__name__
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, monkeypatch):
@@ -216,8 +311,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, mo
         return data.ArraySource(np.full_like(source[np.arange(len(source))], np.nan))
 
     monkeypatch.setattr(data, "get_source", nan_train_data)
-    with pytest.raises(training.NonFiniteLossError, match="non-finite training loss .* step 5"):
+    with pytest.raises(training.NonFiniteLossError, match="non-finite training loss .* step 5; "
+                       r"the last good checkpoint \(step 4\) is kept"):
         training.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
+    # With no checkpoint yet, the message says so.
+    with pytest.raises(training.NonFiniteLossError, match="step 1; no checkpoint had been "
+                       "written yet"):
+        training.train_and_evaluate(tiny_config(), tmp_path / "fresh")
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
     state = restore_state(workdir)
     assert int(state["step"]) == 4

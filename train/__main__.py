@@ -5,7 +5,8 @@
 
 Flags → :func:`mlem.training.train_and_evaluate`. Bad input (unknown config key, missing
 dataset, image size the model cannot take, workdir of another config, batch size not
-divisible by the device count, NaN loss, no restorable checkpoint) prints one
+divisible by the device count, a non-positive step count, rate, batch size or interval,
+NaN loss, no restorable checkpoint) prints one
 ``error: ...`` line and exits with status 1; ``--verbosity=1`` also logs the traceback.
 """
 
@@ -23,6 +24,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); override fields with --config.a.b=value.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory: checkpoints/, config.json, metrics.jsonl, samples/.")
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "Train from step 0 in a workdir whose checkpoints are all unreadable; "
+    "its metrics, unreadable checkpoints and sample grids move to previous_runs/<n>/.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,7 +41,7 @@ def main(argv: list[str]) -> None:
     from mlem import training
 
     try:
-        metrics = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        metrics = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _RESTART.value)
     except (ValueError, OSError, FloatingPointError, data.DatasetNotFoundError) as err:
         logging.debug("traceback", exc_info=True)
         cli.fail(err)

@@ -29,7 +29,8 @@ SMOKE_LEVELS = 3
 SMOKE_TRAIN = {"model.dropout": 0.0, "data.image_size": 8,
                "data.source": "tfds", "training.batch_size": 8, "training.num_steps": 4,
                "training.log_every": 2, "training.eval_every": 4, "training.checkpoint_every": 4,
-               "training.sample_every": 0, "optim.warmup_steps": 2, "eval.batch_size": 8,
+               "training.sample_every": 4, "training.num_sample_images": 0,
+               "optim.warmup_steps": 2, "eval.batch_size": 8,
                "eval.num_batches": 1, "wandb.mode": "disabled"}
 SMOKE_SAMPLE = {"sampling.steps": 2, "sampling.path_steps": 8, "sampling.num_samples": 8,
                 "sampling.batch_size": 8, "analysis.ref_steps": 8, "analysis.em_steps": (1, 2),
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict | list:
     parser.add_argument("--config", default=SAMPLE_CONFIG)
     parser.add_argument("--workdir", default=None, help="default runs/celeba64 (smoke: a temp dir)")
     parser.add_argument("--out", default=None, help="default results/celeba64 (smoke: in workdir)")
+    parser.add_argument("--allow_older_checkpoints", action="store_true",
+                        help="use the newest readable checkpoint of a level whose newest one "
+                        "is unreadable (recorded in the manifest)")
     parser.add_argument("--recompute", action="store_true")
     parser.add_argument("--plan", action="store_true", help="print each stage's FLOPs and exit")
     parser.add_argument("--smoke", action="store_true", help="mock CelebA, tiny, CPU-sized")
@@ -114,7 +118,9 @@ def main(argv: list[str] | None = None) -> dict | list:
             workdir = Path(args.workdir or tempfile.mkdtemp(prefix="celeba64_smoke_"))
             summary = smoke(workdir, Path(args.out or workdir / "results"))
         else:
-            summary = pipeline.run(load_config(args.config), args.workdir or "runs/celeba64",
+            config = load_config(args.config)
+            config.allow_older_checkpoints = args.allow_older_checkpoints
+            summary = pipeline.run(config, args.workdir or "runs/celeba64",
                                    args.out or "results/celeba64", recompute=args.recompute)
     except (ValueError, FileNotFoundError) as err:
         cli.fail(err)
