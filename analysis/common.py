@@ -188,6 +188,8 @@ def cli(run: Callable[[Any, Path, Path, bool], Mapping]) -> None:
     from absl import app, flags, logging
     from ml_collections import config_flags
 
+    from mlem import cli as mlem_cli
+
     config_flags.DEFINE_config_file(
         "config", None, "sample/analysis config, e.g. configs/mnist_sample.py "
         "(fields may be overridden: --config.analysis.seeds=2)")
@@ -205,15 +207,15 @@ def cli(run: Callable[[Any, Path, Path, bool], Mapping]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         f = flags.FLAGS
-        logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+        mlem_cli.quiet_background_errors(verbose=f["verbosity"].present)
+        if not f["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
         if f.allow_older_checkpoints:
             f.config.allow_older_checkpoints = True
         try:
             summary = run(f.config, Path(f.workdir), Path(f.out), f.recompute)
         except (ValueError, FileNotFoundError) as err:
-            message = " ".join(str(err).split())
-            print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
-            sys.exit(1)
+            mlem_cli.fail(f"{type(err).__name__}: {err}")
         print(json.dumps(jsonable(dict(summary)), indent=1, sort_keys=True))
 
-    app.run(main)
+    app.run(main, flags_parser=mlem_cli.parse_flags)

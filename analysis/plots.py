@@ -86,7 +86,7 @@ def _cost_error_figure(configs, mse, cost, envs, result, ruler, xlabel, speed_la
             ax_s.plot(op, stats["at_operating_point"], "o", c=colour, mec="k")
     ax_s.axvline(op, c="gray", ls=":")
     ax_s.set(xscale="log", xlabel="MSE", ylabel=speed_label,
-             title="speedup at equal MSE (95% bootstrap band over realisations)")
+             title="speedup at equal MSE (95% band over realisations)")
     ax_s.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -21,12 +21,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", default="configs/mnist_sample.py")
     parser.add_argument("--workdir", default="runs/mnist")
     parser.add_argument("--out", default="results/mnist_cpu")
+    parser.add_argument("--verbosity", type=int, default=0,
+                        help=">= 1: full tracebacks of the checkpoint library")
     parser.add_argument("--allow_older_checkpoints", action="store_true",
                         help="use the newest readable checkpoint of a level whose newest one "
                         "is unreadable (recorded in the manifest)")
     parser.add_argument("--recompute", action="store_true",
                         help="recompute the analysis stages instead of reusing them")
     args = parser.parse_args(argv)
+    cli.quiet_background_errors(verbose=args.verbosity >= 1)
     try:
         config = load_config(args.config)
         config.allow_older_checkpoints = args.allow_older_checkpoints

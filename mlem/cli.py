@@ -1,20 +1,200 @@
-"""Shared pieces of the command-line entry points: bad input ends in one ``error:`` line."""
+"""Shared pieces of the command-line entry points: bad input ends in one ``error:`` line.
+
+The checkpoint library is noisy when it fails. When orbax gives up on a corrupt checkpoint,
+the tensorstore reads it had in flight complete later on tensorstore's own threads and try
+to hand their results to the already closed asyncio loop: each one prints a
+``RuntimeError: Event loop is closed`` traceback through ``sys.unraisablehook`` (hundreds per
+failed restore, often after the ``error:`` line), and the abandoned asyncio tasks log "Task
+exception was never retrieved" with a traceback when they are garbage collected, at exit at
+the latest. A failed async save (a full disk) has orbax log the same traceback three or four
+times, from its save threads and again when the error reaches our code.
+:func:`quiet_background_errors` turns that into at most one warning line plus one line per
+orbax log record, and :func:`fail` makes sure that nothing of it is printed after the
+``error:`` line.
+"""
 
 from __future__ import annotations
 
+import gc
+import logging
+import os
 import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
 
 from absl import flags
+from absl import logging as absl_logging
+
+_LIBRARY_DIRS = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "tensorstore"))
+_HINT = "--verbosity=1 shows the tracebacks"
+
+# Orders a warning line before the error line; re-entrant because garbage collection can log
+# (an abandoned asyncio task) in the middle of the print that holds it.
+_lock = threading.RLock()
+_state = {"installed": False, "quiet": False, "warned": False, "failed": False,
+          "last_noise": 0.0}
 
 
 def fail(message: object) -> None:
-    """Print ``error: <message>`` on one line to stderr and exit with status 1."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    """Print ``error: <message>`` on one line to stderr and exit with status 1.
+
+    Noise from the checkpoint library's background threads that would arrive after this
+    line (closed-loop tracebacks, orbax and asyncio log records, whatever ``--verbosity``)
+    is dropped, so the error line stays the last one (the tensorstore reads of a failed
+    restore keep calling back for a while, at exit too). That is done with the hooks of
+    :func:`quiet_background_errors` rather than by closing stderr or ``os._exit``: any other
+    problem at interpreter exit still prints, and exit handlers still run. Callbacks that
+    would only arrive while the interpreter shuts down (when the hooks are gone) are waited
+    for first: garbage is collected and the line is printed once no library noise has come
+    for ``_SETTLE`` seconds (at most ``_DRAIN`` seconds).
+    """
+    _install_hooks()
+    _drain()
+    sys.stdout.flush()
+    with _lock:
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+        _state["failed"] = True
     sys.exit(1)
 
 
+_SETTLE, _DRAIN = 0.3, 3.0  # seconds: see fail()
+
+
+def _drain() -> None:
+    """Let in-flight checkpoint-library callbacks arrive (and meet the hooks) before exiting."""
+    start = time.monotonic()
+    gc.collect()  # abandoned asyncio tasks report now, not during shutdown
+    while time.monotonic() - start < _DRAIN:
+        if time.monotonic() - max(_state["last_noise"], start) >= _SETTLE:
+            return
+        time.sleep(0.05)
+        gc.collect()
+
+
+def quiet_background_errors(verbose: bool) -> None:
+    """Reduce the checkpoint library's background tracebacks to single lines (CLI start-up).
+
+    Unless ``verbose`` (``--verbosity`` given), from now on: the ``Event loop is closed``
+    errors that tensorstore threads report through ``sys.unraisablehook`` and the asyncio
+    "Task exception was never retrieved" records become one warning line in all; log
+    records of orbax/tensorstore code lose their traceback (the first line of their message
+    stays, with the exception's type); an exception escaping a thread inside orbax or
+    tensorstore is one line. Everything else (our own code and its threads, other
+    libraries) is untouched. With ``verbose`` this changes nothing. The CLIs call it as
+    ``quiet_background_errors(verbose=flags.FLAGS["verbosity"].present)``.
+    """
+    if verbose:
+        return
+    _state["quiet"] = True
+    _install_hooks()
+
+
+# --- the hooks ----------------------------------------------------------------------------
+
+def _warn_once(what: str) -> None:
+    """Print one warning line for the first background error; later ones are dropped."""
+    with _lock:
+        if _state["warned"] or _state["failed"]:
+            return
+        _state["warned"] = True
+        print(f"warning: ignoring {what} from the checkpoint library's background threads "
+              f"({_HINT})", file=sys.stderr, flush=True)
+
+
+def _from_library(tb: TracebackType | None) -> bool:
+    """Whether a traceback passes through orbax or tensorstore code."""
+    return any(any(d in frame.f_code.co_filename for d in _LIBRARY_DIRS)
+               for frame, _ in traceback.walk_tb(tb))
+
+
+def _summary(exc: BaseException | None) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+class _LibraryRecordFilter(logging.Filter):
+    """Shortens (quiet) or drops (after :func:`fail`) records of the checkpoint library."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_asyncio = record.name == "asyncio" or record.name.startswith("asyncio.")
+        if not (from_asyncio or any(d in (record.pathname or "") for d in _LIBRARY_DIRS)):
+            return True
+        _state["last_noise"] = time.monotonic()
+        if _state["failed"]:
+            return False
+        if not _state["quiet"] or not record.exc_info:
+            return True
+        if from_asyncio:  # tasks orbax abandoned when a read failed: same story as the loop
+            _warn_once("unretrieved asyncio task errors")
+            return False
+        lines = record.getMessage().strip().splitlines() or [""]
+        short = lines[0] if len(lines) == 1 and len(lines[0]) <= 200 else lines[0][:200] + "..."
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        kind = f"{type(exc).__name__}; " if exc is not None else ""
+        record.msg, record.args = f"{short} ({kind}{_HINT})", None
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _install_hooks() -> None:
+    """Install the hooks once; what they do follows ``_state`` (quiet, failed)."""
+    if _state["installed"]:
+        return
+    _state["installed"] = True
+    record_filter = _LibraryRecordFilter()
+    # orbax logs through absl's logger (imported above, so that it is absl's own class) and a
+    # little through the root logger; asyncio through its own.
+    for logger in (absl_logging.get_absl_logger(), logging.getLogger(),
+                   logging.getLogger("asyncio")):
+        logger.addFilter(record_filter)
+
+    previous_unraisable: Callable[[sys.UnraisableHookArgs], object] = sys.unraisablehook
+
+    def unraisable(info: sys.UnraisableHookArgs) -> None:
+        closed_loop = (isinstance(info.exc_value, RuntimeError)
+                       and str(info.exc_value) == "Event loop is closed")
+        if closed_loop:
+            _state["last_noise"] = time.monotonic()
+        if closed_loop and (_state["quiet"] or _state["failed"]):
+            _warn_once("'RuntimeError: Event loop is closed' errors")
+            return
+        with _lock:  # a traceback being printed ends before fail() prints its line
+            if not (closed_loop and _state["failed"]):
+                previous_unraisable(info)
+
+    previous_thread: Callable[[threading.ExceptHookArgs], object] = threading.excepthook
+
+    def thread_exception(args: threading.ExceptHookArgs) -> None:
+        if not _from_library(args.exc_traceback):
+            previous_thread(args)
+            return
+        with _lock:
+            if _state["failed"]:
+                return
+            if not _state["quiet"]:
+                previous_thread(args)
+                return
+            name = args.thread.name if args.thread else "?"
+            print(f"warning: checkpoint library thread {name} failed: "
+                  f"{_summary(args.exc_value)} ({_HINT})", file=sys.stderr, flush=True)
+
+    sys.unraisablehook = unraisable
+    threading.excepthook = thread_exception
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns a bad flag or ``--config.a.b`` override into one line."""
+    """absl flag parsing that turns a bad flag, a missing ``--config`` file or a
+    ``--config.a.b`` override of an unknown key into one line."""
+    for i, arg in enumerate(argv):
+        value = (argv[i + 1] if arg == "--config" and i + 1 < len(argv)
+                 else arg.partition("=")[2] if arg.startswith("--config=") else None)
+        if value is not None and not Path(value.split(":", 1)[0]).is_file():
+            fail(f"--config: no such file {value.split(':', 1)[0]!r}; give a config file such "
+                 f"as configs/mnist_level1.py (run from the repository root)")
     try:
         return flags.FLAGS(argv)
     except flags.Error as err:

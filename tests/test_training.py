@@ -353,6 +353,7 @@ def test_non_finite_parameters_stop_the_run_before_any_save(trained, tmp_path, m
 @pytest.mark.parametrize("flag, message", [
     ("--config.training.nm_steps=3", "key 'nm_steps' in --config.training.nm_steps=3"),
     ("--config.data.image_size=9", "image_size 9x9 is not divisible"),
+    ("--config.training.num_steps=-5", "training.num_steps: must be a positive number, got -5"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_1(flag, message, tmp_path, compile_cache):
     workdir = tmp_path / "run"
@@ -362,6 +363,15 @@ def test_cli_bad_input_is_one_line_and_exit_1(flag, message, tmp_path, compile_c
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not workdir.exists()
+
+
+def test_cli_missing_config_file_is_named(tmp_path, compile_cache):
+    proc = run_python(["-m", "train", "--config", "configs/nope.py", "--workdir",
+                       str(tmp_path / "run")], compile_cache)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: --config: no such file 'configs/nope.py'; give a config file such as "
+        "configs/mnist_level1.py (run from the repository root)"]
 
 
 def test_wandb_mode_from_env_or_config(monkeypatch):

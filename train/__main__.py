@@ -33,6 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; config overrides look like --config.a.b=value")
+    cli.quiet_background_errors(verbose=flags.FLAGS["verbosity"].present)
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from mlem import data, parallel  # after flag parsing: a bad flag fails fast

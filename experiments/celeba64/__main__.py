@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict | list:
     parser.add_argument("--config", default=SAMPLE_CONFIG)
     parser.add_argument("--workdir", default=None, help="default runs/celeba64 (smoke: a temp dir)")
     parser.add_argument("--out", default=None, help="default results/celeba64 (smoke: in workdir)")
+    parser.add_argument("--verbosity", type=int, default=0,
+                        help=">= 1: full tracebacks of the checkpoint library")
     parser.add_argument("--allow_older_checkpoints", action="store_true",
                         help="use the newest readable checkpoint of a level whose newest one "
                         "is unreadable (recorded in the manifest)")
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict | list:
     parser.add_argument("--plan", action="store_true", help="print each stage's FLOPs and exit")
     parser.add_argument("--smoke", action="store_true", help="mock CelebA, tiny, CPU-sized")
     args = parser.parse_args(argv)
+    cli.quiet_background_errors(verbose=args.verbosity >= 1)
     try:
         if args.plan:
             rows = plan(load_config(args.config))
