@@ -84,6 +84,10 @@ def image_rows(d: Path) -> list[str]:
              "| quantity | value | 95% CI |", "|---|---:|---|",
              f"| γ (used for predictions: {s.get('gamma_source')}) | {fmt(s.get('gamma'))} | "
              f"{fmt_ci(s.get('gamma_ci'))} |",
+             f"| γ (held-out loss power law with floor) | {fmt(s.get('gamma_loss'))} | "
+             f"{fmt_ci(s.get('gamma_loss_ci'))} |",
+             f"| held-out loss, levels 1–{len(s.get('heldout_losses') or [])} | "
+             f"{', '.join(fmt(v, 3) for v in s.get('heldout_losses') or [])} | |",
              f"| speedup at equal MSE, FLOPs, at the operating point ({f['curve']}) | "
              f"{fmt(f['at_operating_point'])}× | {fmt_ci(f['at_operating_point_ci'])} |",
              f"| speedup at equal MSE, FLOPs, maximum (at MSE {fmt(f['max_at_mse'])}) | "
