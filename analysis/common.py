@@ -146,7 +146,7 @@ class Context:
     workdir: Path
     out: Path
     recompute: bool
-    ladder: Any  # mlem.levels.Ladder
+    ladder: Any  # mlem.ladder.Ladder
     flops: np.ndarray  # (K,) FLOPs per sample of one forward pass, at the sampling batch size
     level_configs: tuple[Any, ...]
     seconds: np.ndarray  # (K,) seconds per call of each level at that batch size, this device
@@ -162,22 +162,23 @@ def prepare(config: Any, workdir: str | Path, out: str | Path, recompute: bool) 
     """
     import jax
 
-    from mlem import checkpoint, generation, levels
+    from mlem import checkpoint
+    from mlem import ladder as ladders
 
-    ladder = generation.load_ladder(config, workdir)
+    ladder = ladders.load_ladder(config, workdir)
     out = open_results(out, make_manifest(config, workdir, ladder), recompute)
     paths = level_workdirs(config, workdir)
     settings = {"batch_size": int(config.analysis.batch_size), "backend": jax.default_backend(),
                 "device": jax.devices()[0].device_kind}
     cached = load_stage(out, "level_costs", settings)
     if cached is None:
-        flops, seconds = levels.level_costs(ladder, settings["batch_size"])
+        flops, seconds = ladders.level_costs(ladder, settings["batch_size"])
     else:
         flops, seconds = np.asarray(cached["level_flops"]), np.asarray(cached["level_seconds"])
-    levels.check_ordered(flops, tuple(config.levels))
+    ladders.check_ordered(flops, tuple(config.levels))
     save_stage(out, "level_costs", settings, {"level_flops": flops, "level_seconds": seconds})
     return Context(config, Path(workdir), out, recompute, ladder, flops,
-                   tuple(checkpoint.load_config(p) for p in paths), seconds)
+                   tuple(checkpoint.load_record(p) for p in paths), seconds)
 
 
 def cli(run: Callable[[Any, Path, Path, bool], Mapping]) -> None:

@@ -43,7 +43,8 @@ import numpy as np
 from tqdm import tqdm
 
 from analysis import common, plots, speedup, variance
-from mlem import brownian, cost, generation, levels, parallel, schedules
+from mlem import brownian, cost, generation, parallel, schedules
+from mlem import ladder as ladders
 
 STAGE = "cost_error"
 COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "c", "steps",
@@ -170,7 +171,7 @@ def reference_key(ctx: common.Context, coupling: Coupling, realisations: int) ->
             "paths": PATH_CONVENTION, "backend": jax.default_backend()}
 
 
-def reference(ctx: common.Context, ladder: levels.Ladder, coupling: Coupling,
+def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
               realisations: int) -> np.ndarray:
     """``(R, B, H, W, C)`` EM with the top level on the finest grid for each realisation.
 
@@ -188,7 +189,7 @@ def reference(ctx: common.Context, ladder: levels.Ladder, coupling: Coupling,
     n_ref, out = len(coupling.path_ts) - 1, []
     for r in tqdm(range(realisations), desc=f"reference ({n_ref} steps)"):
         x0, path, key_r = coupling.inputs(r)
-        x, _ = levels.em(ladder, ladder.num_levels - 1, x0, coupling.path_ts, key_r, path=path)
+        x, _ = ladders.em(ladder, -1, x0, coupling.path_ts, key_r, path=path)
         out.append(np.asarray(x, np.float32))
     ref = np.stack(out)
     stage.mkdir(parents=True, exist_ok=True)
@@ -200,7 +201,7 @@ def reference(ctx: common.Context, ladder: levels.Ladder, coupling: Coupling,
 
 # --- running the sweep ---------------------------------------------------------------------------
 
-def run_group(ladder: levels.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
+def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
               points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int
               ) -> list[dict]:
     """Every point with ``steps`` steps on every realisation; one row per (point, realisation).
@@ -213,8 +214,8 @@ def run_group(ladder: levels.Ladder, flops: np.ndarray, coupling: Coupling, ref:
     def solve(point, p, inputs):
         x0, path, key = inputs
         if point["method"] == "em":
-            return levels.em(ladder, point["level"] - 1, x0, ts, key, path=path)
-        return levels.mlem(ladder, p, x0, ts, key, path=path)
+            return ladders.em(ladder, point["level"], x0, ts, key, path=path)
+        return ladders.mlem(ladder, p, x0, ts, key, path=path)
 
     first = coupling.inputs(0)
     warmed = set()
@@ -296,7 +297,7 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
     write_points(path, rows)
     if not todo:
         return rows, 0
-    ladder = generation.on_mesh(ctx.ladder, mesh)
+    ladder = ladders.on_mesh(ctx.ladder, mesh)
     coupling = Coupling(int(ctx.config.sampling.seed),
                         np.asarray(ctx.ladder.sde.time_grid(int(a.ref_steps)), np.float32),
                         batch, ctx.ladder.image_shape, mesh)

@@ -45,7 +45,7 @@ def heldout_curves(config: Any, workdir: Path, flops: np.ndarray) -> dict[str, n
 
     curves = {}
     for name, path, c in zip(config.levels, common.level_workdirs(config, workdir), flops):
-        batch = checkpoint.load_config(path).training.batch_size
+        batch = checkpoint.load_record(path).training.batch_size
         lines = (path / "metrics.jsonl").read_text().splitlines()
         pts = [(r["step"], r["heldout_loss"]) for r in map(json.loads, filter(None, lines))
                if "heldout_loss" in r]

@@ -13,7 +13,6 @@ an error (one line, exit status 1).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
@@ -25,21 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from mlem import cost
-from mlem.levels import check_ordered
-from mlem.models import ladder
-
-
-def load_config(path: str | Path) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file such as ``configs/celeba64_level3.py``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_ladder_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path} defines no get_config()")
-    return module.get_config()
+from mlem.config_files import load_config
+from mlem.ladder import check_ordered
+from mlem.models import registry
 
 
 def level_size(config: ml_collections.ConfigDict, batch_size: int) -> dict:
@@ -48,7 +35,7 @@ def level_size(config: ml_collections.ConfigDict, batch_size: int) -> dict:
     The forward pass is ``model.apply`` on ``(batch_size, H, W, C)`` images at ``t = 0.5``
     in the config's compute dtype, without dropout.
     """
-    model = ladder.get_model(config.model.level, dtype=config.model.dtype)
+    model = registry.get_model(config.model.level, dtype=config.model.dtype)
     shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
     x = jnp.zeros((batch_size, *shape), jnp.float32)
     t = jnp.full((batch_size,), 0.5, jnp.float32)

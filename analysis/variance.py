@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from analysis import common
-from mlem import data, levels
+from mlem import data
+from mlem import ladder as ladders
 
 STAGE = "variance"
 FORWARD = "forward"
@@ -49,17 +50,17 @@ def stratified_taus(edges: np.ndarray, num_samples: int, seed: int) -> np.ndarra
     return edges[index] + u * (edges[index + 1] - edges[index])
 
 
-def per_example_drifts(ladder: levels.Ladder, params) -> list:
+def per_example_drifts(ladder: ladders.Ladder, params) -> list:
     """Drifts ``fᵏ(x, τ)`` that accept a per-example ``τ`` of shape ``(B, 1, 1, 1)``."""
 
     def eps(model, p):
-        fn = levels.eps_fn(model, p)
+        fn = ladders.eps_fn(model, p)
         return lambda x, t: fn(x, jnp.reshape(t, x.shape[:1]))
 
     return [ladder.sde.drift_from_eps(eps(m, p)) for m, p in zip(ladder.models, params)]
 
 
-def _stats_fn(ladder: levels.Ladder):
+def _stats_fn(ladder: ladders.Ladder):
     @jax.jit
     def stats(params, x0, taus, noise):
         sde = ladder.sde

@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags
 
 from mlem import brownian, cost, sampling, schedules
-from mlem.models import ladder as registry
+from mlem.models import registry
 from mlem.sde import VPSDE
 
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Samples per solve.")

@@ -12,7 +12,6 @@ FLOP/s = FLOPs per step × steps/s. A benchmark, not a test.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from mlem import parallel, training
+from mlem.config_files import load_config
 from mlem.sde import VPSDE
 
 _CONFIGS = flags.DEFINE_multi_string("config", None, "Config files (default: a whole ladder).")
@@ -30,15 +30,6 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override model.dtype.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override training.batch_size.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
-
-
-def load_config(path: str):
-    """``get_config()`` of a config file (``path`` or ``path:arg``)."""
-    path, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
 
 
 def default_configs() -> list[str]:

@@ -1,11 +1,12 @@
-"""CelebA 64×64, ladder level 5 (see mlem/models/ladder.py); all else from celeba64_base."""
+"""CelebA 64×64, ladder level 5: ``configs/celeba64.py:5`` under the name users type.
+
+    python -m train --config configs/celeba64_level5.py --workdir runs/celeba64/level5
+"""
 
 import ml_collections
 
-from configs import celeba64_base
+from configs import celeba64
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = celeba64_base.get_config()
-    config.model.level = "celeba64_level5"
-    return config
+    return celeba64.get_config("5")

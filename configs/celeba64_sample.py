@@ -17,7 +17,7 @@ REF_STEPS = 2048
 def get_config() -> ml_collections.ConfigDict:
     config = sample_base.get_config()
     config.levels = tuple(f"level{k}" for k in range(1, 6))
-    config.train_configs = tuple(f"configs/celeba64_level{k}.py" for k in range(1, 6))
+    config.train_configs = tuple(f"configs/celeba64.py:{k}" for k in range(1, 6))
     config.results_dir = "results/celeba64"
 
     s = config.sampling

@@ -1,11 +1,12 @@
-"""MNIST-5k 16×16, ladder level 1 (see mlem/models/ladder.py); all else from mnist_base."""
+"""MNIST-5k 16×16, ladder level 1: ``configs/mnist.py:1`` under the name users type.
+
+    python -m train --config configs/mnist_level1.py --workdir runs/mnist/level1
+"""
 
 import ml_collections
 
-from configs import mnist_base
+from configs import mnist
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = mnist_base.get_config()
-    config.model.level = "mnist_level1"
-    return config
+    return mnist.get_config("1")

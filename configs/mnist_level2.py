@@ -1,11 +1,12 @@
-"""MNIST-5k 16×16, ladder level 2 (see mlem/models/ladder.py); all else from mnist_base."""
+"""MNIST-5k 16×16, ladder level 2: ``configs/mnist.py:2`` under the name users type.
+
+    python -m train --config configs/mnist_level2.py --workdir runs/mnist/level2
+"""
 
 import ml_collections
 
-from configs import mnist_base
+from configs import mnist
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = mnist_base.get_config()
-    config.model.level = "mnist_level2"
-    return config
+    return mnist.get_config("2")

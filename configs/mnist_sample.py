@@ -17,7 +17,7 @@ REF_STEPS = 512
 def get_config() -> ml_collections.ConfigDict:
     config = sample_base.get_config()
     config.levels = ("level1", "level2", "level3", "level4")
-    config.train_configs = tuple(f"configs/mnist_level{k}.py" for k in range(1, 5))
+    config.train_configs = tuple(f"configs/mnist.py:{k}" for k in range(1, 5))
     config.results_dir = "results/mnist_cpu"
 
     s = config.sampling

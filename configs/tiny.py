@@ -1,21 +1,22 @@
 """A config for tests: tiny UNet on generated 8×8×3 blobs, a few steps, wandb disabled.
 
-Built on mnist_base (same schema); ``--config.model.level=tiny_level2`` picks the other
-tiny level.
+Built on configs/mnist.py (same schema); ``configs/tiny.py:2`` is the other tiny level.
 """
 
 import ml_collections
 
-from configs import mnist_base
+from configs import mnist
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = mnist_base.get_config()
+def get_config(level: str = "1") -> ml_collections.ConfigDict:
+    if level not in ("1", "2"):
+        raise ValueError(f"configs/tiny.py:LEVEL: LEVEL must be 1 or 2, got {level!r}")
+    config = mnist.get_config()
     config.data.name = "synthetic"
     config.data.image_size = 8
     config.data.num_channels = 3
     config.data.random_flip = True
-    config.model.level = "tiny_level1"
+    config.model.level = f"tiny_level{level}"
 
     config.optim.warmup_steps = 2
     training = config.training

@@ -9,8 +9,7 @@ from configs import sample_base
 def get_config() -> ml_collections.ConfigDict:
     config = sample_base.get_config()
     config.levels = ("level1", "level2")
-    config.train_configs = tuple(f"configs/tiny.py --config.model.level=tiny_level{k}"
-                                 for k in (1, 2))
+    config.train_configs = tuple(f"configs/tiny.py:{k}" for k in (1, 2))
     config.results_dir = "results/tiny"
 
     s = config.sampling

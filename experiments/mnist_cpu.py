@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from analysis.ladder import load_config
 from experiments import pipeline
 from mlem import cli
+from mlem.config_files import load_config
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,8 +17,8 @@ from pathlib import Path
 import ml_collections
 
 from analysis import common, cost_error, figures, fit_gamma, variance
-from analysis.ladder import load_config
 from mlem import checkpoint, training
+from mlem.config_files import load_config
 
 STAGES = {"fit_gamma": fit_gamma.stage, "variance": variance.stage,
           "cost_error": cost_error.stage, "figures": figures.stage}

@@ -119,7 +119,7 @@ def record_config(workdir: str | Path, config: ml_collections.ConfigDict, step: 
             f.write(json.dumps(entry) + "\n")
 
 
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+def load_record(workdir: str | Path) -> ml_collections.ConfigDict:
     """The record ``workdir/config.json`` (what the weights were trained as)."""
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
@@ -251,7 +251,7 @@ def load_level(workdir: str | Path, allow_older: bool = False
     parameters are the ones sampling uses; build the network with
     ``mlem.training.build_model(config)``.
     """
-    config = load_config(workdir)
+    config = load_record(workdir)
     missing = CheckpointNotFoundError(f"no checkpoint in {workdir}: train it first with "
                                       f"python -m train --config ... --workdir {workdir}")
     if not (Path(workdir) / CHECKPOINT_DIR).is_dir():

@@ -16,7 +16,6 @@ The Bernoulli draws of ML-EM are shared by a batch: batch ``b`` draws them from
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
@@ -33,9 +32,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlem import brownian, checkpoint, cost, levels, parallel, schedules, training
+from mlem import brownian, cost, parallel, schedules, training
+from mlem import ladder as ladders
 from mlem.files import read_json
-from mlem.levels import Ladder
+from mlem.ladder import Ladder
 
 Array = jax.Array
 METHODS = ("mlem", "em")
@@ -45,51 +45,6 @@ GRID_IMAGES = 64  # samples shown in samples.png
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
-
-
-class LevelNotTrainedError(FileNotFoundError):
-    """A level listed in the sample config has no trained checkpoint under the workdir."""
-
-
-# --- the ladder ---------------------------------------------------------------------------
-
-def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladder:
-    """The ladder ``config.levels`` (subdirectories of ``workdir``, cheapest first).
-
-    Raises :class:`LevelNotTrainedError` naming the level, the workdir expected and the
-    train command (``config.train_configs`` names each level's training config). Each level
-    is its newest checkpoint or an error, unless ``config.allow_older_checkpoints``.
-    """
-    names = tuple(config.levels)
-    if not names:
-        raise ValueError("config.levels: list the ladder's level subdirectories, cheapest first")
-    train_configs = tuple(config.get("train_configs", ())) or ("configs/<level config>.py",)
-    workdirs = [Path(workdir) / name for name in names]
-    for k, wd in enumerate(workdirs):
-        if not ((wd / checkpoint.CONFIG_FILE).is_file()
-                and (wd / checkpoint.CHECKPOINT_DIR).is_dir()):
-            train = train_configs[k] if k < len(train_configs) else train_configs[-1]
-            raise LevelNotTrainedError(
-                f"level {k + 1} ({names[k]}): no trained checkpoint in {wd}; train it with "
-                f"python -m train --config {train} --workdir {wd}")
-    return levels.load_ladder(workdirs, bool(config.get("allow_older_checkpoints", False)))
-
-
-def measure_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
-    """``(K,)`` FLOPs per sample of each level at ``batch_size``; must strictly increase."""
-    flops = levels.level_flops(ladder, batch_size)
-    levels.check_ordered(flops, ladder.names)
-    return flops
-
-
-@functools.cache
-def on_mesh(ladder: Ladder, mesh: Mesh) -> Ladder:
-    """The ladder with its parameters on every device of ``mesh`` (itself on one device;
-    one object per pair, so compiled solvers are reused)."""
-    if mesh.size == 1:
-        return ladder
-    return dataclasses.replace(
-        ladder, params=jax.device_put(ladder.params, parallel.replicated(mesh)))
 
 
 # --- time grids and schedules -------------------------------------------------------------
@@ -227,7 +182,7 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
     num_steps = len(ts) - 1
     if not np.allclose(brownian.coarse_grid(path_ts, num_steps), ts, rtol=0, atol=1e-6):
         raise ValueError("ts: must be the sub-grid brownian.coarse_grid(path_ts, N) of path_ts")
-    sharded = on_mesh(ladder, mesh)
+    sharded = ladders.on_mesh(ladder, mesh)
     samples, evals = [], []
     with compile_timer() as compile_seconds:
         start = time.perf_counter()
@@ -235,11 +190,11 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
         for b in tqdm(batches, desc=f"{method} {num_steps} steps", disable=not progress):
             x0, path, key = batch_inputs(seed, b, batch_size, ladder.image_shape, path_ts, mesh)
             if level is None:
-                x, stats = levels.mlem(sharded, probs, x0, ts, key, path=path)
+                x, stats = ladders.mlem(sharded, probs, x0, ts, key, path=path)
                 evals.append(np.asarray(stats["evals"]))
             else:
-                x, stats = levels.em(sharded, level, x0, ts, key, path=path)
-                evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level] * num_steps)
+                x, stats = ladders.em(sharded, level, x0, ts, key, path=path)
+                evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level - 1] * num_steps)
             samples.append(_to_host(x))
         wall = time.perf_counter() - start
     evals = np.stack(evals).astype(np.int64)
@@ -257,7 +212,7 @@ def _to_host(x: Array) -> np.ndarray:
 
 def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
                   batch_size: int, num_devices: int) -> int | None:
-    """Validate a request; return the 0-based EM level, or ``None`` for ML-EM."""
+    """Validate a request; return the EM level (1…K), or ``None`` for ML-EM."""
     if method not in METHODS:
         raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
     if num_samples < 1 or batch_size < 1 or num_samples % batch_size:
@@ -266,10 +221,10 @@ def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
     parallel.check_batch_size(batch_size, num_devices, "sampling.batch_size")
     if method == "mlem":
         return None
-    if not (1 <= em_level <= num_levels or em_level == -1):
-        raise ValueError(f"em_level: must be in 1..{num_levels} (or -1 for the top level), "
-                         f"got {em_level}")
-    return em_level - 1 if em_level > 0 else num_levels - 1
+    try:
+        return ladders.level_index(em_level, num_levels) + 1
+    except ValueError as err:
+        raise ValueError(f"em_level: {err}") from None
 
 
 @contextmanager
@@ -327,9 +282,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     mesh = parallel.make_mesh()
     batch_size = min(s.batch_size, s.num_samples)
     check_request(s.method, s.em_level, len(config.levels), s.num_samples, batch_size, mesh.size)
-    ladder = load_ladder(config, workdir)
+    ladder = ladders.load_ladder(config, workdir)
     ts, path_ts = time_grids(ladder, s.steps, s.path_steps)
-    flops = measure_flops(ladder, batch_size)
+    flops = ladders.measure_flops(ladder, batch_size)
     seconds = level_seconds(config, ladder, batch_size)
     probs = None
     if s.method == "mlem":
@@ -357,7 +312,7 @@ def level_seconds(config: ml_collections.ConfigDict, ladder: Ladder,
                          f"{model!r}")
     if s.method != "mlem" or s.schedule != "variance" or model != "time":
         return None
-    return levels.level_seconds(ladder, batch_size)
+    return ladders.level_seconds(ladder, batch_size)
 
 
 def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.ndarray,

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mlem import checkpoint, data, parallel
-from mlem.models import ladder
+from mlem.models import registry
 from mlem.sde import VPSDE
 
 Array = jax.Array
@@ -61,7 +61,7 @@ class TrainState:
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The ladder level ``config.model.level`` with the config's dropout and compute dtype."""
-    return ladder.get_model(config.model.level, dropout=config.model.dropout,
+    return registry.get_model(config.model.level, dropout=config.model.dropout,
                             dtype=config.model.dtype)
 
 

@@ -210,7 +210,7 @@ def test_variance_file_is_the_agreed_format(tiny_results):
                                                  config.levels)
     assert edges[0] == 0.0 and len(edges) == 3
     # python -m sample --schedule variance reads the same file (regression: level names).
-    from analysis.ladder import load_config
+    from mlem.config_files import load_config
 
     variance_file = str(out / "variance" / "variances.json")
     sample_config = generation.with_overrides(load_config("configs/tiny_sample.py"),

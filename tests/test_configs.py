@@ -7,14 +7,13 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from analysis.ladder import load_config
-from mlem.models import ladder
+from mlem.config_files import load_config
+from mlem.models import registry
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-LEVEL_FILES = {"celeba64_base": [f"celeba64_level{k}" for k in range(1, 6)],
-               "mnist_base": [f"mnist_level{k}" for k in range(1, 5)]}
-ALL = ["celeba64_base", "mnist_base", "tiny", *LEVEL_FILES["celeba64_base"],
-       *LEVEL_FILES["mnist_base"]]
+LEVEL_FILES = {"celeba64": [f"celeba64_level{k}" for k in range(1, 6)],
+               "mnist": [f"mnist_level{k}" for k in range(1, 5)]}
+ALL = ["celeba64", "mnist", "tiny", *LEVEL_FILES["celeba64"], *LEVEL_FILES["mnist"]]
 SCHEMA = {
     "seed",
     *(f"data.{k}" for k in ("name", "image_size", "num_channels", "source", "data_dir",
@@ -49,8 +48,8 @@ def _load(name):
 def test_schema_and_registry(name):
     config = _load(name)
     assert set(_flat(config)) == SCHEMA
-    assert config.model.level in ladder.LEVELS
-    model = ladder.get_model(config.model.level, dropout=config.model.dropout,
+    assert config.model.level in registry.LEVELS
+    model = registry.get_model(config.model.level, dropout=config.model.dropout,
                              dtype=config.model.dtype)
     assert config.data.image_size % 2 ** (len(model.ch_mult) - 1) == 0
     assert config.model.dtype in ("float32", "bfloat16")
@@ -70,13 +69,18 @@ def test_level_files_override_only_the_level(base, level):
 
 
 def test_levels_cover_their_ladders():
-    for base, prefix in (("celeba64_base", "celeba64"), ("mnist_base", "mnist")):
+    for base, prefix in (("celeba64", "celeba64"), ("mnist", "mnist")):
         levels = [_load(name).model.level for name in LEVEL_FILES[base]]
-        assert levels == ladder.level_names(prefix)
+        assert levels == registry.level_names(prefix)
+        # one file per dataset: configs/<dataset>.py:K is level K, the same as its level file
+        for k, name in enumerate(LEVEL_FILES[base], start=1):
+            assert _flat(load_config(f"{CONFIGS / base}.py:{k}")) == _flat(_load(name))
+        with pytest.raises(ValueError, match="LEVEL must be 1.."):
+            load_config(f"{CONFIGS / base}.py:9")
 
 
 def test_dataset_shapes_and_defaults():
-    celeba, mnist, tiny = _load("celeba64_base"), _load("mnist_base"), _load("tiny")
+    celeba, mnist, tiny = _load("celeba64"), _load("mnist"), _load("tiny")
     assert (celeba.data.image_size, celeba.data.num_channels) == (64, 3)
     assert (celeba.training.batch_size, celeba.optim.learning_rate) == (128, 2e-4)
     assert (celeba.training.ema_decay, celeba.optim.warmup_steps) == (0.9999, 5000)
@@ -102,6 +106,11 @@ def test_config_flag_overrides():
     assert config.training.batch_size == 8 and config.model.level == "mnist_level2"
     assert config.data.local_path == "/data/img_align_celeba.zip"
     assert config.model.dtype == "bfloat16" and config.training.num_steps == 1000
+
+
+def test_dataset_file_takes_the_level_as_argument():
+    config = _parse(f"--config={CONFIGS / 'mnist.py'}:2", "--config.training.batch_size=8")
+    assert config.model.level == "mnist_level2" and config.training.batch_size == 8
 
 
 def test_unknown_config_key_is_refused():

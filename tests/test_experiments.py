@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from analysis.ladder import load_config
 from experiments import pipeline
 from experiments.celeba64 import __main__ as celeba64
+from mlem.config_files import load_config
 
 
 def test_celeba64_smoke_runs_every_stage_and_resumes(tmp_path):

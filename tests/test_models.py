@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlem import cost
-from mlem.models import UNet, get_model, ladder, level_names
+from mlem.models import UNet, get_model, level_names, registry
 
 LADDER_SHAPES = {"tiny": (8, 8, 3), "smoke": (8, 8, 3), "mnist": (16, 16, 1),
                  "celeba64": (64, 64, 3)}
@@ -130,7 +130,7 @@ def test_level_names_and_registry():
     assert level_names("celeba64") == [f"celeba64_level{k}" for k in range(1, 6)]
     assert level_names("mnist") == [f"mnist_level{k}" for k in range(1, 5)]
     assert level_names("tiny") == ["tiny_level1", "tiny_level2"]
-    assert set(level_names()) == set(ladder.LEVELS)
+    assert set(level_names()) == set(registry.LEVELS)
     assert get_model("mnist_level2", dropout=0.3, dtype="bfloat16").dropout == 0.3
 
 

@@ -19,6 +19,7 @@ import pytest
 from analysis import common
 from configs import tiny_sample
 from mlem import checkpoint, generation, schedules
+from mlem import ladder as ladders
 
 # Uses the session's tiny trained ladder: one xdist worker (tests/conftest.py).
 pytestmark = [pytest.mark.xdist_group("tiny_ladder"),
@@ -72,13 +73,13 @@ def test_results_record_the_restored_step_and_refuse_to_mix(tiny_ladder, stale_l
     """The manifest holds what was restored, not what the directory lists: a results
     directory of the intact ladder refuses the older level 2."""
     config = tiny_sample.get_config()
-    intact = generation.load_ladder(config, tiny_ladder)
+    intact = ladders.load_ladder(config, tiny_ladder)
     out = common.open_results(tmp_path / "results",
                               common.make_manifest(config, tiny_ladder, intact), False)
     with pytest.raises(checkpoint.UnreadableCheckpointError, match="level 2 .*step 4"):
-        generation.load_ladder(config, stale_ladder)
+        ladders.load_ladder(config, stale_ladder)
     config.allow_older_checkpoints = True
-    older = generation.load_ladder(config, stale_ladder)
+    older = ladders.load_ladder(config, stale_ladder)
     assert older.steps == (4, 2) and older.digests[0] == intact.digests[0]
     assert older.digests[1] != intact.digests[1]
     manifest = common.make_manifest(config, stale_ladder, older)
@@ -106,4 +107,4 @@ def test_malformed_files_are_named(tmp_path):
     workdir.mkdir()
     (workdir / "config.json").write_text("{")
     with pytest.raises(ValueError, match="config record .*config.json is not valid JSON"):
-        checkpoint.load_config(workdir)
+        checkpoint.load_record(workdir)

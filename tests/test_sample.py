@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from configs import tiny_sample
-from mlem import generation, levels, schedules
+from mlem import generation, schedules
+from mlem import ladder as ladders
 from tests.conftest import XLA_FLAGS
 
 # The tests that use the session's tiny trained ladder share one xdist worker (it is
@@ -62,8 +63,8 @@ def cli(tiny_ladder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ladder(tiny_ladder: Path) -> levels.Ladder:
-    return generation.load_ladder(tiny_sample.get_config(), tiny_ladder)
+def ladder(tiny_ladder: Path) -> ladders.Ladder:
+    return ladders.load_ladder(tiny_sample.get_config(), tiny_ladder)
 
 
 def _config(**sampling) -> ml_collections.ConfigDict:
@@ -165,14 +166,14 @@ def test_missing_level_is_one_line_naming_level_workdir_and_train_command(cli, t
     assert code == 1 and len(lines) == 1, stderr
     assert lines[0].startswith("error: level 2 (level3): no trained checkpoint in ")
     assert str(tiny_ladder / "level3") in lines[0]
-    assert "python -m train --config configs/tiny.py --config.model.level=tiny_level2" in lines[0]
+    assert "python -m train --config configs/tiny.py:2 --workdir" in lines[0]
 
 
 def test_levels_not_ordered_by_flops_are_refused(ladder):
-    swapped = levels.Ladder(ladder.names[::-1], ladder.models[::-1], ladder.params[::-1],
+    swapped = ladders.Ladder(ladder.names[::-1], ladder.models[::-1], ladder.params[::-1],
                             ladder.image_shape, ladder.sde)
     with pytest.raises(ValueError, match="cheapest first with strictly increasing FLOPs"):
-        generation.measure_flops(swapped, 4)
+        ladders.measure_flops(swapped, 4)
 
 
 def test_schedules_from_files_must_match_the_ladder(tmp_path):

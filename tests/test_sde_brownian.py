@@ -126,7 +126,7 @@ def test_solve_memory_does_not_grow_with_the_step_count():
     """XLA's compiled memory of an EM solve with the celeba64_level1 UNet at 64×64×3, batch
     8, per-sample paths: 64 and 1,024 steps within 5% (materialised increments would add
     (N, 8, 64, 64, 3) floats: 25 MB at 64 steps, 400 MB at 1,024)."""
-    from mlem.models import ladder as registry
+    from mlem.models import registry
 
     model = registry.get_model("celeba64_level1")
     x0 = jnp.zeros((8, 64, 64, 3))

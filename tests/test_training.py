@@ -263,7 +263,7 @@ def test_config_json_is_the_record_of_the_weights(trained, tmp_path):
     history = [json.loads(line) for line in
                (workdir / "config_history.jsonl").read_text().splitlines()]
     assert [(h["step"], h["changes"]) for h in history] == [(4, {"training.num_steps": 6})]
-    assert checkpoint.load_config(workdir).training.num_steps == 4
+    assert checkpoint.load_record(workdir).training.num_steps == 4
 
 
 @pytest.mark.parametrize("field, value", [

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import ml_collections
 
-from analysis.ladder import load_config
 from experiments import pipeline
 from mlem import cli, cost
-from mlem.models import ladder
+from mlem.config_files import load_config
+from mlem.models import registry
 
 SAMPLE_CONFIG = "configs/celeba64_sample.py"
 SMOKE_LEVELS = 3
@@ -70,7 +70,7 @@ def _forward_flops(config: ml_collections.ConfigDict) -> float:
     import jax
     import jax.numpy as jnp
 
-    model = ladder.get_model(config.model.level)
+    model = registry.get_model(config.model.level)
     size, channels = config.data.image_size, config.data.num_channels
     x, t = jnp.zeros((1, size, size, channels)), jnp.full((1,), 0.5)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t))["params"]

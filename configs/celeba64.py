@@ -1,17 +1,23 @@
-"""CelebA 64×64 defaults shared by the five ladder levels (DDPM / score_sde settings).
+"""The CelebA 64×64 ladder (DDPM / score_sde settings): one file, ``get_config(level)``.
 
-    python -m train --config configs/celeba64_level3.py --workdir runs/celeba64/level3 \\
+    python -m train --config configs/celeba64.py:3 --workdir runs/celeba64/level3 \\
         --config.training.batch_size=64 --config.model.dtype=bfloat16
 
+``configs/celeba64_levelK.py`` is the same config under the name users type
+(``python -m train --config configs/celeba64_level3.py``).
+
 Every level trains with the same data, SDE, optimiser and budget, so the excess held-out
-loss measures capacity; level files change only ``model.level``.
+loss measures capacity; levels differ only in ``model.level``.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(level: str = "5") -> ml_collections.ConfigDict:
+    """Level ``level`` (1–5) of the ladder (``configs/celeba64.py:3`` on the command line)."""
+    if level not in {str(k) for k in range(1, 6)}:
+        raise ValueError(f"configs/celeba64.py:LEVEL: LEVEL must be 1..5, got {level!r}")
     config = ml_collections.ConfigDict()
     config.seed = 42
 
@@ -25,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.random_flip = True
 
     config.model = model = ml_collections.ConfigDict()
-    model.level = "celeba64_level5"
+    model.level = f"celeba64_level{level}"
     model.dropout = 0.1
     model.dtype = "float32"  # compute dtype; 'bfloat16' on GPU/TPU (params stay float32)
 

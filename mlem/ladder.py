@@ -1,8 +1,10 @@
-"""A trained ladder as drift levels for the sampler (DESIGN.md §2): UNet k gives ``fᵏ``.
+"""A trained ladder (DESIGN.md §2): loading it, its drifts ``f¹…fᴷ``, FLOPs and timing.
 
-A :class:`Ladder` holds the models and EMA parameters of levels 1…K (cheapest first).
-Parameters are passed to jitted solvers as arguments, never baked in as constants: the
-drifts are rebuilt inside the traced function from the ``params`` it receives.
+A :class:`Ladder` holds the models and EMA parameters of levels 1…K (cheapest first), loaded
+from the checkpoints of a workdir's level subdirectories (:func:`load_ladder`). Levels are
+numbered from 1 at every public interface, ``-1`` meaning the top level. Parameters are
+passed to jitted solvers as arguments, never baked in as constants: the drifts are rebuilt
+inside the traced function from the ``params`` it receives.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
-from mlem import brownian, checkpoint, cost, sampling
-from mlem.models import ladder as registry
+from mlem import brownian, checkpoint, cost, parallel, sampling
+from mlem.models import registry
 from mlem.sde import VPSDE
 
 Array = jax.Array
@@ -49,31 +53,60 @@ class Ladder:
         return len(self.models)
 
 
-def load_ladder(workdirs: Sequence[str | Path], allow_older: bool = False) -> Ladder:
-    """Load the EMA checkpoints of ``workdirs`` (level 1 first) into a :class:`Ladder`.
+class LevelNotTrainedError(FileNotFoundError):
+    """A level listed in the sample config has no trained checkpoint under the workdir."""
 
-    Each level is its newest checkpoint, or a ``FileNotFoundError`` naming the level, the
-    step and the file (:func:`mlem.checkpoint.load_level`); ``allow_older`` falls back to the
-    newest readable step, recorded in ``Ladder.steps``. ``ValueError`` when levels disagree
-    on data or SDE.
+
+def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladder:
+    """The ladder ``config.levels`` (subdirectories of ``workdir``, cheapest first).
+
+    Each level is its newest checkpoint, or an error naming the level, the step and the file
+    (:func:`mlem.checkpoint.load_level`), unless ``config.allow_older_checkpoints`` (then the
+    newest readable step, recorded in ``Ladder.steps``). A level without a checkpoint raises
+    :class:`LevelNotTrainedError` naming the workdir expected and the train command
+    (``config.train_configs``); levels that disagree on data or SDE raise ``ValueError``.
     """
-    names, models, params, keys, steps = [], [], [], [], []
-    for k, workdir in enumerate(workdirs, start=1):
+    names = tuple(config.levels)
+    if not names:
+        raise ValueError("config.levels: list the ladder's level subdirectories, cheapest first")
+    train_configs = tuple(config.get("train_configs", ())) or ("configs/<level config>.py",)
+    workdirs = [Path(workdir) / name for name in names]
+    for k, wd in enumerate(workdirs):
+        if not ((wd / checkpoint.CONFIG_FILE).is_file()
+                and (wd / checkpoint.CHECKPOINT_DIR).is_dir()):
+            train = train_configs[k] if k < len(train_configs) else train_configs[-1]
+            raise LevelNotTrainedError(
+                f"level {k + 1} ({names[k]}): no trained checkpoint in {wd}; train it with "
+                f"python -m train --config {train} --workdir {wd}")
+    allow_older = bool(config.get("allow_older_checkpoints", False))
+    models, params, keys, steps = [], [], [], []
+    for k, wd in enumerate(workdirs, start=1):
         try:
-            config, ema_params, step = checkpoint.load_level(workdir, allow_older)
+            level_config, ema_params, step = checkpoint.load_level(wd, allow_older)
         except checkpoint.CheckpointNotFoundError as err:
-            raise type(err)(f"level {k} ({Path(workdir).name}): {err}") from None
+            raise type(err)(f"level {k} ({wd.name}): {err}") from None
         steps.append(step)
-        names.append(config.model.level)
-        models.append(registry.get_model(config.model.level, dtype=config.model.dtype))
+        models.append(registry.get_model(level_config.model.level,
+                                         dtype=level_config.model.dtype))
         params.append(ema_params)
-        d = config.data
-        keys.append(((d.name, d.image_size, d.num_channels), tuple(sorted(config.sde.items()))))
+        d = level_config.data
+        keys.append(((d.name, d.image_size, d.num_channels),
+                     tuple(sorted(level_config.sde.items()))))
     if len(set(keys)) > 1:
         raise ValueError(f"workdirs: levels were trained on different data or SDEs: {keys}")
     (_, size, channels), sde_items = keys[0]
-    return Ladder(tuple(names), tuple(models), tuple(params), (size, size, channels),
+    return Ladder(names, tuple(models), tuple(params), (size, size, channels),
                   VPSDE(**dict(sde_items)), tuple(steps), tuple(map(param_digest, params)))
+
+
+@functools.cache
+def on_mesh(ladder: Ladder, mesh: Mesh) -> Ladder:
+    """The ladder with its parameters on every device of ``mesh`` (itself on one device;
+    one object per pair, so compiled solvers are reused)."""
+    if mesh.size == 1:
+        return ladder
+    return dataclasses.replace(
+        ladder, params=jax.device_put(ladder.params, parallel.replicated(mesh)))
 
 
 def param_digest(params: Params) -> str:
@@ -106,6 +139,13 @@ def level_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
     x, t = _probe(ladder, batch_size)
     return np.array([cost.flops_per_sample(_forward(m), p, x, t, batch_size=batch_size)
                      for m, p in zip(ladder.models, ladder.params)])
+
+
+def measure_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
+    """``(K,)`` FLOPs per sample of each level at ``batch_size``; must strictly increase."""
+    flops = level_flops(ladder, batch_size)
+    check_ordered(flops, ladder.names)
+    return flops
 
 
 def level_costs(ladder: Ladder, batch_size: int, repeats: int = 5
@@ -145,6 +185,7 @@ def check_ordered(flops: Sequence[float], names: Sequence[str]) -> None:
 
 @functools.cache
 def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | None):
+    """The jitted solve of EM at 0-based ``level`` (``None``: ML-EM over the whole ladder)."""
     ts = np.asarray(ts, np.float32)
 
     @jax.jit
@@ -162,16 +203,24 @@ def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | None):
 def em(ladder: Ladder, level: int, x0: Array, ts: Array, key: Array,
        increments: Array | None = None, path: sampling.Path | None = None
        ) -> tuple[Array, dict[str, Array]]:
-    """EM with level ``level`` (0-based) of the ladder; compiled once per (ladder, ts, level).
+    """EM with level ``level`` of the ladder (1…K, ``-1`` = the top level); compiled once per
+    (ladder, ts, level).
 
     The Brownian increments come from ``increments``, ``path`` or ``key`` as in
     :func:`mlem.sampling.euler_maruyama`.
     """
-    if not 0 <= level < ladder.num_levels:
-        raise ValueError(f"level: must be in [0, {ladder.num_levels}), got {level}")
+    index = level_index(level, ladder.num_levels)
     ts = _checked(ts, x0, path)
-    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), level)
+    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), index)
     return solve(ladder.params, None, x0, key, increments, path)
+
+
+def level_index(level: int, num_levels: int) -> int:
+    """The 0-based index of level ``level`` (1…K, or ``-1`` for the top); ``ValueError`` else."""
+    if not (1 <= level <= num_levels or level == -1):
+        raise ValueError(f"level: must be in 1..{num_levels} (or -1 for the top level), "
+                         f"got {level}")
+    return level - 1 if level > 0 else num_levels - 1
 
 
 def mlem(ladder: Ladder, probs: Array, x0: Array, ts: Array, key: Array,
