@@ -33,8 +33,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlem import brownian, checkpoint, cost, levels, parallel, schedules, training
-from mlem.files import read_json
+from mlem import brownian, checkpoint, cost, levels, parallel, schedules
+from mlem.files import read_json, save_grid
 from mlem.levels import Ladder
 
 Array = jax.Array
@@ -402,5 +402,5 @@ def write_outputs(out: Path, samples: np.ndarray, ts: np.ndarray, probs: np.ndar
     if probs is not None:
         arrays["probs"] = np.asarray(probs, np.float32)
     np.savez(out / "samples.npz", **arrays)
-    training.save_grid(samples[:GRID_IMAGES], out / "samples.png")
+    save_grid(samples[:GRID_IMAGES], out / "samples.png")
     (out / "sample_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
