@@ -17,7 +17,7 @@ from pathlib import Path
 import ml_collections
 
 from analysis import common, cost_error, figures, fit_gamma, variance
-from mlem import checkpoint, training
+from mlem import checkpoint, train_loop
 from mlem.config_files import load_config
 
 STAGES = {"fit_gamma": fit_gamma.stage, "variance": variance.stage,
@@ -65,7 +65,7 @@ def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path
             continue
         print(f"[train] level {k}/{len(configs)}: {config.model.level} -> {level_dir}", flush=True)
         start = time.perf_counter()
-        training.train_and_evaluate(config, level_dir)
+        train_loop.train_and_evaluate(config, level_dir)
         seconds[level] = time.perf_counter() - start
     return seconds
 

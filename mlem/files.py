@@ -1,10 +1,14 @@
-"""Reading the project's JSON files with errors that name the file."""
+"""The project's files: reading JSON with errors that name the file, and PNG image grids."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
@@ -15,3 +19,17 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     except json.JSONDecodeError as err:
         raise ValueError(f"{what} {path} is not valid JSON ({err}); fix or regenerate it"
                          ) from None
+
+
+def save_grid(images: np.ndarray, path: Path) -> None:
+    """Write ``(n, H, W, C)`` images in ``[-1, 1]`` as one PNG grid of ``ceil(√n)`` columns."""
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, c), np.uint8)
+    pixels = np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = pixels[i]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)

@@ -32,9 +32,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlem import brownian, cost, parallel, schedules, training
+from mlem import brownian, cost, parallel, schedules
 from mlem import ladder as ladders
-from mlem.files import read_json
+from mlem.files import read_json, save_grid
 from mlem.ladder import Ladder
 
 Array = jax.Array
@@ -357,5 +357,5 @@ def write_outputs(out: Path, samples: np.ndarray, ts: np.ndarray, probs: np.ndar
     if probs is not None:
         arrays["probs"] = np.asarray(probs, np.float32)
     np.savez(out / "samples.npz", **arrays)
-    training.save_grid(samples[:GRID_IMAGES], out / "samples.png")
+    save_grid(samples[:GRID_IMAGES], out / "samples.png")
     (out / "sample_stats.json").write_text(json.dumps(stats, indent=1) + "\n")

@@ -33,10 +33,10 @@ TINY_LEVELS = ("tiny_level1", "tiny_level2")
 def tiny_ladder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``--workdir`` root holding ``level1/`` and ``level2/``: the two tiny levels of
     ``configs/tiny.py`` (8×8×3 synthetic blobs), each trained for its few default steps with
-    ``mlem.training.train_and_evaluate``, wandb disabled and no sample grids (one compile
+    ``mlem.train_loop.train_and_evaluate``, wandb disabled and no sample grids (one compile
     fewer). Built once per test session."""
     from configs import tiny
-    from mlem import training
+    from mlem import train_loop
 
     root = tmp_path_factory.mktemp("tiny_ladder")
     with pytest.MonkeyPatch.context() as patch:
@@ -46,5 +46,5 @@ def tiny_ladder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             config.model.level = level
             config.wandb.mode = "disabled"
             config.training.num_sample_images = 0
-            training.train_and_evaluate(config, root / f"level{k}")
+            train_loop.train_and_evaluate(config, root / f"level{k}")
     return root

@@ -109,7 +109,7 @@ def corrupt_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run (configs/tiny.py, 4 steps, checkpoints at 2 and 4) whose every checkpoint
     has its data files overwritten, as ``_corrupt`` in test_training.py does."""
     from configs import tiny
-    from mlem import training
+    from mlem import train_loop
 
     workdir = tmp_path_factory.mktemp("quiet") / "run"
     config = tiny.get_config()
@@ -119,7 +119,7 @@ def corrupt_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config.wandb.mode = "disabled"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "disabled")
-        training.train_and_evaluate(config, workdir)
+        train_loop.train_and_evaluate(config, workdir)
     files = glob.glob(str(workdir / "checkpoints" / "*" / "**" / "d" / "*"), recursive=True)
     assert {Path(f).relative_to(workdir / "checkpoints").parts[0] for f in files} == {"2", "4"}
     for name in files:

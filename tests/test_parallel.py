@@ -17,7 +17,7 @@ EIGHT_DEVICES = """
 import json, sys
 import jax, numpy as np
 from configs import tiny
-from mlem import data, parallel, training
+from mlem import data, parallel, train_loop, training
 from mlem.sde import VPSDE
 
 assert jax.device_count() == 8, jax.devices()
@@ -26,7 +26,7 @@ config.wandb.mode = "disabled"
 out = {}
 try:
     config.training.batch_size = 12
-    training.train_and_evaluate(config, sys.argv[1])
+    train_loop.train_and_evaluate(config, sys.argv[1])
 except ValueError as err:
     out["error"] = str(err)
 config.training.batch_size = 8

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from mlem import checkpoint, data, training
+from mlem import checkpoint, data, files, train_loop, train_metrics, training
 from mlem.sde import VPSDE, gaussian_eps
 
 # After a failed read of a corrupt checkpoint, orbax/tensorstore leaves an asyncio callback
@@ -73,7 +73,7 @@ def run_python(args: list[str], cache_env: dict, **env) -> subprocess.CompletedP
 def trained(tmp_path_factory, compile_cache):
     """``(workdir, final_metrics)`` of the 4-step tiny run (never modified by tests)."""
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    return workdir, training.train_and_evaluate(tiny_config(), workdir)
+    return workdir, train_loop.train_and_evaluate(tiny_config(), workdir)
 
 
 def records(workdir: Path) -> list[dict]:
@@ -129,7 +129,7 @@ def test_resume_in_a_new_process_is_bitwise_exact(trained, tmp_path, compile_cac
     Tolerance: none (bitwise) on this CPU; both processes run the same XLA executable.
     """
     workdir = tmp_path / "resumed"
-    training.train_and_evaluate(tiny_config(training__num_steps=2), workdir)
+    train_loop.train_and_evaluate(tiny_config(training__num_steps=2), workdir)
     assert restore_state(workdir)["step"] == 2
     proc = run_python(["-m", "train", "--workdir", str(workdir), *cli_flags()], compile_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,7 +167,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path, cap
 
     # Training from the damaged workdir resumes at 2, keeps step 4's files aside, recomputes
     # step 4 exactly, and keeps the history that step 4 had reached (nothing is cut).
-    training.train_and_evaluate(tiny_config(), workdir)
+    train_loop.train_and_evaluate(tiny_config(), workdir)
     assert (workdir / "corrupt_checkpoints" / "4").is_dir()
     for a, b in zip(jax.tree.leaves(restore_state(workdir)),
                     jax.tree.leaves(restore_state(trained[0])), strict=True):
@@ -201,15 +201,15 @@ def test_unreadable_run_is_quarantined_once_and_restarts_only_when_asked(trained
         _corrupt(workdir, step)
     with pytest.raises(checkpoint.CheckpointNotFoundError, match="none of the checkpoints.*"
                        "corrupt_checkpoints.*--restart"):
-        training.train_and_evaluate(tiny_config(), workdir)
+        train_loop.train_and_evaluate(tiny_config(), workdir)
     assert sorted(p.name for p in (workdir / "corrupt_checkpoints").iterdir()) == ["2", "4"]
     with pytest.raises(checkpoint.CheckpointNotFoundError, match="reached step 4.*--restart"):
-        training.train_and_evaluate(tiny_config(), workdir)
+        train_loop.train_and_evaluate(tiny_config(), workdir)
     assert records(workdir) == history  # metrics.jsonl is never cut
     with pytest.raises(ValueError, match="--restart: .*readable checkpoint"):
-        training.train_and_evaluate(tiny_config(), trained[0], restart=True)
+        train_loop.train_and_evaluate(tiny_config(), trained[0], restart=True)
 
-    training.train_and_evaluate(tiny_config(), workdir, restart=True)
+    train_loop.train_and_evaluate(tiny_config(), workdir, restart=True)
     previous = workdir / "previous_runs" / "1"
     assert records(previous) == history
     assert sorted(p.name for p in (previous / "corrupt_checkpoints").iterdir()) == ["2", "4"]
@@ -224,7 +224,7 @@ def test_metrics_after_a_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch
     """log_every (3) does not divide checkpoint_every (2): the run dies at step 5, resumes
     from the checkpoint at 4, and its line at step 6 still averages steps 4–6."""
     changes = {"training__num_steps": 6, "training__log_every": 3, "training__eval_every": 6}
-    training.train_and_evaluate(tiny_config(**changes), tmp_path / "straight")
+    train_loop.train_and_evaluate(tiny_config(**changes), tmp_path / "straight")
     make_step = training.make_train_step
 
     def dying_step(*args, **kwargs):
@@ -240,9 +240,9 @@ def test_metrics_after_a_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch
     with monkeypatch.context() as patch:
         patch.setattr(training, "make_train_step", dying_step)
         with pytest.raises(RuntimeError, match="killed"):
-            training.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
+            train_loop.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
     assert [r["step"] for r in records(tmp_path / "resumed")] == [3]
-    training.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
+    train_loop.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
     assert records(tmp_path / "resumed") == records(tmp_path / "straight")
 
 
@@ -254,11 +254,11 @@ def test_config_json_is_the_record_of_the_weights(trained, tmp_path):
     with pytest.raises(checkpoint.WorkdirMismatchError,
                        match=r"model.dropout=0.0 \(config: 0.1\), sde.beta_max=20.0 "
                              r"\(config: 5.0\).*another --workdir"):
-        training.train_and_evaluate(tiny_config(sde__beta_max=5.0, model__dropout=0.1), workdir)
+        train_loop.train_and_evaluate(tiny_config(sde__beta_max=5.0, model__dropout=0.1), workdir)
     with pytest.raises(ValueError, match="training.keep_checkpoints: must be a positive"):
-        training.train_and_evaluate(tiny_config(training__keep_checkpoints=0), workdir)
+        train_loop.train_and_evaluate(tiny_config(training__keep_checkpoints=0), workdir)
     assert not (workdir / "config_history.jsonl").exists()
-    training.train_and_evaluate(tiny_config(training__num_steps=6), workdir)
+    train_loop.train_and_evaluate(tiny_config(training__num_steps=6), workdir)
     assert (workdir / "config.json").read_text() == record
     history = [json.loads(line) for line in
                (workdir / "config_history.jsonl").read_text().splitlines()]
@@ -272,7 +272,7 @@ def test_config_json_is_the_record_of_the_weights(trained, tmp_path):
     ("optim.learning_rate", float("nan")), ("training.ema_decay", 1.0)])
 def test_invalid_values_are_refused_before_anything_is_written(field, value, tmp_path):
     with pytest.raises(ValueError, match=field):
-        training.train_and_evaluate(tiny_config(**{field.replace(".", "__"): value}),
+        train_loop.train_and_evaluate(tiny_config(**{field.replace(".", "__"): value}),
                                     tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -282,9 +282,9 @@ def test_workdir_of_another_model_is_refused_and_untouched(trained, tmp_path):
     before = sorted(str(p) for p in workdir.rglob("*"))
     with pytest.raises(checkpoint.WorkdirMismatchError,
                        match="model.level='tiny_level1'.*'tiny_level2'.*another --workdir"):
-        training.train_and_evaluate(tiny_config(model__level="tiny_level2"), workdir)
+        train_loop.train_and_evaluate(tiny_config(model__level="tiny_level2"), workdir)
     with pytest.raises(checkpoint.WorkdirMismatchError, match="data.image_size=8.*16"):
-        training.train_and_evaluate(tiny_config(data__image_size=16), workdir)
+        train_loop.train_and_evaluate(tiny_config(data__image_size=16), workdir)
     assert sorted(str(p) for p in workdir.rglob("*")) == before
 
 
@@ -311,13 +311,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, mo
         return data.ArraySource(np.full_like(source[np.arange(len(source))], np.nan))
 
     monkeypatch.setattr(data, "get_source", nan_train_data)
-    with pytest.raises(training.NonFiniteLossError, match="non-finite training loss .* step 5; "
-                       r"the last good checkpoint \(step 4\) is kept"):
-        training.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
+    with pytest.raises(train_metrics.NonFiniteLossError,
+                       match="non-finite training loss .* step 5; "
+                             r"the last good checkpoint \(step 4\) is kept"):
+        train_loop.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
     # With no checkpoint yet, the message says so.
-    with pytest.raises(training.NonFiniteLossError, match="step 1; no checkpoint had been "
+    with pytest.raises(train_metrics.NonFiniteLossError, match="step 1; no checkpoint had been "
                        "written yet"):
-        training.train_and_evaluate(tiny_config(), tmp_path / "fresh")
+        train_loop.train_and_evaluate(tiny_config(), tmp_path / "fresh")
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
     state = restore_state(workdir)
     assert int(state["step"]) == 4
@@ -342,8 +343,8 @@ def test_non_finite_parameters_stop_the_run_before_any_save(trained, tmp_path, m
         return step
 
     monkeypatch.setattr(training, "make_train_step", overflowing_step)
-    with pytest.raises(training.NonFiniteLossError, match="non-finite by step 6"):
-        training.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
+    with pytest.raises(train_metrics.NonFiniteLossError, match="non-finite by step 6"):
+        train_loop.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
     assert max(r["step"] for r in records(workdir)) == 5
 
@@ -377,12 +378,12 @@ def test_cli_missing_config_file_is_named(tmp_path, compile_cache):
 def test_wandb_mode_from_env_or_config(monkeypatch):
     config = tiny_config(wandb__mode="offline")
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    assert training.wandb_mode(config) == "offline"
+    assert train_metrics.wandb_mode(config) == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert training.wandb_mode(config) == "disabled"
+    assert train_metrics.wandb_mode(config) == "disabled"
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ValueError, match="wandb.mode"):
-        training.wandb_mode(config)
+        train_metrics.wandb_mode(config)
 
 
 def test_sampler_reproduces_a_gaussian_with_the_exact_eps():
@@ -394,14 +395,14 @@ def test_sampler_reproduces_a_gaussian_with_the_exact_eps():
         def apply(self, variables, x, t, train=False):
             return exact(x, t)
 
-    x = np.asarray(training.make_sampler(ExactModel(), sde)({}, jax.random.key(0),
-                                                             (2000, 2, 2, 1)))
+    x = np.asarray(train_loop.make_sampler(ExactModel(), sde)({}, jax.random.key(0),
+                                                               (2000, 2, 2, 1)))
     assert abs(x.mean() - 0.3) < 0.01 and abs(x.std() - 0.2) < 0.01
 
 
 def test_save_grid_writes_a_png(tmp_path):
     images = np.linspace(-1, 1, 5 * 4 * 4 * 3, dtype=np.float32).reshape(5, 4, 4, 3)
-    training.save_grid(images, tmp_path / "grid.png")
+    files.save_grid(images, tmp_path / "grid.png")
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     assert grid.shape == (8, 12, 3)  # ceil(sqrt(5)) = 3 columns, 2 rows
     np.testing.assert_array_equal(grid[:4, :4], np.round((images[0] + 1) * 127.5))
@@ -415,7 +416,7 @@ def test_heldout_loss_falls_on_a_learnable_problem(tmp_path, compile_cache):
                          training__log_every=100, training__checkpoint_every=300,
                          training__sample_every=300, training__num_sample_images=4,
                          optim__learning_rate=3e-3)
-    training.train_and_evaluate(config, tmp_path / "run")
+    train_loop.train_and_evaluate(config, tmp_path / "run")
     losses = [r["heldout_loss"] for r in records(tmp_path / "run") if "heldout_loss" in r]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
     assert losses[2] < 0.6  # the untrained network (zero output layer) scores ~1
