@@ -12,10 +12,13 @@ export JAX_PLATFORMS ?= cpu
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+# requirements.txt pins everything (tested versions); the editable install of the package
+# (pyproject.toml) then makes `import mlem` work from any directory.
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 # Two workers (the machine's two cores; XLA compiles on one); tests sharing the trained tiny
