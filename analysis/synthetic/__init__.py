@@ -5,7 +5,7 @@
 The testbed itself (SDEs with an exact drift, the dyadic ladder) is :mod:`mlem.synthetic`;
 this package measures on it that ML-EM's cost exponent is ``γ`` where EM's is ``γ + 1``.
 
-A package rather than one module because the measurement has four separable jobs, one module
+A package rather than one module because the measurement has five separable jobs, one module
 each, and a command that ``python -m analysis.synthetic`` runs (``__main__.py``):
 
 * :mod:`analysis.synthetic.sweep` — what is swept (:class:`~analysis.synthetic.sweep.SweepConfig`)
