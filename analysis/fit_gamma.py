@@ -32,8 +32,8 @@ import numpy as np
 from scipy import optimize
 from tqdm import tqdm
 
-from analysis import common, speedup, variance
-from mlem import data, synthetic, training
+from analysis import common, fits, speedup, variance
+from mlem import data, training
 
 STAGE = "fit_gamma"
 EXPONENT_BOUNDS = (0.02, 10.0)  # bounds on b = 2/γ, i.e. γ ∈ [0.2, 100]
@@ -100,7 +100,7 @@ def fit_drift_gamma(costs: Sequence[float], error_sq: np.ndarray) -> tuple[float
     if errors.size < 3:
         raise ValueError(f"the drift-error fit uses levels k < K and needs K >= 3, got "
                          f"{errors.size}")
-    return synthetic.fit_gamma(np.asarray(costs)[:-1], errors[:-1]), errors
+    return fits.fit_gamma(np.asarray(costs)[:-1], errors[:-1]), errors
 
 
 def bootstrap_drift_gamma(costs: Sequence[float], error_sq: np.ndarray, num_resamples: int,

@@ -19,7 +19,9 @@ approximate ``f*`` with error ``δ_k ≈ δ_1 2^{-(k-1)}`` at a cost that grows 
   evaluate here, and its declared cost is ``c_k = 2^{γk}``. Cheap, so the exponent study can
   use many levels.
 
-``fit_gamma`` recovers γ from the ladder: ``log δ_k`` against ``log c_k`` has slope ``−1/γ``.
+:func:`level_errors` and :func:`level_variances` measure ``δ_k`` and ``V_k`` of a ladder;
+:func:`analysis.fits.fit_gamma` recovers γ from them (``log δ_k`` against ``log c_k`` has slope
+``−1/γ``).
 """
 
 from __future__ import annotations
@@ -255,17 +257,6 @@ def _evaluate(hierarchy: Hierarchy, xs: Array, chunk: int) -> np.ndarray:
     chunk = max(1, min(chunk, (1 << 23) // hierarchy.exact_params["omega"].shape[1]))  # ≤ 32 MB
     return np.concatenate([np.asarray(_evaluate_chunk(hierarchy.drift_fn, params, xs[i:i + chunk]))
                            for i in range(0, xs.shape[0], chunk)], axis=1)
-
-
-def fit_gamma(costs: Sequence[float], errors: Sequence[float]) -> float:
-    """γ from a least-squares line ``log δ_k = const − (1/γ) log c_k``."""
-    costs, errors = np.asarray(costs, np.float64), np.asarray(errors, np.float64)
-    if costs.shape != errors.shape or costs.size < 2 or np.any(costs <= 0) or np.any(errors <= 0):
-        raise ValueError("costs, errors: need >= 2 positive values of equal length")
-    slope = np.polyfit(np.log(costs), np.log(errors), 1)[0]
-    if not slope < 0:
-        raise ValueError(f"errors: do not decrease with cost (log-log slope {slope:.3g})")
-    return float(-1.0 / slope)
 
 
 def xla_costs(hierarchy: Hierarchy, batch_size: int) -> np.ndarray:

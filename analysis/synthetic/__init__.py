@@ -1,0 +1,24 @@
+"""Cost–error sweeps of EM and ML-EM on the synthetic HTMC testbed (DESIGN.md §1, §3).
+
+    python -m analysis.synthetic --gamma 3 --out results/synthetic_gamma3 [--quick] [--seeds S]
+
+The testbed itself (SDEs with an exact drift, the dyadic ladder) is :mod:`mlem.synthetic`;
+this package measures on it that ML-EM's cost exponent is ``γ`` where EM's is ``γ + 1``.
+
+A package rather than one module because the measurement has five separable jobs, one module
+each, and a command that ``python -m analysis.synthetic`` runs (``__main__.py``):
+
+* :mod:`analysis.synthetic.sweep` — what is swept (:class:`~analysis.synthetic.sweep.SweepConfig`)
+  and the solves: one row per (configuration, seed).
+* :mod:`analysis.synthetic.summary` — seed averages, envelopes, fit range, exponents,
+  speedups and their bootstrap intervals: the numbers of ``summary.json``.
+* :mod:`analysis.synthetic.theory` — the exponent the idealised finite ladder predicts.
+* :mod:`analysis.synthetic.plot` — ``cost_vs_error.png``.
+* :mod:`analysis.synthetic.pipeline` — :func:`~analysis.synthetic.pipeline.run`: sweep,
+  summarise and write ``summary.json``, ``points.csv``, ``runs.csv`` and the figure.
+
+Dependencies point one way: ``__main__ → pipeline → {sweep, summary, plot}``,
+``summary → {sweep, theory, analysis.fits, analysis.speedup}``. The power-law fits
+(``cost ∝ error^{-s}``, γ of a ladder) are generic and live in :mod:`analysis.fits`.
+This file imports nothing, so each module can be imported on its own.
+"""
