@@ -42,23 +42,18 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from analysis import common, plots, speedup, variance
+from analysis import common, comparison, plots, variance
+from analysis.comparison import config_key, curve_name, schedule_names
 from mlem import brownian, cost, generation, parallel, schedules
 from mlem import ladder as ladders
 
 STAGE = "cost_error"
 COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "c", "steps",
            "realisation", "mse", "expected_flops", "flops", "seconds", "evals")
-CONFIG_KEY = ("curve", "level", "top_evals", "steps")
-COSTS = {"flops": "expected_flops", "seconds": "seconds"}  # the two rulers and their columns
 PATH_CONVENTION = "per-sample keys fold_in(fold_in(key(seed), 0), i), SamplePaths"
 
 
 # --- configurations ------------------------------------------------------------------------------
-
-def curve_name(schedule: str, cost_model: str) -> str:
-    return f"mlem-{schedule}-{cost_model}"
-
 
 def configurations(config: Any, num_levels: int) -> list[dict]:
     """Every configuration of the sweep (realisations not expanded)."""
@@ -96,15 +91,6 @@ def check_grids(config: Any) -> None:
         raise ValueError(f"config.analysis.ref_steps={a.ref_steps}: the reference grid must be "
                          f"at least 4x finer than the finest swept grid ({max(steps)} steps); "
                          f"set it to {4 * max(steps)} or more")
-
-
-def schedule_names(config: Any) -> tuple[str, ...]:
-    names = tuple(config.analysis.get("schedules", ("variance",)))
-    unknown = set(names) - {"variance", "constant", "dyadic"}
-    if unknown or not names:
-        raise ValueError(f"config.analysis.schedules: choose from variance, constant, dyadic; "
-                         f"got {names}")
-    return names
 
 
 def cost_model_names(config: Any) -> tuple[str, ...]:
@@ -161,7 +147,7 @@ class Coupling:
         return np.asarray(brownian.coarse_grid(self.path_ts, num_steps))
 
 
-def reference_key(ctx: common.Context, coupling: Coupling, realisations: int) -> dict:
+def referenceconfig_key(ctx: common.Context, coupling: Coupling, realisations: int) -> dict:
     """Everything the reference depends on."""
     ladder = ctx.ladder
     return {"levels": list(ladder.names), "steps": list(ladder.steps),
@@ -179,7 +165,7 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
     matches exactly (and not with ``--recompute``).
     """
     stage = ctx.out / STAGE
-    key = common.jsonable(reference_key(ctx, coupling, realisations))
+    key = common.jsonable(referenceconfig_key(ctx, coupling, realisations))
     key_file, array_file = stage / "reference.json", stage / "reference.npy"
     if not ctx.recompute and key_file.exists() and array_file.exists():
         if json.loads(key_file.read_text()) == key:
@@ -287,12 +273,12 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                 "paths": PATH_CONVENTION}
     path = ctx.out / STAGE / "points.csv"
     fresh = common.load_stage(ctx.out, STAGE, settings, ctx.recompute) is None
-    wanted = {_key(p) for p in points}  # rows of configurations no longer swept are dropped
+    wanted = {config_key(p) for p in points}  # rows of configurations no longer swept are dropped
     rows = [] if fresh or not path.exists() else [r for r in read_points(path)
-                                                  if _key(r) in wanted]
-    done = {_key(r) for r in rows if r["realisation"] == realisations - 1}
-    rows = [r for r in rows if _key(r) in done]  # a group cut short is run again whole
-    todo = [p for p in points if _key(p) not in done]
+                                                  if config_key(r) in wanted]
+    done = {config_key(r) for r in rows if r["realisation"] == realisations - 1}
+    rows = [r for r in rows if config_key(r) in done]  # a group cut short is run again whole
+    todo = [p for p in points if config_key(p) not in done]
     common.save_stage(ctx.out, STAGE, settings, {"points": "points.csv"})
     write_points(path, rows)
     if not todo:
@@ -318,11 +304,6 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
     return rows, len(todo) * realisations
 
 
-def _key(point: dict) -> tuple:
-    return tuple(f"{float(point[k]):.6g}" if k == "top_evals" else str(point[k])
-                 for k in CONFIG_KEY)
-
-
 def write_points(path: Path, rows: Sequence[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
@@ -345,138 +326,6 @@ def read_points(path: Path) -> list[dict]:
     return rows
 
 
-# --- the statistics ------------------------------------------------------------------------------
-
-def table(rows: Sequence[dict]) -> tuple[list[dict], speedup.Sweep]:
-    """Configurations (first row of each) and the :class:`~analysis.speedup.Sweep` of ``rows``:
-    MSE and seconds ``(P, R)``, expected FLOPs ``(P,)``, realised FLOPs ``(P, R)``."""
-    configs: dict[tuple, dict] = {}
-    for r in rows:
-        configs.setdefault(_key(r), r)
-    index = {k: i for i, k in enumerate(configs)}
-    realisations = max(r["realisation"] for r in rows) + 1
-    mse, seconds, realised = np.full((3, len(configs), realisations), np.nan)
-    expected = np.zeros(len(configs))
-    for r in rows:
-        i, j = index[_key(r)], r["realisation"]
-        mse[i, j], seconds[i, j], realised[i, j] = r["mse"], r["seconds"], r["flops"]
-        expected[i] = r["expected_flops"]
-    if np.isnan(mse).any():
-        raise ValueError("points.csv: some configuration lacks a realisation; rerun the sweep")
-    curves = np.array([c["curve"] for c in configs.values()])
-    return list(configs.values()), speedup.Sweep(
-        curves, mse, {"flops": expected, "seconds": seconds, "realised_flops": realised})
-
-
-def operating_point(config: Any, configs: Sequence[dict], sweep_: speedup.Sweep,
-                    num_levels: int) -> tuple[int, str]:
-    """Index of the configuration that defines the operating point: EM at the top level with
-    ``config.sampling.steps`` steps (the nearest swept step count)."""
-    if config.analysis.get("operating_point", "auto") != "auto":
-        raise ValueError("config.analysis.operating_point: only 'auto' (EM at the top level with "
-                         "sampling.steps steps) is supported; set --config.sampling.steps")
-    top = [i for i, c in enumerate(configs) if c["method"] == "em" and c["level"] == num_levels
-           and sweep_.error[i].mean() > 0]
-    if not top:
-        raise ValueError("config.analysis.em_steps: need a top-level EM point below ref_steps "
-                         "to define the operating point")
-    want = int(config.sampling.steps)
-    best = min(top, key=lambda i: abs(np.log(configs[i]["steps"] / want)))
-    return best, f"EM at the top level with {configs[best]['steps']} steps"
-
-
-def headline_curves(curves: Sequence[str], config: Any) -> dict[str, str]:
-    """The ML-EM curve each ruler's headline uses: FLOPs → the FLOP-priced schedule, seconds →
-    the time-priced one (each falls back to the other when only one was swept)."""
-    schedule = schedule_names(config)[0]
-    named = {m: curve_name(schedule, m) for m in generation.COST_MODELS}
-    present = [c for c in (named["flops"], named["time"]) if c in curves]
-    if not present:
-        raise ValueError("the sweep has no ML-EM point of config.analysis.schedules[0]")
-    pick = lambda m: named[m] if named[m] in curves else present[0]
-    return {"flops": pick("flops"), "seconds": pick("time")}
-
-
-def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
-    """Every comparison (each ML-EM curve against EM, in FLOPs and in seconds) with 95%
-    bootstrap intervals over realisations, the headline numbers of DESIGN.md §3, envelopes
-    and curves for the figures."""
-    configs, sweep_ = table(rows)
-    op, op_text = operating_point(config, configs, sweep_, num_levels)
-    resamples = int(config.analysis.get("speedup_bootstrap", 1000))
-    curves = sorted(set(sweep_.curve) - {"em"})
-    comparisons = {c: {ruler: speedup.bootstrap_compare(sweep_, "em", c, ruler, op, resamples)
-                       for ruler in COSTS} for c in curves}
-    heads = headline_curves(curves, config)
-    flop_head = comparisons[heads["flops"]]["flops"]
-    wall_head = comparisons[heads["seconds"]]["seconds"]
-    return {
-        "speedup_at_equal_mse": _headline(flop_head, heads["flops"]),
-        "wallclock_speedup_at_equal_mse": _headline(wall_head, heads["seconds"]),
-        "mse_ratio_at_equal_cost": {
-            "value": flop_head["error_ratio_at_equal_cost"],
-            "ci": flop_head["error_ratio_at_equal_cost_ci"],
-            "at_cost_flops": flop_head["equal_cost"],
-            "at_cost_flops_ci": flop_head["equal_cost_ci"],
-            "curve": heads["flops"],
-            "definition": "EM's MSE at the FLOPs ML-EM pays for the operating MSE, divided by "
-                          "the operating MSE"},
-        "operating_point": op_text, "num_realisations": sweep_.num_realisations,
-        "comparisons": comparisons,
-        "envelopes": envelopes(configs, sweep_),
-        "curves": {c: {ruler: _curve_band(sweep_, c, ruler, resamples) for ruler in COSTS}
-                   for c in curves},
-    }
-
-
-def _headline(stats: dict, curve: str) -> dict:
-    return {"max": stats["max"], "max_ci": stats["max_ci"], "max_at_mse": stats["max_at_error"],
-            "at_operating_point": stats["at_operating_point"],
-            "at_operating_point_ci": stats["at_operating_point_ci"],
-            "operating_point_mse": stats["operating_point_error"],
-            "undefined_fraction_at_operating_point": stats["at_operating_point_undefined"],
-            "curve": curve}
-
-
-def envelopes(configs: Sequence[dict], sweep_: speedup.Sweep) -> dict:
-    """Per curve and ruler: the envelope of the realisation-averaged points, with the MSE's
-    standard error over realisations and the configurations on it."""
-    mse, costs = sweep_.means(np.arange(sweep_.num_realisations))
-    se = sweep_.error.std(1, ddof=1) / np.sqrt(sweep_.num_realisations)
-    out: dict[str, dict] = {}
-    for curve in sorted(set(sweep_.curve)):
-        out[curve] = {}
-        for ruler in COSTS:
-            env = sweep_.envelope(curve, mse, costs[ruler])
-            out[curve][ruler] = {
-                "cost": env.cost.tolist(), "mse": env.error.tolist(),
-                "mse_se": se[env.index].tolist(),
-                "points": [{k: configs[i][k] for k in ("level", "top_evals", "c", "steps")}
-                           for i in env.index]}
-    return out
-
-
-def _curve_band(sweep_: speedup.Sweep, curve: str, ruler: str, resamples: int,
-                num: int = 60) -> dict:
-    """The speedup curve on all realisations and its pointwise 95% bootstrap band."""
-    mse, costs = sweep_.means(np.arange(sweep_.num_realisations))
-    em, ml = (sweep_.envelope(c, mse, costs[ruler]) for c in ("em", curve))
-    grid, values = speedup.speedup_curve(em, ml, num)
-    if grid.size == 0:
-        return {"mse": [], "speedup": [], "lo": [], "hi": []}
-
-    def at_grid(idx):
-        m, c = sweep_.means(idx)
-        s = speedup.speedup_at(sweep_.envelope("em", m, c[ruler]),
-                               sweep_.envelope(curve, m, c[ruler]), grid)
-        return {str(i): v for i, v in enumerate(s)}
-
-    boot = speedup.bootstrap(at_grid, sweep_.num_realisations, resamples, seed=1)
-    bands = np.array([speedup.percentile_interval(boot[str(i)]) for i in range(grid.size)])
-    return {"mse": grid.tolist(), "speedup": values.tolist(), "lo": bands[:, 0].tolist(),
-            "hi": bands[:, 1].tolist()}
-
-
 def run(config: Any, workdir: str | Path, out: str | Path, recompute: bool = False) -> dict:
     """``python -m analysis.cost_error``: :func:`stage` on a freshly prepared context."""
     return stage(common.prepare(config, workdir, out, recompute))
@@ -485,11 +334,11 @@ def run(config: Any, workdir: str | Path, out: str | Path, recompute: bool = Fal
 def stage(ctx: common.Context) -> dict:
     """Sweep (resuming), then the statistics and figures; merge the summary and return it."""
     rows, computed = sweep(ctx)
-    result = common.jsonable(analyse(rows, ctx.config, ctx.ladder.num_levels))
+    result = common.jsonable(comparison.analyse(rows, ctx.config, ctx.ladder.num_levels))
     stage_dir, envs = ctx.out / STAGE, result.pop("envelopes")
     (stage_dir / "envelopes.json").write_text(json.dumps(envs, indent=1) + "\n")
     (stage_dir / "speedup.json").write_text(json.dumps(result, indent=1) + "\n")
-    plots.cost_error(*table(rows), envs, result, stage_dir)
+    plots.cost_error(*comparison.table(rows), envs, result, stage_dir)
     summary = {k: v for k, v in result.items() if k not in ("curves", "comparisons")}
     summary["cost_error_runs_computed_last_call"] = computed
     return common.merge_summary(ctx.out, summary)

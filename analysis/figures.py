@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import common, cost_error, plots
+from analysis import common, comparison, cost_error, plots
 
 STAGE = "figures"
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward ≈ 3 forward passes (standard estimate)
@@ -30,7 +30,7 @@ GRID_SAMPLES = 8  # at most; the grid shows realisation 0 (one batch of the swee
 def plot_cost_error(stage: Path, out_dir: Path | None = None) -> list[Path]:
     """The cost–error figures (:func:`analysis.plots.cost_error`) from what the
     ``cost_error`` stage left in ``stage``."""
-    configs, sweep = cost_error.table(cost_error.read_points(stage / "points.csv"))
+    configs, sweep = comparison.table(cost_error.read_points(stage / "points.csv"))
     envs = json.loads((stage / "envelopes.json").read_text())
     result = json.loads((stage / "speedup.json").read_text())
     return plots.cost_error(configs, sweep, envs, result, stage if out_dir is None else out_dir)

@@ -33,7 +33,7 @@ def cost_error(configs: Sequence[dict], sweep: speedup.Sweep, envs: dict, result
     with standard errors over realisations) and the speedup curves with their 95% bootstrap
     bands; ``cost_error.png/pdf`` and ``cost_error_seconds.png/pdf`` in ``out_dir``.
 
-    ``configs`` and ``sweep`` as :func:`analysis.cost_error.table` returns them, ``envs`` and
+    ``configs`` and ``sweep`` as :func:`analysis.comparison.table` returns them, ``envs`` and
     ``result`` as the stage writes them to ``envelopes.json`` and ``speedup.json``.
     """
     mse, costs = sweep.means(np.arange(sweep.num_realisations))

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis import common, cost_error, fit_gamma, speedup
+from analysis import common, comparison, cost_error, fit_gamma, speedup
 
 # The tests that use the session's tiny trained ladder share one xdist worker (it is
 # trained once): tests/conftest.py.
@@ -46,7 +46,7 @@ def test_analyse_reports_the_headline_with_intervals_from_rows():
     config = Config(analysis=Config(operating_point="auto", speedup_bootstrap=200,
                                     schedules=("variance",), cost_models=("flops",)),
                     sampling=Config(steps=32))
-    result = cost_error.analyse(rows, config, num_levels=2)
+    result = comparison.analyse(rows, config, num_levels=2)
     flops, wall = result["speedup_at_equal_mse"], result["wallclock_speedup_at_equal_mse"]
     assert flops["operating_point_mse"] == pytest.approx(1e-3)
     # realisation-averaged ML-EM errors sit exactly on b·m^-1 (the wobble averages to 1)
@@ -248,7 +248,7 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
         if r["method"] == "em":
             assert r["flops"] == r["expected_flops"]
     envs = json.loads((stage / "envelopes.json").read_text())
-    configs, sweep = cost_error.table(rows)
+    configs, sweep = comparison.table(rows)
     mse, _ = sweep.means(np.arange(3))
     for curve, by_ruler in envs.items():
         for env in by_ruler.values():
