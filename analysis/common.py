@@ -1,4 +1,4 @@
-"""Shared pieces of the analysis scripts (DESIGN.md §3).
+"""Shared pieces of the analysis scripts (docs/design.md §3).
 
 * **Results directory.** ``DIR/manifest.json`` records what produced ``DIR`` (level names,
   digests of the levels' saved configs, the checkpoint step restored for each level and the

@@ -1,5 +1,5 @@
 """From the sweep's rows to its statistics: every ML-EM curve against EM at equal MSE, in
-FLOPs and in seconds, with 95% bootstrap intervals over realisations (DESIGN.md §3).
+FLOPs and in seconds, with 95% bootstrap intervals over realisations (docs/design.md §3).
 
 :func:`analyse` turns the rows of ``points.csv`` (one per configuration and realisation,
 written by :mod:`analysis.cost_error`) into the headline numbers, the envelopes and the
@@ -93,7 +93,7 @@ def headline_curves(curves: Sequence[str], config: Any) -> dict[str, str]:
 
 def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
     """Every comparison (each ML-EM curve against EM, in FLOPs and in seconds) with 95%
-    bootstrap intervals over realisations, the headline numbers of DESIGN.md §3, envelopes
+    bootstrap intervals over realisations, the headline numbers of docs/design.md §3, envelopes
     and curves for the figures."""
     configs, sweep_ = table(rows)
     op, op_text = operating_point(config, configs, sweep_, num_levels)

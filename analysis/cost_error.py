@@ -1,4 +1,4 @@
-"""The coupled cost-vs-error sweep of EM and ML-EM, and the speedup (DESIGN.md §3).
+"""The coupled cost-vs-error sweep of EM and ML-EM, and the speedup (docs/design.md §3).
 
     python -m analysis.cost_error --config configs/mnist_sample.py --workdir runs/mnist \\
         --out results/mnist_cpu [--recompute]

@@ -1,4 +1,4 @@
-"""The ladder's exponent γ (accuracy ``δ`` costs ``c ∝ δ^{-γ}``), two ways (DESIGN.md §3).
+"""The ladder's exponent γ (accuracy ``δ`` costs ``c ∝ δ^{-γ}``), two ways (docs/design.md §3).
 
     python -m analysis.fit_gamma --config configs/mnist_sample.py --workdir runs/mnist \\
         --out results/mnist_cpu [--recompute]

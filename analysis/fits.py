@@ -1,4 +1,4 @@
-"""Power laws fitted by least squares in log–log, shared by the analyses (DESIGN.md §3).
+"""Power laws fitted by least squares in log–log, shared by the analyses (docs/design.md §3).
 
 * :func:`fit_gamma` — γ of a ladder from its accuracies and costs (``δ_k ∝ c_k^{-1/γ}``):
   used on the synthetic testbed's exact ``δ_k`` and on a trained ladder's drift errors

@@ -1,4 +1,4 @@
-"""The mathematics of the cost–error comparison of two samplers (DESIGN.md §3).
+"""The mathematics of the cost–error comparison of two samplers (docs/design.md §3).
 
 Everything that turns swept points into a headline number lives here, for the image sweeps
 (:mod:`analysis.cost_error`) and the synthetic testbed (:mod:`analysis.synthetic`) alike:

@@ -1,4 +1,4 @@
-"""Increment variances ``V_k(τ) = E‖fᵏ − fᵏ⁻¹‖²`` per time bin (DESIGN.md §1, §3).
+"""Increment variances ``V_k(τ) = E‖fᵏ − fᵏ⁻¹‖²`` per time bin (docs/design.md §1, §3).
 
     python -m analysis.variance --config configs/mnist_sample.py --workdir runs/mnist \\
         --out results/mnist_cpu [--recompute]

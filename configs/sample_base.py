@@ -4,7 +4,7 @@ the ladder, the grids and the sizes.
 ``levels`` are subdirectories of ``--workdir`` (cheapest first), each trained with the
 matching entry of ``train_configs``. The Brownian path of a sample lives on a grid of
 ``sampling.path_steps`` steps, so every ``steps`` dividing it shares the same path
-(DESIGN.md §3).
+(docs/design.md §3).
 
 The ML-EM sweep of ``analysis.cost_error`` is set by a dimensionless knob, ``top_evals``:
 the expected number of evaluations of the top level in one solve (``Σ_n p_K(τ_n)``). It is

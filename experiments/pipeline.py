@@ -1,5 +1,5 @@
 """The paper's pipeline: train each ladder level, then fit γ, measure V_k(τ), sweep cost
-against error and draw the figures (DESIGN.md §3).
+against error and draw the figures (docs/design.md §3).
 
 Shared by ``make demo`` (``experiments/mnist_cpu.py``, MNIST-5k on a CPU) and
 ``experiments/celeba64`` (GPU/TPU). Every stage is resumable: a level whose checkpoint has
@@ -22,7 +22,7 @@ from mlem.config_files import load_config
 
 STAGES = {"fit_gamma": fit_gamma.stage, "variance": variance.stage,
           "cost_error": cost_error.stage, "figures": figures.stage}
-# What the demo's summary.json promises (DESIGN.md §3), in the stage summaries' names.
+# What the demo's summary.json promises (docs/design.md §3), in the stage summaries' names.
 HEADLINE = ("gamma", "gamma_ci", "speedup_at_equal_mse", "wallclock_speedup_at_equal_mse",
             "mse_ratio_at_equal_cost")
 

@@ -1,4 +1,4 @@
-"""Brownian paths coupled across nested time grids (DESIGN.md §3, §5).
+"""Brownian paths coupled across nested time grids (docs/design.md §3, §5).
 
 A path is defined on a fine grid ``ts`` by keys: fine step ``i`` is
 ``sqrt(ts[i+1] − ts[i]) · N(0, I)`` drawn from ``fold_in(key, i)``. A coarse grid of

@@ -1,4 +1,4 @@
-"""Cost of drift levels and of ML-EM schedules (DESIGN.md §1, §3).
+"""Cost of drift levels and of ML-EM schedules (docs/design.md §1, §3).
 
 Cost is FLOPs per sample of one forward pass, read from XLA's cost analysis at the batch
 size used for sampling, and seconds per call measured on the device (:func:`seconds_per_call`).
@@ -60,7 +60,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
 
 
 def seconds_per_call(fn: Callable[..., Array], *args, repeats: int = 5) -> float:
-    """Median seconds of one call ``jit(fn)(*args)`` on the arrays' device (DESIGN.md §3)."""
+    """Median seconds of one call ``jit(fn)(*args)`` on the arrays' device (docs/design.md §3)."""
     jitted = jax.jit(fn)
     return median_seconds(lambda: jitted(*args), repeats)
 

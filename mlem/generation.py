@@ -4,7 +4,7 @@ A run loads the ladder's EMA checkpoints (``config.levels``, subdirectories of a
 measures each level's FLOPs at the sampling batch size, builds the probability schedule and
 generates images batch by batch on a :class:`~jax.sharding.Mesh` of all devices.
 
-Coupling (DESIGN.md §3): sample ``i`` of seed ``s`` takes its initial noise and its own
+Coupling (docs/design.md §3): sample ``i`` of seed ``s`` takes its initial noise and its own
 Brownian path (:class:`mlem.brownian.SamplePaths`) from ``fold_in(fold_in(key(s), 0), i)``,
 so it is the same sample whatever the batch size, the number of batches or the device count.
 The path is defined on a fixed fine grid of ``path_steps`` steps and a run with ``steps``

@@ -1,4 +1,4 @@
-"""A trained ladder (DESIGN.md §2): loading it, its drifts ``f¹…fᴷ``, FLOPs and timing.
+"""A trained ladder (docs/design.md §2): loading it, its drifts ``f¹…fᴷ``, FLOPs and timing.
 
 A :class:`Ladder` holds the models and EMA parameters of levels 1…K (cheapest first), loaded
 from the checkpoints of a workdir's level subdirectories (:func:`load_ladder`). Levels are

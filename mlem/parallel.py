@@ -1,4 +1,4 @@
-"""Data parallelism with ``jax.sharding`` (DESIGN.md §7).
+"""Data parallelism with ``jax.sharding`` (docs/design.md §7).
 
 One process per host; all devices form a 1-D :class:`~jax.sharding.Mesh` with axis
 ``'data'``. Parameters and optimizer state are replicated, batches are split along their

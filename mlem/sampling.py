@@ -1,4 +1,4 @@
-"""Euler–Maruyama and multilevel Euler–Maruyama (ML-EM) solvers (DESIGN.md §1, §5).
+"""Euler–Maruyama and multilevel Euler–Maruyama (ML-EM) solvers (docs/design.md §1, §5).
 
 ML-EM step, with independent ``B_k ~ Bernoulli(p_k)`` shared across the batch and ``B_1 = 1``::
 

@@ -1,4 +1,4 @@
-"""Probability schedules ``p_k(τ)`` for ML-EM (DESIGN.md §1).
+"""Probability schedules ``p_k(τ)`` for ML-EM (docs/design.md §1).
 
 Every schedule returns probabilities in (0, 1] with level 1 at 1: shape ``(K,)`` for a
 constant schedule or ``(N, K)`` on a grid of ``N`` steps.

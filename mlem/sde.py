@@ -1,4 +1,4 @@
-"""The variance-preserving SDE (DDPM limit) and its reverse-time drift (DESIGN.md §2).
+"""The variance-preserving SDE (DDPM limit) and its reverse-time drift (docs/design.md §2).
 
 Data time ``t ∈ [t_min, 1]`` runs forward (data → noise); the sampler integrates the
 reverse SDE in solver time ``τ = 1 − t``, so ``τ`` increases from 0 to ``1 − t_min``::

@@ -1,4 +1,4 @@
-"""Synthetic SDEs with an exactly known drift and a controllable-γ drift ladder (DESIGN.md §1).
+"""Synthetic SDEs with an exactly known drift and a controllable-γ drift ladder (docs/design.md §1).
 
 The SDE lives on ``R^d`` in solver time ``τ ∈ [0, 1]`` with constant additive noise::
 

@@ -1,4 +1,4 @@
-"""Numerics of the EM and ML-EM solvers (DESIGN.md §1, §5)."""
+"""Numerics of the EM and ML-EM solvers (docs/design.md §1, §5)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,5 +1,5 @@
 """The synthetic HTMC testbed: ladders with known γ, and the cost–error sweep behind
-``python -m analysis.synthetic`` (DESIGN.md §1, §3)."""
+``python -m analysis.synthetic`` (docs/design.md §1, §3)."""
 
 import csv
 import json

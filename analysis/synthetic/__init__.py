@@ -1,4 +1,4 @@
-"""Cost–error sweeps of EM and ML-EM on the synthetic HTMC testbed (DESIGN.md §1, §3).
+"""Cost–error sweeps of EM and ML-EM on the synthetic HTMC testbed (docs/design.md §1, §3).
 
     python -m analysis.synthetic --gamma 3 --out results/synthetic_gamma3 [--quick] [--seeds S]
 

@@ -1,4 +1,4 @@
-"""What the synthetic cost–error sweep runs, and the solves (DESIGN.md §1, §3).
+"""What the synthetic cost–error sweep runs, and the solves (docs/design.md §1, §3).
 
 Ladder: :func:`mlem.synthetic.dyadic_hierarchy` (``δ_k ∝ 2^{-k}`` and ``V_k ∝ 4^{-k}``
 exactly, declared cost ``c_k = 2^{γk}``, 13 levels). Every run of a seed starts from the same

@@ -1,4 +1,4 @@
-"""The cost exponent that ML-EM should show on a finite dyadic ladder (DESIGN.md §1).
+"""The cost exponent that ML-EM should show on a finite dyadic ladder (docs/design.md §1).
 
 Theory (γ > 2): ``cost ∝ error^{-s}`` with ``s = γ + 1`` for EM and ``s = γ`` for ML-EM,
 approached from above by ML-EM as the error shrinks: on a finite ladder fewer levels are

