@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -38,3 +39,54 @@ def test_import_mlem_outside_the_repository(tmp_path):
     assert proc.returncode == 0, (
         f"{proc.stderr[-1500:]}\nrun `make setup` (it installs the package with pip -e .)")
     assert Path(proc.stdout.strip()).resolve().is_relative_to(ROOT / "mlem")
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """``{module: project modules it imports}`` for mlem, analysis and experiments (imports
+    inside functions included)."""
+    paths = [p for top in ("mlem", "analysis", "experiments") for p in (ROOT / top).rglob("*.py")]
+    names = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in paths}
+    graph = {}
+    for name, path in names.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if full in names else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+        graph[name] = {d for d in deps if d in names and d != name}
+    return graph
+
+
+def test_no_import_cycles_and_dependencies_point_one_way():
+    graph = _import_graph()
+    state: dict[str, int] = {}
+
+    def visit(module: str, stack: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(stack + [module, dep])}"
+            if dep not in state:
+                visit(dep, stack + [module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    outward = {(m, d) for m, deps in graph.items() if m.startswith("mlem")
+               for d in deps if not d.startswith("mlem")}
+    assert not outward, f"the library imports analysis/experiments: {outward}"
+    assert graph["mlem.sampling"] <= {"mlem.brownian"} and not graph["mlem.brownian"]
+
+
+def test_design_page_names_files_that_exist():
+    """docs/design.md's "which file holds it" table stays true."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    table = text.split("## Where each thing lives")[1].split("## 1.")[0]
+    paths = set(re.findall(r"`((?:mlem|analysis|experiments|configs)/[\w/.*]*)`", table))
+    assert len(paths) > 25
+    for path in paths:
+        assert list(ROOT.glob(path)), f"docs/design.md names {path}, which does not exist"
