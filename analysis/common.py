@@ -9,7 +9,7 @@
 * **Context**: the loaded ladder, its FLOPs and the results directory, shared by the stages.
 
 The mathematics of the comparison (envelopes, interpolation, bootstrap) is in
-:mod:`analysis.speedup`.
+:mod:`analysis.speedup`; the command line of the stages in :mod:`analysis.cli`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -179,44 +178,3 @@ def prepare(config: Any, workdir: str | Path, out: str | Path, recompute: bool) 
     save_stage(out, "level_costs", settings, {"level_flops": flops, "level_seconds": seconds})
     return Context(config, Path(workdir), out, recompute, ladder, flops,
                    tuple(checkpoint.load_record(p) for p in paths), seconds)
-
-
-def cli(run: Callable[[Any, Path, Path, bool], Mapping]) -> None:
-    """``python -m analysis.<name> --config C --workdir W --out DIR [--recompute]``.
-
-    Bad input (``ValueError``, ``FileNotFoundError``) ends with a one-line error, exit 1.
-    """
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    from mlem import cli as mlem_cli
-
-    config_flags.DEFINE_config_file(
-        "config", None, "sample/analysis config, e.g. configs/mnist_sample.py "
-        "(fields may be overridden: --config.analysis.seeds=2)")
-    flags.DEFINE_string("workdir", None, "root holding one training workdir per config.levels")
-    flags.DEFINE_string("out", None, "results directory, e.g. results/mnist_cpu")
-    flags.DEFINE_bool("recompute", False, "recompute this stage instead of reusing what is on "
-                      "disk (and take over a results directory made by another config)")
-    flags.DEFINE_bool("allow_older_checkpoints", False, "use the newest readable checkpoint of "
-                      "a level whose newest one is unreadable (recorded in the manifest)")
-    flags.mark_flags_as_required(["config", "workdir", "out"])
-    for name in ("config", "workdir", "out", "recompute", "allow_older_checkpoints"):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-
-    def main(argv: Sequence[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        f = flags.FLAGS
-        mlem_cli.quiet_background_errors(verbose=f["verbosity"].present)
-        if not f["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-        if f.allow_older_checkpoints:
-            f.config.allow_older_checkpoints = True
-        try:
-            summary = run(f.config, Path(f.workdir), Path(f.out), f.recompute)
-        except (ValueError, FileNotFoundError) as err:
-            mlem_cli.fail(f"{type(err).__name__}: {err}")
-        print(json.dumps(jsonable(dict(summary)), indent=1, sort_keys=True))
-
-    app.run(main, flags_parser=mlem_cli.parse_flags)

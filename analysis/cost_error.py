@@ -345,4 +345,6 @@ def stage(ctx: common.Context) -> dict:
 
 
 if __name__ == "__main__":
-    common.cli(run)
+    from analysis import cli
+
+    cli.stage_main(run)

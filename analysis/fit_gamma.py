@@ -269,4 +269,6 @@ def _label(fit: dict) -> str:
 
 
 if __name__ == "__main__":
-    common.cli(run)
+    from analysis import cli
+
+    cli.stage_main(run)

@@ -7,22 +7,23 @@ for the level configs in the order given, and writes the rows as JSON with ``--j
 Parameters are counted from ``jax.eval_shape`` (nothing is allocated); FLOPs come from
 :func:`mlem.cost.flops_per_sample` (XLA cost analysis of the compiled forward pass at batch
 ``B``, divided by ``B``). Levels whose FLOPs do not strictly increase in the given order are
-an error (one line, exit status 1).
+an error (one line, exit status 1), as is any other bad input.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import app, flags
 
+from analysis import cli
+from mlem import cli as mlem_cli
 from mlem import cost
 from mlem.config_files import load_config
 from mlem.ladder import check_ordered
@@ -77,28 +78,44 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("configs", nargs="+", help="level config files, cheapest first")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    parser.add_argument("--batch_size", type=int, default=1,
-                        help="batch size of the analysed forward pass (FLOPs are per sample)")
-    args = parser.parse_args(argv)
+def define_flags(argv: list[str]) -> None:
+    """``--json`` and ``--batch_size``; the level configs are positional arguments."""
+    del argv
+    flags.DEFINE_string("json", None, "also write the rows to this JSON file")
+    flags.DEFINE_integer("batch_size", 1, "batch size of the analysed forward pass (FLOPs "
+                         "are per sample)")
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    return cli.parse(argv, define_flags)
+
+
+def main(argv: Sequence[str]) -> list[dict]:
+    """``python -m analysis.ladder *argv`` in this process; returns the rows."""
+    return run(parse_flags(["analysis.ladder", *argv]))
+
+
+def run(argv: Sequence[str]) -> list[dict]:
+    """Print (and with ``--json`` write) the table of the level configs ``argv[1:]``."""
+    configs, batch_size, json_path = argv[1:], flags.FLAGS.batch_size, flags.FLAGS.json
     try:
-        rows = ladder_rows(args.configs, args.batch_size)
+        rows = ladder_rows(configs, batch_size)
     except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(1)
+        mlem_cli.fail(err)
     shape = "×".join(map(str, rows[0]["image_shape"]))
-    print(f"{shape} images, forward pass at batch size {args.batch_size} "
+    print(f"{shape} images, forward pass at batch size {batch_size} "
           f"({jax.default_backend()}):\n")
     print(markdown_table(rows))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"batch_size": args.batch_size, "backend": jax.default_backend(), "rows": rows}
-        Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        payload = {"batch_size": batch_size, "backend": jax.default_backend(), "rows": rows}
+        Path(json_path).write_text(json.dumps(payload, indent=1) + "\n")
     return rows
 
 
+def _app_main(argv: Sequence[str]) -> None:
+    run(argv)
+
+
 if __name__ == "__main__":
-    main()
+    app.run(_app_main, flags_parser=parse_flags)

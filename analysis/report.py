@@ -12,11 +12,14 @@ plain wall-clock sentence. Every number is read from the directory's ``summary.j
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from absl import app
+
+from analysis import cli
+from mlem import cli as mlem_cli
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -124,17 +127,26 @@ def report(dirs: Sequence[str | Path]) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or any(a.startswith("-") for a in args):
-        print("usage: python -m analysis.report RESULTS_DIR [RESULTS_DIR ...]", file=sys.stderr)
-        sys.exit(2)
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's own flags only; the results directories are positional arguments."""
+    return cli.parse(argv, lambda argv: None)
+
+
+def main(argv: Sequence[str]) -> None:
+    """``python -m analysis.report *argv`` in this process."""
+    run(parse_flags(["analysis.report", *argv]))
+
+
+def run(argv: Sequence[str]) -> None:
+    """Print the tables of the results directories ``argv[1:]``."""
+    if len(argv) < 2:
+        mlem_cli.fail("give one or more results directories: python -m analysis.report "
+                      "RESULTS_DIR [RESULTS_DIR ...]")
     try:
-        print(report(args), end="")
+        print(report(argv[1:]), end="")
     except (FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        mlem_cli.fail(err)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(run, flags_parser=parse_flags)

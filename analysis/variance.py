@@ -172,4 +172,6 @@ def plot(record: dict, errors: np.ndarray | None, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    common.cli(run)
+    from analysis import cli
+
+    cli.stage_main(run)

@@ -1,6 +1,7 @@
 """Wall-clock benchmark of the ML-EM sampler on the real-compute synthetic ladder.
 
-    python -m benchmarks.sampler [--gamma 3] [--batch 512] [--steps 64] [--c 8] [--repeats 5]
+    python -m benchmarks.sampler [--gamma 3] [--batch_size 512] [--steps 64] [--c 8] [--repeats 5]
+        [--levels 4] [--base_features 16]
 
 Uses :func:`mlem.synthetic.fourier_hierarchy` (level ``k`` = the first ``M_k`` random Fourier
 features, ``M_k`` growing by ``2^γ``), with parameters passed to ``jit`` as arguments. Prints:
@@ -23,7 +24,6 @@ fixed key repeats the same Bernoulli draws, so the evaluation counts are the sam
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 from collections.abc import Sequence
@@ -31,8 +31,17 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-from mlem import brownian, cost, sampling, schedules, synthetic
+from mlem import brownian, cli, cost, sampling, schedules, synthetic
+
+_GAMMA = flags.DEFINE_float("gamma", 3.0, "Cost growth exponent: M_k grows by 2^gamma.")
+_BATCH = flags.DEFINE_integer("batch_size", 512, "Samples per solve.")
+_STEPS = flags.DEFINE_integer("steps", 64, "Solver steps of EM and ML-EM.")
+_C = flags.DEFINE_float("c", 8.0, "Dyadic schedule knob C.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median).")
+_LEVELS = flags.DEFINE_integer("levels", 4, "Levels of the synthetic ladder.")
+_BASE_FEATURES = flags.DEFINE_integer("base_features", 16, "Fourier features of level 1.")
 
 
 def build_solvers(hierarchy: synthetic.Hierarchy):
@@ -166,19 +175,12 @@ def _print_summary(r: dict, num_levels: int) -> None:
         print(f"{name:<{width}}  {value:>12}  {note}")
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gamma", type=float, default=3.0)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--c", type=float, default=8.0, help="dyadic schedule knob C")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--levels", type=int, default=4)
-    parser.add_argument("--base-features", type=int, default=16, help="features of level 1")
-    args = parser.parse_args(argv)
-    return run(args.gamma, args.batch, args.steps, args.c, args.repeats,
-               num_levels=args.levels, base_features=args.base_features)
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {list(argv[1:])}")
+    run(_GAMMA.value, _BATCH.value, _STEPS.value, _C.value, _REPEATS.value,
+        num_levels=_LEVELS.value, base_features=_BASE_FEATURES.value)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main, flags_parser=cli.parse_flags)

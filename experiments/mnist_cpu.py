@@ -1,6 +1,7 @@
 """``make demo``: the whole pipeline on the embedded MNIST-5k data, sized for a 2-core CPU.
 
     python -m experiments.mnist_cpu [--workdir runs/mnist] [--out results/mnist_cpu] [--recompute]
+        [--config configs/mnist_sample.py] [--config.analysis.realisations=4 ...]
 
 Trains ``configs/mnist_level{1..4}.py`` (each resumable in ``WORKDIR/levelK``), then runs
 ``analysis.fit_gamma``, ``analysis.variance``, ``analysis.cost_error`` and
@@ -9,36 +10,51 @@ Trains ``configs/mnist_level{1..4}.py`` (each resumable in ``WORKDIR/levelK``), 
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
 
+from absl import app, flags
+
+from analysis import cli
 from experiments import pipeline
-from mlem import cli
-from mlem.config_files import load_config
+from mlem import cli as mlem_cli
+
+SAMPLE_CONFIG = "configs/mnist_sample.py"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/mnist_sample.py")
-    parser.add_argument("--workdir", default="runs/mnist")
-    parser.add_argument("--out", default="results/mnist_cpu")
-    parser.add_argument("--verbosity", type=int, default=0,
-                        help=">= 1: full tracebacks of the checkpoint library")
-    parser.add_argument("--allow_older_checkpoints", action="store_true",
-                        help="use the newest readable checkpoint of a level whose newest one "
-                        "is unreadable (recorded in the manifest)")
-    parser.add_argument("--recompute", action="store_true",
-                        help="recompute the analysis stages instead of reusing them")
-    args = parser.parse_args(argv)
-    cli.quiet_background_errors(verbose=args.verbosity >= 1)
+def define_flags(argv: list[str]) -> None:
+    """``--config`` (default ``configs/mnist_sample.py``, ``--config.a.b=x`` overrides),
+    ``--workdir``, ``--out``, ``--recompute``, ``--allow_older_checkpoints``."""
+    cli.define_results_flags(
+        argv, config_help=f"sample/analysis config (default {SAMPLE_CONFIG}); override "
+        "fields with --config.a.b=value, e.g. --config.analysis.realisations=4",
+        workdir="runs/mnist", out="results/mnist_cpu")
+
+
+def main(argv: Sequence[str] = ()) -> dict:
+    """``python -m experiments.mnist_cpu *argv`` in this process; returns the summary."""
+    return run(parse_flags(["experiments.mnist_cpu", *argv]))
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    return cli.parse(cli.with_default_config(argv, SAMPLE_CONFIG), define_flags)
+
+
+def run(argv: Sequence[str]) -> dict:
+    """Run the pipeline with the parsed flags (``argv``: the positional arguments, none)."""
+    cli.start(argv)
+    f = flags.FLAGS
+    f.config.allow_older_checkpoints = f.allow_older_checkpoints
     try:
-        config = load_config(args.config)
-        config.allow_older_checkpoints = args.allow_older_checkpoints
-        summary = pipeline.run(config, args.workdir, args.out, recompute=args.recompute)
+        summary = pipeline.run(f.config, f.workdir, f.out, recompute=f.recompute)
     except (ValueError, FileNotFoundError) as err:
-        cli.fail(err)
+        mlem_cli.fail(err)
     print(pipeline.headline(summary))
     return summary
 
 
+def _app_main(argv: Sequence[str]) -> None:
+    run(argv)
+
+
 if __name__ == "__main__":
-    main()
+    app.run(_app_main, flags_parser=parse_flags)

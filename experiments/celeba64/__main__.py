@@ -4,6 +4,7 @@ V_k(τ), sweep cost against error and draw the figures.
     python -m experiments.celeba64 --plan                  # compute each stage needs (FLOPs)
     python -m experiments.celeba64 [--workdir runs/celeba64] [--out results/celeba64]
     python -m experiments.celeba64 --smoke                 # every stage, mock CelebA, tiny, CPU
+    python -m experiments.celeba64 ... --config.analysis.realisations=4  # override a field
 
 Each level trains in its own workdir (``WORKDIR/levelK``) and resumes where it stopped;
 finished levels and analysis stages are reused. ``--smoke`` runs the same code on
@@ -13,15 +14,17 @@ exercise every stage, the γ fits included), a few steps each.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
+from absl import app, flags
 
+from analysis import cli
 from experiments import pipeline
-from mlem import cli, cost
-from mlem.config_files import load_config
+from mlem import cli as mlem_cli
+from mlem import cost
 from mlem.models import registry
 
 SAMPLE_CONFIG = "configs/celeba64_sample.py"
@@ -78,11 +81,11 @@ def _forward_flops(config: ml_collections.ConfigDict) -> float:
                                  batch_size=1)
 
 
-def smoke(workdir: Path, out: Path) -> dict:
-    """Every stage on mock CelebA (``tfds.testing.mock_data``) at 8×8 with the smoke levels."""
+def smoke(sample_config: ml_collections.ConfigDict, workdir: Path, out: Path) -> dict:
+    """Every stage on mock CelebA (``tfds.testing.mock_data``) at 8×8 with the smoke levels;
+    ``SMOKE_SAMPLE`` replaces those fields of ``sample_config``."""
     import tensorflow_datasets as tfds
 
-    sample_config = load_config(SAMPLE_CONFIG)
     for dotted, value in SMOKE_SAMPLE.items():
         pipeline.set_field(sample_config, dotted, value)
     sample_config.levels = sample_config.levels[:SMOKE_LEVELS]
@@ -95,41 +98,55 @@ def smoke(workdir: Path, out: Path) -> dict:
         return pipeline.run(sample_config, workdir, out, train_configs=configs)
 
 
-def main(argv: list[str] | None = None) -> dict | list:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=SAMPLE_CONFIG)
-    parser.add_argument("--workdir", default=None, help="default runs/celeba64 (smoke: a temp dir)")
-    parser.add_argument("--out", default=None, help="default results/celeba64 (smoke: in workdir)")
-    parser.add_argument("--verbosity", type=int, default=0,
-                        help=">= 1: full tracebacks of the checkpoint library")
-    parser.add_argument("--allow_older_checkpoints", action="store_true",
-                        help="use the newest readable checkpoint of a level whose newest one "
-                        "is unreadable (recorded in the manifest)")
-    parser.add_argument("--recompute", action="store_true")
-    parser.add_argument("--plan", action="store_true", help="print each stage's FLOPs and exit")
-    parser.add_argument("--smoke", action="store_true", help="mock CelebA, tiny, CPU-sized")
-    args = parser.parse_args(argv)
-    cli.quiet_background_errors(verbose=args.verbosity >= 1)
+def define_flags(argv: list[str]) -> None:
+    """The flags of :func:`analysis.cli.define_results_flags` plus ``--plan`` and
+    ``--smoke``."""
+    cli.define_results_flags(
+        argv, config_help=f"sample/analysis config (default {SAMPLE_CONFIG}); override "
+        "fields with --config.a.b=value", workdir="runs/celeba64", out="results/celeba64")
+    flags.DEFINE_bool("plan", False, "print each stage's FLOPs and exit")
+    flags.DEFINE_bool("smoke", False, "every stage on mock CelebA, tiny, CPU-sized "
+                      "(default --workdir: a temporary directory, --out: WORKDIR/results)")
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    return cli.parse(cli.with_default_config(argv, SAMPLE_CONFIG), define_flags)
+
+
+def main(argv: Sequence[str] = ()) -> dict | list:
+    """``python -m experiments.celeba64 *argv`` in this process: the summary (``--plan``:
+    the rows of the plan)."""
+    return run(parse_flags(["experiments.celeba64", *argv]))
+
+
+def run(argv: Sequence[str]) -> dict | list:
+    """Run with the parsed flags (``argv``: the positional arguments, none)."""
+    cli.start(argv)
+    f = flags.FLAGS
     try:
-        if args.plan:
-            rows = plan(load_config(args.config))
+        if f.plan:
+            rows = plan(f.config)
             print("| stage | PFLOP |\n|---|---:|")
             for row in rows:
                 print(f"| {row['stage']} | {row['flops'] / 1e15:.4g} |")
             return rows
-        if args.smoke:
-            workdir = Path(args.workdir or tempfile.mkdtemp(prefix="celeba64_smoke_"))
-            summary = smoke(workdir, Path(args.out or workdir / "results"))
+        if f.smoke:
+            workdir = Path(f.workdir if f["workdir"].present
+                           else tempfile.mkdtemp(prefix="celeba64_smoke_"))
+            out = Path(f.out if f["out"].present else workdir / "results")
+            summary = smoke(f.config, workdir, out)
         else:
-            config = load_config(args.config)
-            config.allow_older_checkpoints = args.allow_older_checkpoints
-            summary = pipeline.run(config, args.workdir or "runs/celeba64",
-                                   args.out or "results/celeba64", recompute=args.recompute)
+            f.config.allow_older_checkpoints = f.allow_older_checkpoints
+            summary = pipeline.run(f.config, f.workdir, f.out, recompute=f.recompute)
     except (ValueError, FileNotFoundError) as err:
-        cli.fail(err)
+        mlem_cli.fail(err)
     print(pipeline.headline(summary))
     return summary
 
 
+def _app_main(argv: Sequence[str]) -> None:
+    run(argv)
+
+
 if __name__ == "__main__":
-    main()
+    app.run(_app_main, flags_parser=parse_flags)
