@@ -11,7 +11,8 @@ So level ``j`` runs with probability
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import jax
 import jax.numpy as jnp
@@ -104,3 +105,31 @@ def realised_cost(stats: dict[str, Array], costs: Sequence[float]) -> float:
     if costs.shape != evals.shape:
         raise ValueError(f"costs: expected {evals.shape[0]} per-level costs, got {costs.shape}")
     return float(evals @ costs)
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+@contextmanager
+def compile_timer() -> Iterator:
+    """Yields a callable giving the seconds spent tracing, lowering and compiling (union)."""
+    spans: list[tuple[float, float]] = []
+
+    def listener(event, start, end, **_):
+        if event in _COMPILE_EVENTS:
+            spans.append((start, end))
+
+    def total() -> float:
+        seconds, reach = 0.0, -np.inf
+        for start, end in sorted(spans):  # union of possibly nested intervals
+            seconds += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+        return seconds
+
+    jax.monitoring.register_event_time_span_listener(listener)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_time_span_listener(listener)

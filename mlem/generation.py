@@ -19,8 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +41,6 @@ METHODS = ("mlem", "em")
 SCHEDULES = ("constant", "variance", "file")
 COST_MODELS = ("time", "flops")
 GRID_IMAGES = 64  # samples shown in samples.png
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
 
 
 # --- time grids and schedules -------------------------------------------------------------
@@ -184,7 +180,7 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
         raise ValueError("ts: must be the sub-grid brownian.coarse_grid(path_ts, N) of path_ts")
     sharded = ladders.on_mesh(ladder, mesh)
     samples, evals = [], []
-    with compile_timer() as compile_seconds:
+    with cost.compile_timer() as compile_seconds:
         start = time.perf_counter()
         batches = range(num_samples // batch_size)
         for b in tqdm(batches, desc=f"{method} {num_steps} steps", disable=not progress):
@@ -221,33 +217,7 @@ def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
     parallel.check_batch_size(batch_size, num_devices, "sampling.batch_size")
     if method == "mlem":
         return None
-    try:
-        return ladders.level_index(em_level, num_levels) + 1
-    except ValueError as err:
-        raise ValueError(f"em_level: {err}") from None
-
-
-@contextmanager
-def compile_timer() -> Iterator:
-    """Yields a callable giving the seconds spent tracing, lowering and compiling (union)."""
-    spans: list[tuple[float, float]] = []
-
-    def listener(event, start, end, **_):
-        if event in _COMPILE_EVENTS:
-            spans.append((start, end))
-
-    def total() -> float:
-        seconds, reach = 0.0, -np.inf
-        for start, end in sorted(spans):  # union of possibly nested intervals
-            seconds += max(0.0, end - max(start, reach))
-            reach = max(reach, end)
-        return seconds
-
-    jax.monitoring.register_event_time_span_listener(listener)
-    try:
-        yield total
-    finally:
-        jax.monitoring.unregister_event_time_span_listener(listener)
+    return ladders.level_index(em_level, num_levels, "em_level") + 1
 
 
 # --- the whole run behind python -m sample ------------------------------------------------

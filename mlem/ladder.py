@@ -215,10 +215,11 @@ def em(ladder: Ladder, level: int, x0: Array, ts: Array, key: Array,
     return solve(ladder.params, None, x0, key, increments, path)
 
 
-def level_index(level: int, num_levels: int) -> int:
-    """The 0-based index of level ``level`` (1…K, or ``-1`` for the top); ``ValueError`` else."""
+def level_index(level: int, num_levels: int, name: str = "level") -> int:
+    """The 0-based index of level ``level`` (1…K, or ``-1`` for the top); otherwise a
+    ``ValueError`` naming the argument ``name``."""
     if not (1 <= level <= num_levels or level == -1):
-        raise ValueError(f"level: must be in 1..{num_levels} (or -1 for the top level), "
+        raise ValueError(f"{name}: must be in 1..{num_levels} (or -1 for the top level), "
                          f"got {level}")
     return level - 1 if level > 0 else num_levels - 1
 

@@ -169,6 +169,17 @@ def test_missing_level_is_one_line_naming_level_workdir_and_train_command(cli, t
     assert "python -m train --config configs/tiny.py:2 --workdir" in lines[0]
 
 
+def test_ladder_levels_are_numbered_from_one_with_minus_one_the_top(ladder):
+    ts = np.linspace(0.0, 0.999, 5, dtype=np.float32)
+    x0 = np.ones((2, *ladder.image_shape), np.float32)
+    key = jax.random.key(0)
+    top, _ = ladders.em(ladder, -1, x0, ts, key)
+    np.testing.assert_array_equal(ladders.em(ladder, 2, x0, ts, key)[0], top)
+    assert not np.array_equal(ladders.em(ladder, 1, x0, ts, key)[0], top)
+    with pytest.raises(ValueError, match=r"level: must be in 1..2 \(or -1"):
+        ladders.em(ladder, 0, x0, ts, key)
+
+
 def test_levels_not_ordered_by_flops_are_refused(ladder):
     swapped = ladders.Ladder(ladder.names[::-1], ladder.models[::-1], ladder.params[::-1],
                             ladder.image_shape, ladder.sde)
