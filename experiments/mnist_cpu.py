@@ -3,7 +3,7 @@
     python -m experiments.mnist_cpu [--workdir runs/mnist] [--out results/mnist_cpu] [--recompute]
         [--config configs/mnist_sample.py] [--config.analysis.realisations=4 ...]
 
-Trains ``configs/mnist_level{1..4}.py`` (each resumable in ``WORKDIR/levelK``), then runs
+Trains ``configs/mnist.py:1`` … ``:4`` (each resumable in ``WORKDIR/levelK``), then runs
 ``analysis.fit_gamma``, ``analysis.variance``, ``analysis.cost_error`` and
 ``analysis.figures`` with ``configs/mnist_sample.py``. A second run reuses finished stages.
 """
