@@ -164,8 +164,8 @@ def test_tiny_levels_are_tiny():
 
 
 def test_ladder_table_cli_on_the_mnist_ladder(tmp_path, capsys):
-    """``python -m analysis.ladder``: table, JSON, and the mnist FLOPs growing ×2–4 per level."""
-    from analysis import ladder as table
+    """``python -m analysis.ladder_table``: table, JSON, mnist FLOPs growing ×2–4 per level."""
+    from analysis import ladder_table as table
 
     configs = [f"configs/mnist_level{k}.py" for k in range(1, 5)]
     rows = table.main([*configs, "--json", str(tmp_path / "ladder.json")])

@@ -2,7 +2,7 @@
 
 Each level is a ``functools.partial(UNet, ...)`` (like ``ResNet50`` in flax/examples/imagenet),
 so ``get_model(name, dropout=..., dtype=...)`` returns an unbound Flax module. Sizes were
-chosen by measuring XLA FLOPs (``python -m analysis.ladder``): each level costs ×2–4 the one
+chosen by measuring XLA FLOPs (``python -m analysis.ladder_table``): each level costs ×2–4 the one
 below it.
 
 - ``celeba64_level1..5`` (64×64×3): base width 16→32→64→96→128; level 5 is the standard DDPM

@@ -1,6 +1,6 @@
 """Size of each ladder level: parameters and forward-pass GFLOPs per sample (from XLA).
 
-    python -m analysis.ladder configs/celeba64_level*.py [--json FILE] [--batch_size B]
+    python -m analysis.ladder_table configs/celeba64_level*.py [--json FILE] [--batch_size B]
 
 Prints a markdown table (level, parameters, GFLOPs per sample, ratio to the previous level)
 for the level configs in the order given, and writes the rows as JSON with ``--json``.
@@ -91,8 +91,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> list[dict]:
-    """``python -m analysis.ladder *argv`` in this process; returns the rows."""
-    return run(parse_flags(["analysis.ladder", *argv]))
+    """``python -m analysis.ladder_table *argv`` in this process; returns the rows."""
+    return run(parse_flags(["analysis.ladder_table", *argv]))
 
 
 def run(argv: Sequence[str]) -> list[dict]:
