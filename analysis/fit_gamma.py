@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from analysis import common, fits, speedup, variance
 from mlem import data, training
+from mlem.models import registry
 
 STAGE = "fit_gamma"
 EXPONENT_BOUNDS = (0.02, 10.0)  # bounds on b = 2/γ, i.e. γ ∈ [0.2, 100]
@@ -157,16 +158,21 @@ def analyse(ctx: common.Context) -> dict[str, Any]:
     per_example = per_example_heldout_losses(ctx)
     result["heldout_losses_recomputed"] = per_example.mean(0)
     result["heldout_losses_se"] = per_example.std(0, ddof=1) / np.sqrt(per_example.shape[0])
-    result["loss_fit"] = _try(lambda: fit_loss_power_law(ctx.flops, losses))
+    # γ describes the networks: an analytic level (the fitted Gaussian) is left out of both fits
+    fit = [k for k, c in enumerate(ctx.level_configs)
+           if registry.gaussian_rank(c.model.level) is None]
+    result["fit_levels"] = [names[k] for k in fit]
+    flops, fit_losses = ctx.flops[fit], np.asarray(losses)[fit]
+    result["loss_fit"] = _try(lambda: fit_loss_power_law(flops, fit_losses))
     if "gamma" in result["loss_fit"]:
-        boot = bootstrap_loss_gamma(ctx.flops, losses, per_example, num, seed)
+        boot = bootstrap_loss_gamma(flops, fit_losses, per_example[:, fit], num, seed)
         result["loss_fit"].update(_interval(boot))
     stats = variance.drift_statistics(ctx)
-    deltas = np.sqrt(stats["error_sq"].mean(0))
-    result["drift_errors"] = deltas
-    result["drift_fit"] = _try(lambda: {"gamma": fit_drift_gamma(ctx.flops, stats["error_sq"])[0]})
+    error_sq = stats["error_sq"][:, fit]
+    result["drift_errors"] = np.sqrt(stats["error_sq"].mean(0))
+    result["drift_fit"] = _try(lambda: {"gamma": fit_drift_gamma(flops, error_sq)[0]})
     if "gamma" in result["drift_fit"]:
-        boot = bootstrap_drift_gamma(ctx.flops, stats["error_sq"], num, seed)
+        boot = bootstrap_drift_gamma(flops, error_sq, num, seed)
         result["drift_fit"].update(_interval(boot))
     return result
 

@@ -7,10 +7,13 @@ Forward-process samples: held-out images ``x₀`` (cycled if the split is smalle
 ``τ`` stratified over ``config.analysis.num_time_bins`` equal bins of ``[0, 1 − t_min]``
 (sample ``i`` lies in bin ``i mod bins``, uniform inside it), ``x_t = α x₀ + σ ε`` with
 ``t = 1 − τ`` and ``ε`` from ``fold_in(key(seed), i)``. Every level's reverse drift is
-evaluated at ``(x_t, τ)``; per sample we keep ``‖fᵏ − fᵏ⁻¹‖²`` (``f⁰ = 0``) and
+evaluated at ``(x_t, τ)``; per sample we keep ``‖fᵏ − fᵏ⁻¹‖²`` (``f⁰ = 0``), ``‖fᵏ‖²`` and
 ``‖fᵏ − fᴷ‖²`` (summed over pixels), cached in ``DIR/forward/drift_stats.npz`` and shared
 with :mod:`analysis.fit_gamma`. Writes ``DIR/variance/variances.json`` (read by
-``python -m sample`` and :mod:`analysis.cost_error`) and ``variance.png``.
+``python -m sample`` and :mod:`analysis.cost_error`) and ``variance.png``. When the bottom
+level is the analytic Gaussian (``gaussian[_rank<r>]``), ``variances.json`` also holds
+``without_gaussian``: the variances of the same ladder without it (its first network's
+increment taken against ``f⁰ = 0``), so the two can be compared.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm import tqdm
 from analysis import common
 from mlem import data
 from mlem import ladder as ladders
+from mlem.models import registry
 
 STAGE = "variance"
 FORWARD = "forward"
@@ -70,7 +74,7 @@ def _stats_fn(ladder: ladders.Ladder):
         sq = lambda d: jnp.sum(jnp.square(d), axis=tuple(range(1, d.ndim)))
         inc = [sq(f - g) for f, g in zip(fs, [jnp.zeros_like(x_t)] + fs[:-1])]
         err = [sq(f - fs[-1]) for f in fs]
-        return jnp.stack(inc, 1), jnp.stack(err, 1)
+        return jnp.stack(inc, 1), jnp.stack(err, 1), jnp.stack([sq(f) for f in fs], 1)
 
     return stats
 
@@ -82,7 +86,8 @@ def drift_statistics(ctx: common.Context) -> dict[str, np.ndarray]:
     """
     a, sde = ctx.config.analysis, ctx.ladder.sde
     settings = {"num_samples": int(a.variance_samples), "num_time_bins": int(a.num_time_bins),
-                "seed": int(ctx.config.sampling.seed), "batch_size": int(a.batch_size)}
+                "seed": int(ctx.config.sampling.seed), "batch_size": int(a.batch_size),
+                "columns": ["increment_sq", "error_sq", "drift_sq"]}
     path = ctx.out / FORWARD / "drift_stats.npz"
     if common.load_stage(ctx.out, FORWARD, settings, ctx.recompute) is not None and path.exists():
         with np.load(path) as f:
@@ -94,16 +99,17 @@ def drift_statistics(ctx: common.Context) -> dict[str, np.ndarray]:
     key = jax.random.key(settings["seed"])
     noise_fn = jax.jit(jax.vmap(
         lambda i: jax.random.normal(jax.random.fold_in(key, i), ctx.ladder.image_shape)))
-    stats_fn, inc, err = _stats_fn(ctx.ladder), [], []
+    stats_fn, inc, err, drift = _stats_fn(ctx.ladder), [], [], []
     for start in tqdm(range(0, n, batch), desc="forward drifts", unit="batch"):
         idx = np.arange(start, min(start + batch, n))
         x0 = jnp.asarray(source[idx % len(source)])
-        i, e = stats_fn(ctx.ladder.params, x0, jnp.asarray(taus[idx], jnp.float32),
-                        noise_fn(jnp.asarray(idx)))
+        i, e, d = stats_fn(ctx.ladder.params, x0, jnp.asarray(taus[idx], jnp.float32),
+                           noise_fn(jnp.asarray(idx)))
         inc.append(np.asarray(i, np.float64))
         err.append(np.asarray(e, np.float64))
+        drift.append(np.asarray(d, np.float64))
     result = {"taus": taus, "bin_edges": edges, "increment_sq": np.concatenate(inc),
-              "error_sq": np.concatenate(err)}
+              "error_sq": np.concatenate(err), "drift_sq": np.concatenate(drift)}
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **result)
     common.save_stage(ctx.out, FORWARD, settings, {"file": path.name, "num_samples": n})
@@ -130,6 +136,11 @@ def write_variances(ctx: common.Context) -> dict:
     record = {"levels": list(ctx.config.levels), "level_flops": ctx.flops.tolist(),
               "bin_edges": stats["bin_edges"].tolist(), "variances": means.tolist(),
               "num_samples": int(len(stats["taus"]))}
+    if registry.gaussian_rank(ctx.level_configs[0].model.level) is not None:
+        without = np.concatenate([stats["drift_sq"][:, 1:2], stats["increment_sq"][:, 2:]], 1)
+        record["without_gaussian"] = {
+            "levels": record["levels"][1:],
+            "variances": binned_variances(stats["taus"], without, stats["bin_edges"])[0].tolist()}
     (ctx.out / STAGE).mkdir(parents=True, exist_ok=True)
     (ctx.out / STAGE / "variances.json").write_text(json.dumps(record, indent=1) + "\n")
     plot(record, errors, ctx.out / STAGE / "variance.png")
@@ -144,10 +155,13 @@ def run(config: Any, workdir: str | Path, out: str | Path, recompute: bool = Fal
 def stage(ctx: common.Context) -> dict:
     """Write ``variances.json`` and its plot; merge the summary and return it."""
     record = write_variances(ctx)
-    return common.merge_summary(ctx.out, {
-        "level_flops": ctx.flops,
-        "variance_time_averaged": np.mean(record["variances"], axis=0),
-        "variance_file": str(ctx.out / STAGE / "variances.json")})
+    summary = {"level_flops": ctx.flops,
+               "variance_time_averaged": np.mean(record["variances"], axis=0),
+               "variance_file": str(ctx.out / STAGE / "variances.json")}
+    if "without_gaussian" in record:
+        summary["variance_time_averaged_without_gaussian"] = np.mean(
+            record["without_gaussian"]["variances"], axis=0)
+    return common.merge_summary(ctx.out, summary)
 
 
 def plot(record: dict, errors: np.ndarray | None, path: Path) -> None:

@@ -15,9 +15,12 @@ from ml_collections import config_dict
 
 
 def get_config(level: str = "5") -> ml_collections.ConfigDict:
-    """Level ``level`` (1–5) of the ladder (``configs/celeba64.py:3`` on the command line)."""
-    if level not in {str(k) for k in range(1, 6)}:
-        raise ValueError(f"configs/celeba64.py:LEVEL: LEVEL must be 1..5, got {level!r}")
+    """Level ``level`` (1–5) of the ladder (``configs/celeba64.py:3`` on the command line), or
+    ``gaussian``: the analytic bottom level ``gaussian_rank32`` (a one-pass fit,
+    :mod:`mlem.train_gaussian`)."""
+    if level not in {*(str(k) for k in range(1, 6)), "gaussian"}:
+        raise ValueError(f"configs/celeba64.py:LEVEL: LEVEL must be 1..5 or gaussian, "
+                         f"got {level!r}")
     config = ml_collections.ConfigDict()
     config.seed = 42
 
@@ -31,7 +34,7 @@ def get_config(level: str = "5") -> ml_collections.ConfigDict:
     data.random_flip = True
 
     config.model = model = ml_collections.ConfigDict()
-    model.level = f"celeba64_level{level}"
+    model.level = "gaussian_rank32" if level == "gaussian" else f"celeba64_level{level}"
     model.dropout = 0.1
     model.dtype = "float32"  # compute dtype; 'bfloat16' on GPU/TPU (params stay float32)
 
@@ -67,4 +70,6 @@ def get_config(level: str = "5") -> ml_collections.ConfigDict:
     wandb.mode = "offline"  # 'online' to sync, 'disabled' to skip; $WANDB_MODE overrides
     wandb.project = "mlem"
     wandb.entity = config_dict.placeholder(str)
+    if level == "gaussian":
+        config.training.num_steps = 1  # the one-pass fit (mlem.train_gaussian.FIT_STEP)
     return config

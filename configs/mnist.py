@@ -13,9 +13,12 @@ from ml_collections import config_dict
 
 
 def get_config(level: str = "4") -> ml_collections.ConfigDict:
-    """Level ``level`` (1–4) of the ladder (``configs/mnist.py:3`` on the command line)."""
-    if level not in {str(k) for k in range(1, 5)}:
-        raise ValueError(f"configs/mnist.py:LEVEL: LEVEL must be 1..4, got {level!r}")
+    """Level ``level`` (1–4) of the ladder (``configs/mnist.py:3`` on the command line), or
+    ``gaussian``: the analytic bottom level ``gaussian`` (a one-pass fit,
+    :mod:`mlem.train_gaussian`)."""
+    if level not in {*(str(k) for k in range(1, 5)), "gaussian"}:
+        raise ValueError(f"configs/mnist.py:LEVEL: LEVEL must be 1..4 or gaussian, "
+                         f"got {level!r}")
     config = ml_collections.ConfigDict()
     config.seed = 0
 
@@ -29,7 +32,7 @@ def get_config(level: str = "4") -> ml_collections.ConfigDict:
     data.random_flip = False  # digits are not mirror-symmetric
 
     config.model = model = ml_collections.ConfigDict()
-    model.level = f"mnist_level{level}"
+    model.level = "gaussian" if level == "gaussian" else f"mnist_level{level}"
     model.dropout = 0.0
     model.dtype = "float32"
 
@@ -65,4 +68,6 @@ def get_config(level: str = "4") -> ml_collections.ConfigDict:
     wandb.mode = "offline"
     wandb.project = "mlem"
     wandb.entity = config_dict.placeholder(str)
+    if level == "gaussian":
+        config.training.num_steps = 1  # the one-pass fit (mlem.train_gaussian.FIT_STEP)
     return config

@@ -86,8 +86,7 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
         except checkpoint.CheckpointNotFoundError as err:
             raise type(err)(f"level {k} ({wd.name}): {err}") from None
         steps.append(step)
-        models.append(registry.get_model(level_config.model.level,
-                                         dtype=level_config.model.dtype))
+        models.append(registry.get_level(level_config))
         params.append(ema_params)
         d = level_config.data
         keys.append(((d.name, d.image_size, d.num_channels),

@@ -23,8 +23,9 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlem import checkpoint, data, parallel, sampling, training
+from mlem import checkpoint, data, parallel, sampling, train_gaussian, training
 from mlem.files import save_grid
+from mlem.models import registry
 from mlem.sde import VPSDE
 from mlem.train_metrics import (
     METRICS_FILE,
@@ -213,6 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     """
     workdir = Path(workdir)
     validate(config)
+    if registry.gaussian_rank(config.model.level) is not None:
+        return train_gaussian.fit_and_save(config, workdir)  # the analytic bottom level
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.training.batch_size, mesh.size, "training.batch_size")
     parallel.check_batch_size(config.eval.batch_size, mesh.size, "eval.batch_size")

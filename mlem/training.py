@@ -42,9 +42,9 @@ class TrainState:
 # --- pieces -------------------------------------------------------------------------------
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The ladder level ``config.model.level`` with the config's dropout and compute dtype."""
-    return registry.get_model(config.model.level, dropout=config.model.dropout,
-                            dtype=config.model.dtype)
+    """The ladder level ``config.model.level`` with the config's dropout and compute dtype
+    (:func:`mlem.models.registry.get_level`)."""
+    return registry.get_level(config)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:

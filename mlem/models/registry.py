@@ -11,6 +11,9 @@ below it.
 - ``tiny_level1..2`` (8×8 images, a few thousand parameters): for tests only.
 - ``smoke_level1..5`` (one resolution, no attention: quick to compile): the five levels of
   ``python -m experiments.celeba64 --smoke``.
+- ``gaussian`` / ``gaussian_rank<r>``: not a network but the exact ε-prediction of a Gaussian
+  fitted to the training split (:mod:`mlem.models.gaussian`), an almost free bottom level;
+  :func:`get_level` builds it from a level config.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import functools
 
 import flax.linen as nn
 
+from mlem.models.gaussian import GaussianEps
 from mlem.models.unet import UNet
 
 _CELEBA = dict(ch_mult=(1, 2, 2, 2), attn_resolutions=(16,), dropout=0.1)
@@ -63,3 +67,28 @@ def get_model(name: str, **overrides) -> nn.Module:
     if name not in LEVELS:
         raise ValueError(f"unknown model level {name!r}; known levels: {', '.join(level_names())}")
     return LEVELS[name](**overrides)
+
+
+GAUSSIAN = "gaussian"  # the analytic level: "gaussian" (full covariance) or "gaussian_rank<r>"
+
+
+def gaussian_rank(name: str) -> int | None:
+    """``None`` unless ``name`` is the analytic Gaussian level; then its covariance rank
+    (``0``: full)."""
+    if name == GAUSSIAN:
+        return 0
+    prefix = f"{GAUSSIAN}_rank"
+    if name.startswith(prefix) and name[len(prefix):].isdigit() and int(name[len(prefix):]) > 0:
+        return int(name[len(prefix):])
+    return None
+
+
+def get_level(config) -> nn.Module:
+    """The network of ``config.model.level`` built from a whole level config: a UNet with the
+    config's dropout and compute dtype, or, for ``gaussian[_rank<r>]``, the analytic
+    :class:`~mlem.models.gaussian.GaussianEps` on the config's SDE."""
+    rank = gaussian_rank(config.model.level)
+    if rank is not None:
+        size = config.data.image_size**2 * config.data.num_channels
+        return GaussianEps(rank=min(rank, size) if rank else size, **dict(config.sde))
+    return get_model(config.model.level, dropout=config.model.dropout, dtype=config.model.dtype)
