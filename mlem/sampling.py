@@ -8,7 +8,9 @@ Written per level, the drift term is ``Σ_j a_j fʲ`` with ``a_j = w_j − w_{j+
 ``w_k = B_k / p_k`` and ``w_{K+1} = 0``: level ``j`` is evaluated iff ``a_j ≠ 0``, once,
 inside a ``lax.cond``, so a level the step does not need costs nothing. That is
 ``B_j ∨ B_{j+1}`` except when both are drawn with equal probabilities (``p_j = p_{j+1} = 1``
-in particular), where the two uses of ``fʲ`` cancel.
+in particular), where the two uses of ``fʲ`` cancel. The Poisson limit
+(:func:`poisson_multilevel_euler_maruyama`) is the same step with ``w_k = M_k / (λ_k η)``,
+``M_k ~ Poisson(λ_k η)``.
 
 The Brownian increments come from one of three sources, all coupled across nested grids
 (:mod:`mlem.brownian`): ``increments=`` (an explicit ``(N, *x0.shape)`` array), ``path=`` (a
@@ -94,9 +96,58 @@ def multilevel_euler_maruyama(
     probs = check_probs(probs, len(drifts), ts.shape[0] - 1)
     noise = _noise(key, ts, x0, increments, path)
     bernoulli_key = jax.random.split(key)[1]
-    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, probs, bernoulli_key, noise)
+    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, probs, bernoulli_key, noise,
+                                  _bernoulli_weights)
     stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": draws}
     return x, _with_cost(stats, costs)
+
+
+def poisson_multilevel_euler_maruyama(
+    drifts: Sequence[Drift], rates: Array, diffusion: Diffusion, x0: Array, ts: Array,
+    key: Array, *, increments: Array | None = None, path: Path | None = None,
+    costs: Sequence[float] | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """The Poisson limit of ML-EM: level ``k ≥ 2`` corrects at the events of a Poisson process.
+
+    ML-EM with ``p_k = η λ_k`` becomes, as ``η → 0``, a process in which the correction
+    ``(fᵏ − fᵏ⁻¹)/λ_k`` arrives at the events of a Poisson process of rate ``λ_k(τ)``. Here
+    each step draws the number of events ``M_{n,k} ~ Poisson(λ_{n,k} η_n)`` (shared by the
+    batch) and uses the weights ``w_1 = 1``, ``w_k = M_{n,k} / (λ_{n,k} η_n)``: unbiased for
+    ``fᴷ`` given ``X_n``, whatever the step. Level ``k`` then runs on about ``∫ λ_k dτ``
+    steps in expectation, a cost that does not grow with the number of steps.
+
+    Args:
+      rates: ``(K,)`` or ``(N, K)`` event rates ``λ_k(τ) > 0`` per unit solver time; column 0
+        (the base level, evaluated on every step) is ignored.
+      drifts, diffusion, x0, ts, key, increments, path, costs: as in
+        :func:`multilevel_euler_maruyama`.
+
+    Returns:
+      ``x_N`` and ``stats`` with ``evals`` ``(K,)`` and ``draws`` ``(N, K)``: the event counts.
+    """
+    drifts = tuple(drifts)
+    if not drifts:
+        raise ValueError("drifts: need at least one drift level")
+    ts = check_ts(ts)
+    rates = check_rates(rates, len(drifts), ts.shape[0] - 1)
+    noise = _noise(key, ts, x0, increments, path)
+    x, counts, needed = _mlem_scan(drifts, diffusion, x0, ts, rates, jax.random.split(key)[1],
+                                   noise, _poisson_weights)
+    stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": counts}
+    return x, _with_cost(stats, costs)
+
+
+def _bernoulli_weights(key: Array, p: Array, eta: Array) -> tuple[Array, Array]:
+    """``w_k = B_k / p_k`` with ``B_k ~ Bernoulli(p_k)``, ``B_1 = 1``; returns ``(w, B)``."""
+    draws = (jax.random.uniform(key, p.shape) < p).at[0].set(True)
+    return jnp.where(draws, 1.0 / p, 0.0), draws
+
+
+def _poisson_weights(key: Array, rate: Array, eta: Array) -> tuple[Array, Array]:
+    """``w_k = M_k / (λ_k η)`` with ``M_k ~ Poisson(λ_k η)``, ``w_1 = 1``; returns ``(w, M)``."""
+    mean = rate * eta
+    counts = jax.random.poisson(key, mean, rate.shape).at[0].set(1)
+    return (counts / mean).at[0].set(1.0).astype(rate.dtype), counts
 
 
 @functools.partial(jax.jit, static_argnames=("drift", "diffusion"))
@@ -112,15 +163,15 @@ def _em_scan(drift, diffusion, x0, ts, noise):
     return x
 
 
-@functools.partial(jax.jit, static_argnames=("drifts", "diffusion"))
-def _mlem_scan(drifts, diffusion, x0, ts, probs, key, noise):
-    num_levels, num_steps = len(drifts), ts.shape[0] - 1
+@functools.partial(jax.jit, static_argnames=("drifts", "diffusion", "sample_weights"))
+def _mlem_scan(drifts, diffusion, x0, ts, probs, key, noise, sample_weights):
+    """The multilevel scan; ``sample_weights(key, probs[n], η_n) → (w, draws)`` with
+    ``E[w_k] = 1`` (Bernoulli: ``B/p``; Poisson: ``M/(λη)``)."""
+    num_steps = ts.shape[0] - 1
 
     def step(x, inputs):
         n, t0, t1, p = inputs
-        draws = jax.random.uniform(jax.random.fold_in(key, n), (num_levels,)) < p
-        draws = draws.at[0].set(True)
-        weights = jnp.where(draws, 1.0 / p, 0.0)  # w_k = B_k / p_k, unbiased for 1
+        weights, draws = sample_weights(jax.random.fold_in(key, n), p, t1 - t0)
         coefs = weights - jnp.append(weights[1:], 0.0)  # a_j = w_j − w_{j+1}
         needed = coefs != 0  # B_j ∨ B_{j+1}, unless the two uses of fʲ cancel
         drift = jnp.zeros_like(x)
@@ -148,6 +199,21 @@ def check_ts(ts: Array) -> Array:
     if not isinstance(ts, jax.core.Tracer) and not np.all(np.diff(np.asarray(ts)) > 0):
         raise ValueError("ts: solver times must be strictly increasing")
     return ts
+
+
+def check_rates(rates: Array, num_levels: int, num_steps: int) -> Array:
+    """Validate Poisson ``rates`` (``(K,)`` or ``(N, K)``, columns 2…K positive); return
+    ``(N, K)`` with column 0 set to 1 (unused: the base level runs on every step)."""
+    rates = jnp.asarray(rates)
+    if rates.shape not in ((num_levels,), (num_steps, num_levels)):
+        raise ValueError(f"rates: expected shape ({num_levels},) or ({num_steps}, {num_levels}) "
+                         f"for {num_levels} drift levels and {num_steps} steps, got "
+                         f"{rates.shape}")
+    if not isinstance(rates, jax.core.Tracer):
+        values = np.asarray(rates)[..., 1:]
+        if not np.all(np.isfinite(values) & (values > 0)):
+            raise ValueError("rates: every rate of levels 2..K must be positive and finite")
+    return jnp.broadcast_to(rates, (num_steps, num_levels)).at[:, 0].set(1.0)
 
 
 def check_probs(probs: Array, num_levels: int, num_steps: int) -> Array:
