@@ -101,6 +101,13 @@ def image_rows(d: Path) -> list[str]:
              f"{fmt(w['max'])}× | {fmt_ci(w['max_ci'])} |",
              f"| MSE ratio at equal FLOPs (EM ÷ ML-EM, at {fmt(r['at_cost_flops'])} FLOPs) | "
              f"{fmt(r['value'])} | {fmt_ci(r['ci'])} |"]
+    if s.get("variance_time_averaged") is not None:
+        lines.append(f"| V_k time-averaged, levels 1–{len(s['variance_time_averaged'])} | "
+                     f"{', '.join(fmt(v) for v in s['variance_time_averaged'])} | |")
+    if s.get("variance_time_averaged_without_gaussian") is not None:
+        values = s["variance_time_averaged_without_gaussian"]
+        lines.append(f"| V_k time-averaged without the Gaussian, levels 2–{len(values) + 1} | "
+                     f"{', '.join(fmt(v) for v in values)} | |")
     if "total_wall_seconds" in s:
         lines.append(f"| wall time of the run that computed it | {s['total_wall_seconds']:.0f} s "
                      f"| |")
@@ -114,16 +121,33 @@ def image_rows(d: Path) -> list[str]:
     return [*lines, "", wallclock_sentence(s)]
 
 
+def poisson_rows(d: Path) -> list[str]:
+    """The Poisson-limit table of ``analysis.poisson_limit``: per step count, the error of
+    Poisson ML-EM and of EM at the top level, and the evaluations of the corrections."""
+    s = json.loads((d / "summary.json").read_text())
+    rates = ", ".join(fmt(r) for r in s["rates"][1:])
+    lines = [f"**{d}** (rates λ₂…λ_K = {rates} per solve; {s['config']['seeds']} seeds; "
+             f"limit of the corrections' evaluations {fmt(s['correction_evals_limit'])})", "",
+             "| steps N | Poisson ML-EM RMSE (± SE) | EM top level RMSE "
+             "| evaluations of levels 2…K |",
+             "|---:|---|---:|---:|"]
+    for n, e, se, em, ev in zip(s["steps"], s["rmse"], s["rmse_se"], s["em_top_rmse"],
+                                s["correction_evals"]):
+        lines.append(f"| {n} | {fmt(e)} ± {fmt(se, 2)} | {fmt(em)} | {fmt(ev)} |")
+    return lines
+
+
 def report(dirs: Sequence[str | Path]) -> str:
     """All tables for ``dirs`` (synthetic directories first, in one table)."""
     dirs = [Path(d) for d in dirs]
     for d in dirs:
         if not (d / "summary.json").is_file():
             raise FileNotFoundError(f"{d}: no summary.json; run the analysis that writes it")
-    synthetic = [d for d in dirs if "exponent_em" in json.loads((d / "summary.json").read_text())]
+    kinds = {d: json.loads((d / "summary.json").read_text()) for d in dirs}
+    synthetic = [d for d in dirs if "exponent_em" in kinds[d]]
     lines = synthetic_rows(synthetic) if synthetic else []
     for d in (d for d in dirs if d not in synthetic):
-        lines += ["", *image_rows(d)]
+        lines += ["", *(poisson_rows(d) if "correction_evals" in kinds[d] else image_rows(d))]
     return "\n".join(lines).strip() + "\n"
 
 

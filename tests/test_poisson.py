@@ -88,3 +88,20 @@ def test_invalid_rates_name_the_argument():
     with pytest.raises(ValueError, match="rates: expected shape"):
         sampling.poisson_multilevel_euler_maruyama(_ladder(), [1.0, 1.0], _zero, x0, ts,
                                                    jax.random.key(0))
+
+
+def test_poisson_limit_script_writes_summary_and_figure(tmp_path):
+    from analysis import poisson_limit
+
+    cfg = poisson_limit.PoissonConfig(num_levels=3, steps=(8, 32), ref_steps=128, seeds=3,
+                                      batch_size=8)
+    summary = poisson_limit.run(cfg, tmp_path)
+    assert summary["steps"] == [8, 32] and len(summary["rmse"]) == 2
+    assert all(np.isfinite(summary["rmse"])) and all(np.isfinite(summary["rmse_se"]))
+    rates = np.asarray(summary["rates"])
+    assert rates[-1] == pytest.approx(cfg.top_rate) and np.all(rates > 0)
+    # corrections never exceed their limit in expectation; with 3 seeds allow the noise
+    assert max(summary["correction_evals"]) < 3 * summary["correction_evals_limit"]
+    assert (tmp_path / "poisson_limit.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="ref_steps"):
+        poisson_limit.PoissonConfig(steps=(8, 64), ref_steps=128)
