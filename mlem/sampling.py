@@ -89,17 +89,8 @@ def multilevel_euler_maruyama(
     A level skipped because ``a_j = 0`` contributes nothing to the solve, nor to its
     pathwise derivative in ``probs`` at that step (``∂a_j/∂p`` times an unevaluated ``fʲ``).
     """
-    drifts = tuple(drifts)
-    if not drifts:
-        raise ValueError("drifts: need at least one drift level")
-    ts = check_ts(ts)
-    probs = check_probs(probs, len(drifts), ts.shape[0] - 1)
-    noise = _noise(key, ts, x0, increments, path)
-    bernoulli_key = jax.random.split(key)[1]
-    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, probs, bernoulli_key, noise,
-                                  _bernoulli_weights)
-    stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": draws}
-    return x, _with_cost(stats, costs)
+    return _multilevel(drifts, probs, check_probs, _bernoulli_weights, diffusion, x0, ts, key,
+                       increments, path, costs)
 
 
 def poisson_multilevel_euler_maruyama(
@@ -125,15 +116,23 @@ def poisson_multilevel_euler_maruyama(
     Returns:
       ``x_N`` and ``stats`` with ``evals`` ``(K,)`` and ``draws`` ``(N, K)``: the event counts.
     """
+    return _multilevel(drifts, rates, check_rates, _poisson_weights, diffusion, x0, ts, key,
+                       increments, path, costs)
+
+
+def _multilevel(drifts, params, check, sample_weights, diffusion, x0, ts, key, increments, path,
+                costs):
+    """Validate, then run :func:`_mlem_scan` with ``sample_weights``; ``params`` are the
+    probabilities or rates (checked by ``check``). The draws use ``split(key)[1]``."""
     drifts = tuple(drifts)
     if not drifts:
         raise ValueError("drifts: need at least one drift level")
     ts = check_ts(ts)
-    rates = check_rates(rates, len(drifts), ts.shape[0] - 1)
+    params = check(params, len(drifts), ts.shape[0] - 1)
     noise = _noise(key, ts, x0, increments, path)
-    x, counts, needed = _mlem_scan(drifts, diffusion, x0, ts, rates, jax.random.split(key)[1],
-                                   noise, _poisson_weights)
-    stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": counts}
+    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, params, jax.random.split(key)[1],
+                                  noise, sample_weights)
+    stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": draws}
     return x, _with_cost(stats, costs)
 
 
