@@ -17,7 +17,7 @@ import numpy as np
 from analysis import speedup
 from mlem import generation
 
-CONFIG_KEY = ("curve", "level", "top_evals", "steps")  # what identifies a configuration
+CONFIG_KEY = ("curve", "level", "top_evals", "switch_at", "steps")  # identifies a configuration
 COSTS = {"flops": "expected_flops", "seconds": "seconds"}  # the two rulers and their columns
 
 
@@ -36,8 +36,8 @@ def schedule_names(config: Any) -> tuple[str, ...]:
 
 
 def config_key(point: dict) -> tuple:
-    return tuple(f"{float(point[k]):.6g}" if k == "top_evals" else str(point[k])
-                 for k in CONFIG_KEY)
+    return tuple(f"{float(point.get(k) or 0.0):.6g}" if k in ("top_evals", "switch_at")
+                 else str(point[k]) for k in CONFIG_KEY)
 
 
 
@@ -104,7 +104,13 @@ def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
     heads = headline_curves(curves, config)
     flop_head = comparisons[heads["flops"]]["flops"]
     wall_head = comparisons[heads["seconds"]]["seconds"]
+    extra = {}
+    if "switch" in curves:  # the baseline a user would pick instead: ML-EM over switching
+        versus = speedup.bootstrap_compare(sweep_, "switch", heads["flops"], "flops", op,
+                                           resamples)
+        extra["speedup_over_switching_at_equal_mse"] = _headline(versus, heads["flops"])
     return {
+        **extra,
         "speedup_at_equal_mse": _headline(flop_head, heads["flops"]),
         "wallclock_speedup_at_equal_mse": _headline(wall_head, heads["seconds"]),
         "mse_ratio_at_equal_cost": {

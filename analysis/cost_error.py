@@ -48,8 +48,8 @@ from mlem import brownian, cost, generation, parallel, schedules
 from mlem import ladder as ladders
 
 STAGE = "cost_error"
-COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "c", "steps",
-           "realisation", "mse", "expected_flops", "flops", "seconds", "evals")
+COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "switch_at", "c",
+           "steps", "realisation", "mse", "expected_flops", "flops", "seconds", "evals")
 PATH_CONVENTION = "per-sample keys fold_in(fold_in(key(seed), 0), i), SamplePaths"
 
 
@@ -60,13 +60,24 @@ def configurations(config: Any, num_levels: int) -> list[dict]:
     a = config.analysis
     check_grids(config)
     em = [{"curve": "em", "method": "em", "schedule": "", "cost_model": "", "level": k,
-           "top_evals": 0.0, "steps": int(n)}
+           "top_evals": 0.0, "switch_at": 0.0, "steps": int(n)}
           for k in range(1, num_levels + 1) for n in a.em_steps]
     ml = [{"curve": curve_name(s, m), "method": "mlem", "schedule": s, "cost_model": m,
-           "level": num_levels, "top_evals": float(t), "steps": int(n)}
+           "level": num_levels, "top_evals": float(t), "switch_at": 0.0, "steps": int(n)}
           for s in schedule_names(config) for m in cost_model_names(config)
           for n in a.mlem_steps for t in a.top_evals if _swept(config, t, n)]
-    return em + ml
+    switch = [{"curve": "switch", "method": "switch", "schedule": "", "cost_model": "",
+               "level": k, "top_evals": 0.0, "switch_at": float(s), "steps": int(n)}
+              for k in range(1, num_levels) for s in a.get("switch_times", ())
+              for n in a.em_steps]
+    return em + ml + switch
+
+
+def switch_levels(point: dict, ts: np.ndarray, num_levels: int) -> np.ndarray:
+    """``(N,)`` levels of a switching point: level ``point["level"]`` on the steps that start
+    before ``switch_at`` of the solver time (high noise), the top level after it."""
+    early = np.asarray(ts[:-1]) < point["switch_at"] * float(ts[-1])
+    return np.where(early, point["level"], num_levels).astype(np.int32)
 
 
 def _swept(config: Any, top_evals: float, steps: int) -> bool:
@@ -201,6 +212,8 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
         x0, path, key = inputs
         if point["method"] == "em":
             return ladders.em(ladder, point["level"], x0, ts, key, path=path)
+        if point["method"] == "switch":
+            return ladders.switching(ladder, p, x0, ts, key, path=path)
         return ladders.mlem(ladder, p, x0, ts, key, path=path)
 
     first = coupling.inputs(0)
@@ -223,8 +236,15 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
 
 
 def _row(flops, point, realisation, x, ref, seconds, evals, probs) -> dict:
-    costs = flops if point["method"] == "mlem" else flops[point["level"] - 1:point["level"]]
-    expected = point["steps"] * costs[0] if probs is None else cost.expected_cost(probs, flops)
+    """One row of ``points.csv``; ``probs``: ML-EM's ``(N, K)`` probabilities, a switching
+    point's ``(N,)`` levels, or ``None`` (EM)."""
+    costs = flops if point["method"] != "em" else flops[point["level"] - 1:point["level"]]
+    if point["method"] == "em":
+        expected = point["steps"] * costs[0]
+    elif point["method"] == "switch":  # deterministic: what it evaluates
+        expected = float(evals @ costs)
+    else:
+        expected = cost.expected_cost(probs, flops)
     return {**{k: point[k] for k in COLUMNS if k in point}, "realisation": realisation,
             "mse": float(np.mean((x - ref) ** 2)), "expected_flops": float(expected),
             "flops": float(evals @ costs), "seconds": float(seconds),
@@ -298,7 +318,8 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                 probs.append(prob)
             else:
                 p["c"] = float("nan")
-                probs.append(None)
+                probs.append(switch_levels(p, ts, ctx.ladder.num_levels)
+                             if p["method"] == "switch" else None)
         rows += run_group(ladder, ctx.flops, coupling, ref, group, probs, steps)
         write_points(path, rows)
     return rows, len(todo) * realisations
@@ -321,7 +342,8 @@ def read_points(path: Path) -> list[dict]:
     for r in rows:
         for k in ("level", "steps", "realisation"):
             r[k] = int(r[k])
-        for k in ("top_evals", "c", "mse", "expected_flops", "flops", "seconds"):
+        r["switch_at"] = r.get("switch_at") or 0.0  # files written before switching existed
+        for k in ("top_evals", "switch_at", "c", "mse", "expected_flops", "flops", "seconds"):
             r[k] = float(r[k])
     return rows
 

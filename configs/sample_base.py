@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
     a.cost_models = ("flops", "time")  # what each schedule's increment costs C_k are priced in
     a.top_evals = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # expected top-level evaluations per solve
     a.top_prob_range = (0.0, 0.5)  # ... swept where top_evals / steps lies in this range
+    # The baseline a user would pick instead: EM with level k (< K) before this fraction of
+    # the solver time (high noise) and the top level after it, on the em_steps grids.
+    a.switch_times = (0.25, 0.5, 0.75)
     a.realisations = 8  # independent batches (noise, paths, draws): the bootstrap's units
     a.batch_size = 16  # samples per realisation
     a.speedup_bootstrap = 1000  # resamples of the realisations for every speedup interval

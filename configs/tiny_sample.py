@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.em_steps = (2, 4)
     a.mlem_steps = (4,)
     a.top_evals = (0.5, 2.0)
+    a.switch_times = (0.5,)
     a.realisations = 3
     a.batch_size = 4
     a.speedup_bootstrap = 50

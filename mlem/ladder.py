@@ -214,6 +214,29 @@ def em(ladder: Ladder, level: int, x0: Array, ts: Array, key: Array,
     return solve(ladder.params, None, x0, key, increments, path)
 
 
+def switching(ladder: Ladder, levels: Array, x0: Array, ts: Array, key: Array,
+              increments: Array | None = None, path: sampling.Path | None = None
+              ) -> tuple[Array, dict[str, Array]]:
+    """EM switching between levels over time: step ``n`` uses level ``levels[n]`` (1…K);
+    compiled once per (ladder, ts)."""
+    ts = _checked(ts, x0, path)
+    solve = _switch_solver(ladder, tuple(np.asarray(ts).tolist()))
+    return solve(ladder.params, jnp.asarray(levels, jnp.int32), x0, key, increments, path)
+
+
+@functools.cache
+def _switch_solver(ladder: Ladder, ts: tuple[float, ...]):
+    ts = np.asarray(ts, np.float32)
+
+    @jax.jit
+    def solve(params, levels, x0, key, increments, path):
+        return sampling.switching_euler_maruyama(drifts(ladder, params), levels,
+                                                 ladder.sde.diffusion, x0, ts, key,
+                                                 increments=increments, path=path)
+
+    return solve
+
+
 def level_index(level: int, num_levels: int, name: str = "level") -> int:
     """The 0-based index of level ``level`` (1…K, or ``-1`` for the top); otherwise a
     ``ValueError`` naming the argument ``name``."""

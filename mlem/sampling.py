@@ -136,6 +136,54 @@ def _multilevel(drifts, params, check, sample_weights, diffusion, x0, ts, key, i
     return x, _with_cost(stats, costs)
 
 
+def switching_euler_maruyama(
+    drifts: Sequence[Drift], levels: Array, diffusion: Diffusion, x0: Array, ts: Array,
+    key: Array | None, *, increments: Array | None = None, path: Path | None = None,
+    costs: Sequence[float] | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """EM whose drift switches between levels over time: step ``n`` uses ``f^{levels[n]}``.
+
+    The baseline a user would pick instead of ML-EM ("the small network at high noise, the
+    large one near the data"): deterministic, biased for the top level, no randomisation.
+    Only the chosen level is computed at each step (``lax.switch``).
+
+    Args:
+      levels: ``(N,)`` integer levels ``1…K`` (may be traced).
+      drifts, diffusion, x0, ts, key, increments, path, costs: as in :func:`euler_maruyama`
+        and :func:`multilevel_euler_maruyama`.
+
+    Returns:
+      ``x_N`` and ``stats`` with ``evals`` ``(K,)``: steps spent at each level.
+    """
+    drifts = tuple(drifts)
+    ts = check_ts(ts)
+    levels = jnp.asarray(levels)
+    if levels.shape != (ts.shape[0] - 1,):
+        raise ValueError(f"levels: expected shape ({ts.shape[0] - 1},), one level per step, "
+                         f"got {levels.shape}")
+    if not isinstance(levels, jax.core.Tracer) and not np.all(
+            (np.asarray(levels) >= 1) & (np.asarray(levels) <= len(drifts))):
+        raise ValueError(f"levels: every level must lie in 1..{len(drifts)}")
+    noise = _noise(key, ts, x0, increments, path)
+    x = _switch_scan(drifts, diffusion, x0, ts, levels.astype(jnp.int32) - 1, noise)
+    stats = {"evals": jnp.bincount(levels - 1, length=len(drifts)).astype(jnp.int32)}
+    return x, _with_cost(stats, costs)
+
+
+@functools.partial(jax.jit, static_argnames=("drifts", "diffusion"))
+def _switch_scan(drifts, diffusion, x0, ts, index, noise):
+    num_steps = ts.shape[0] - 1
+    branches = [lambda x, t, f=f: f(x, t) for f in drifts]
+
+    def step(x, inputs):
+        n, t0, t1, i = inputs
+        drift = jax.lax.switch(i, branches, x, t0)
+        return x + (t1 - t0) * drift + diffusion(t0) * noise.step(n, num_steps, x), None
+
+    x, _ = jax.lax.scan(step, x0, (jnp.arange(num_steps), ts[:-1], ts[1:], index))
+    return x
+
+
 def _bernoulli_weights(key: Array, p: Array, eta: Array) -> tuple[Array, Array]:
     """``w_k = B_k / p_k`` with ``B_k ~ Bernoulli(p_k)``, ``B_1 = 1``; returns ``(w, B)``."""
     draws = (jax.random.uniform(key, p.shape) < p).at[0].set(True)

@@ -240,13 +240,18 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
     ctx, summary = tiny_results
     stage = ctx.out / "cost_error"
     rows = cost_error.read_points(stage / "points.csv")
-    # EM: 2 levels × 2 grids; ML-EM: 2 cost models × 1 grid × 2 top_evals; × 3 realisations
-    assert len(rows) == (2 * 2 + 2 * 2) * 3
-    assert {r["curve"] for r in rows} == {"em", "mlem-variance-flops", "mlem-variance-time"}
+    # EM: 2 levels × 2 grids; ML-EM: 2 cost models × 1 grid × 2 top_evals; switching: level 1
+    # then the top, 1 switch time × 2 grids; × 3 realisations
+    assert len(rows) == (2 * 2 + 2 * 2 + 2) * 3
+    assert {r["curve"] for r in rows} == {"em", "mlem-variance-flops", "mlem-variance-time",
+                                          "switch"}
     for r in rows:
         assert r["seconds"] > 0 and r["expected_flops"] > 0 and r["mse"] > 0
-        if r["method"] == "em":
+        if r["method"] in ("em", "switch"):
             assert r["flops"] == r["expected_flops"]
+        if r["method"] == "switch":  # level 1 on the steps starting in the first half
+            first = -(-r["steps"] // 2)
+            assert r["evals"] == f"{first};{r['steps'] - first}"
     envs = json.loads((stage / "envelopes.json").read_text())
     configs, sweep = comparison.table(rows)
     mse, _ = sweep.means(np.arange(3))
@@ -265,6 +270,8 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
         assert head["max"] > 0 and head["max_ci"][0] <= head["max"] <= head["max_ci"][1]
     assert summary["wallclock_speedup_at_equal_mse"]["curve"] == "mlem-variance-time"
     assert set(summary["mse_ratio_at_equal_cost"]) >= {"value", "ci", "at_cost_flops"}
+    versus = summary["speedup_over_switching_at_equal_mse"]  # ML-EM against the baseline
+    assert versus["curve"] == "mlem-variance-flops" and set(versus) >= {"max", "max_ci"}
     top_em = [r for r in rows if r["curve"] == "em" and r["level"] == 2 and r["steps"] == 2]
     assert summary["speedup_at_equal_mse"]["operating_point_mse"] == pytest.approx(
         np.mean([r["mse"] for r in top_em]))

@@ -293,3 +293,28 @@ def test_poisson_limit_script_writes_summary_and_figure(tmp_path):
     assert (tmp_path / "poisson_limit.png").stat().st_size > 0
     with pytest.raises(ValueError, match="ref_steps"):
         poisson_limit.PoissonConfig(steps=(8, 64), ref_steps=128)
+
+
+# --- deterministic switching (sampling.switching_euler_maruyama) ------------------------------
+
+def test_switching_uses_the_level_of_each_step_and_counts_it():
+    drifts = _ladder()
+    x0 = jax.random.normal(jax.random.key(1), (4, 3))
+    ts = jnp.linspace(0.0, 1.0, 9)
+    incs = brownian.increments(jax.random.key(2), ts, x0.shape)
+    g = lambda t: 0.5 + t
+    levels = jnp.array([1, 1, 1, 2, 2, 3, 3, 3])
+    x, stats = sampling.switching_euler_maruyama(drifts, levels, g, x0, ts, None, increments=incs)
+    manual = x0
+    for n in range(8):
+        f = drifts[int(levels[n]) - 1]
+        manual = manual + (ts[n + 1] - ts[n]) * f(manual, ts[n]) + g(ts[n]) * incs[n]
+    np.testing.assert_allclose(x, manual, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(stats["evals"], [3, 2, 3])
+    top, _ = sampling.euler_maruyama(drifts[-1], g, x0, ts, None, increments=incs)
+    same, _ = sampling.switching_euler_maruyama(drifts, jnp.full(8, 3), g, x0, ts, None,
+                                                increments=incs)
+    np.testing.assert_allclose(same, top, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="levels: every level must lie in 1..3"):
+        sampling.switching_euler_maruyama(drifts, jnp.zeros(8, int), g, x0, ts, None,
+                                          increments=incs)
