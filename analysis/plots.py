@@ -22,8 +22,8 @@ def plt():
     return pyplot
 
 
-RULERS = {"flops": ("FLOPs per sample (ML-EM: expected)", "EM FLOPs / ML-EM FLOPs", ""),
-          "seconds": ("seconds per solve of a realisation's batch", "EM seconds / ML-EM seconds",
+RULERS = {"flops": ("FLOPs per sample (ML-EM: expected)", "EM FLOPs / its FLOPs", ""),
+          "seconds": ("seconds per solve of a realisation's batch", "EM seconds / its seconds",
                       "_seconds")}
 
 
