@@ -36,7 +36,7 @@ def level_size(config: ml_collections.ConfigDict, batch_size: int) -> dict:
     The forward pass is ``model.apply`` on ``(batch_size, H, W, C)`` images at ``t = 0.5``
     in the config's compute dtype, without dropout.
     """
-    model = registry.get_model(config.model.level, dtype=config.model.dtype)
+    model = registry.get_level(config)
     shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
     x = jnp.zeros((batch_size, *shape), jnp.float32)
     t = jnp.full((batch_size,), 0.5, jnp.float32)
