@@ -183,17 +183,21 @@ def check_ordered(flops: Sequence[float], names: Sequence[str]) -> None:
 
 
 @functools.cache
-def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | None):
-    """The jitted solve of EM at 0-based ``level`` (``None``: ML-EM over the whole ladder)."""
+def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | str | None):
+    """The jitted solve: EM at 0-based ``level``, ML-EM (``None``; ``arg`` the probabilities)
+    or switching (``"switch"``; ``arg`` the per-step levels)."""
     ts = np.asarray(ts, np.float32)
 
     @jax.jit
-    def solve(params, probs, x0, key, increments, path):
-        fs = drifts(ladder, params)
+    def solve(params, arg, x0, key, increments, path):
+        fs, g = drifts(ladder, params), ladder.sde.diffusion
+        if level == "switch":
+            return sampling.switching_euler_maruyama(fs, arg, g, x0, ts, key,
+                                                     increments=increments, path=path)
         if level is not None:
-            return sampling.euler_maruyama(fs[level], ladder.sde.diffusion, x0, ts, key,
-                                           increments=increments, path=path)
-        return sampling.multilevel_euler_maruyama(fs, probs, ladder.sde.diffusion, x0, ts, key,
+            return sampling.euler_maruyama(fs[level], g, x0, ts, key, increments=increments,
+                                           path=path)
+        return sampling.multilevel_euler_maruyama(fs, arg, g, x0, ts, key,
                                                   increments=increments, path=path)
 
     return solve
@@ -220,21 +224,8 @@ def switching(ladder: Ladder, levels: Array, x0: Array, ts: Array, key: Array,
     """EM switching between levels over time: step ``n`` uses level ``levels[n]`` (1…K);
     compiled once per (ladder, ts)."""
     ts = _checked(ts, x0, path)
-    solve = _switch_solver(ladder, tuple(np.asarray(ts).tolist()))
+    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), "switch")
     return solve(ladder.params, jnp.asarray(levels, jnp.int32), x0, key, increments, path)
-
-
-@functools.cache
-def _switch_solver(ladder: Ladder, ts: tuple[float, ...]):
-    ts = np.asarray(ts, np.float32)
-
-    @jax.jit
-    def solve(params, levels, x0, key, increments, path):
-        return sampling.switching_euler_maruyama(drifts(ladder, params), levels,
-                                                 ladder.sde.diffusion, x0, ts, key,
-                                                 increments=increments, path=path)
-
-    return solve
 
 
 def level_index(level: int, num_levels: int, name: str = "level") -> int:

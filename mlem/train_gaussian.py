@@ -67,7 +67,4 @@ def heldout_loss(config: ml_collections.ConfigDict, params) -> float:
     fn = training.make_heldout_loss(registry.get_level(config), VPSDE(**config.sde), mesh)
     batches = data.heldout_batches(data.get_source(config.data, "heldout"),
                                    config.eval.batch_size, config.eval.num_batches)
-    sharding = parallel.batch_sharded(mesh)
-    total = sum(float(fn(params, parallel.shard_batch(x0, sharding), index))
-                for index, x0 in enumerate(batches))
-    return total / (batches.shape[0] * batches.shape[1])
+    return training.mean_heldout_loss(fn, params, batches, mesh)

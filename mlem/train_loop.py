@@ -136,10 +136,7 @@ def _build(config: ml_collections.ConfigDict, workdir: Path, mesh: Mesh) -> _Run
 
 def heldout_loss(run: _Run, params: Any) -> float:
     """Mean held-out denoising loss of ``params`` over ``config.eval.num_batches`` batches."""
-    sharding = parallel.batch_sharded(run.mesh)
-    total = sum(run.heldout_fn(params, parallel.shard_batch(x0, sharding), index)
-                for index, x0 in enumerate(run.heldout))
-    return float(total) / (run.heldout.shape[0] * run.heldout.shape[1])
+    return training.mean_heldout_loss(run.heldout_fn, params, run.heldout, run.mesh)
 
 
 def _on_step(run: _Run, state: TrainState, step: int, progress: Progress, manager,

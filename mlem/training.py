@@ -124,6 +124,15 @@ def heldout_draws(sde: VPSDE, index: Array | int, shape: tuple[int, ...]
     return t, jax.random.normal(noise_key, shape)
 
 
+def mean_heldout_loss(loss_sum: Callable, params: Any, batches: Any, mesh: Mesh) -> float:
+    """Mean per-example held-out loss of ``params`` over ``batches (n, B, H, W, C)``, with
+    ``loss_sum`` from :func:`make_heldout_loss` (batch ``i`` uses the draws of index ``i``)."""
+    sharding = parallel.batch_sharded(mesh)
+    total = sum(loss_sum(params, parallel.shard_batch(x0, sharding), index)
+                for index, x0 in enumerate(batches))
+    return float(total) / (batches.shape[0] * batches.shape[1])
+
+
 def make_heldout_loss(model: nn.Module, sde: VPSDE, mesh: Mesh
                       ) -> Callable[[Any, Array, int], Array]:
     """``(params, x0: (B, H, W, C), batch_index) → summed per-example loss`` (float32 scalar)
