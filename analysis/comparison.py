@@ -41,18 +41,28 @@ def config_key(point: dict) -> tuple:
 
 
 
+def split_rows(rows: Sequence[dict], config: Any) -> tuple[list[dict], list[dict]]:
+    """``(evaluation rows, selection rows)``: realisations ``0…R−1`` (``analysis.realisations``,
+    every reported statistic) and ``R…R+S−1`` (``analysis.selection_realisations``, used only
+    to choose: the best ML-EM variant, a search pattern)."""
+    num = int(config.analysis.realisations)
+    return ([r for r in rows if r["realisation"] < num],
+            [r for r in rows if r["realisation"] >= num])
+
+
 def table(rows: Sequence[dict]) -> tuple[list[dict], speedup.Sweep]:
     """Configurations (first row of each) and the :class:`~analysis.speedup.Sweep` of ``rows``:
-    MSE and seconds ``(P, R)``, expected FLOPs ``(P,)``, realised FLOPs ``(P, R)``."""
+    MSE and seconds ``(P, R)``, expected FLOPs ``(P,)``, realised FLOPs ``(P, R)``; columns are
+    the realisations present, in increasing order."""
     configs: dict[tuple, dict] = {}
     for r in rows:
         configs.setdefault(config_key(r), r)
     index = {k: i for i, k in enumerate(configs)}
-    realisations = max(r["realisation"] for r in rows) + 1
-    mse, seconds, realised = np.full((3, len(configs), realisations), np.nan)
+    column = {r: j for j, r in enumerate(sorted({r["realisation"] for r in rows}))}
+    mse, seconds, realised = np.full((3, len(configs), len(column)), np.nan)
     expected = np.zeros(len(configs))
     for r in rows:
-        i, j = index[config_key(r)], r["realisation"]
+        i, j = index[config_key(r)], column[r["realisation"]]
         mse[i, j], seconds[i, j], realised[i, j] = r["mse"], r["seconds"], r["flops"]
         expected[i] = r["expected_flops"]
     if np.isnan(mse).any():
@@ -80,8 +90,9 @@ def operating_point(config: Any, configs: Sequence[dict], sweep_: speedup.Sweep,
 
 
 def headline_curves(curves: Sequence[str], config: Any) -> dict[str, str]:
-    """The ML-EM curve each ruler's headline uses: FLOPs → the FLOP-priced schedule, seconds →
-    the time-priced one (each falls back to the other when only one was swept)."""
+    """The predeclared ML-EM curve of each ruler (used when there are no selection
+    realisations): FLOPs → ``config.analysis.schedules[0]`` priced in FLOPs, seconds → the
+    same schedule priced in time (each falls back to the other when only one was swept)."""
     schedule = schedule_names(config)[0]
     named = {m: curve_name(schedule, m) for m in generation.COST_MODELS}
     present = [c for c in (named["flops"], named["time"]) if c in curves]
@@ -91,26 +102,71 @@ def headline_curves(curves: Sequence[str], config: Any) -> dict[str, str]:
     return {"flops": pick("flops"), "seconds": pick("time")}
 
 
+def candidate_curves(curves: Sequence[str]) -> list[str]:
+    """The ML-EM variants the best is chosen from: every ``mlem-*`` curve except pattern
+    search, whose pattern was itself chosen on the selection realisations (its selection
+    error is optimistic, so it would win the choice unfairly)."""
+    return [c for c in curves if c.startswith("mlem-") and not c.startswith("mlem-pattern")]
+
+
+def select_best(selection_rows: Sequence[dict], config: Any, num_levels: int) -> dict:
+    """Per ruler, the ML-EM variant with the largest speedup over EM at the operating point on
+    the *selection* realisations (the maximum speedup where no variant reaches the operating
+    MSE), with every candidate's score: ``{ruler: {"curve", "scores"}}``."""
+    configs, sweep_ = table(selection_rows)
+    op, _ = operating_point(config, configs, sweep_, num_levels)
+    idx = np.arange(sweep_.num_realisations)
+    out = {}
+    for ruler in COSTS:
+        scores = {}
+        for curve in candidate_curves(sorted(set(sweep_.curve))):
+            stats = speedup.compare(sweep_, "em", curve, ruler, idx, op)
+            scores[curve] = (stats["at_operating_point"], stats["max"])
+        if not scores:
+            raise ValueError("the sweep has no ML-EM curve to choose from")
+        ranks = {c: tuple(v if np.isfinite(v) else -np.inf for v in s) for c, s in scores.items()}
+        out[ruler] = {"curve": max(ranks, key=ranks.get),
+                      "scores": {c: {"at_operating_point": a, "max": m}
+                                 for c, (a, m) in scores.items()}}
+    return out
+
+
 def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
     """Every comparison (each ML-EM curve against EM, in FLOPs and in seconds) with 95%
-    bootstrap intervals over realisations, the headline numbers of docs/design.md §3, envelopes
-    and curves for the figures."""
-    configs, sweep_ = table(rows)
+    bootstrap intervals over the evaluation realisations, the headline numbers of
+    docs/design.md §3 for the best ML-EM variant (chosen on the selection realisations, or
+    predeclared by ``config.analysis.schedules[0]`` when there are none), envelopes and
+    curves for the figures."""
+    evaluation, selection = split_rows(rows, config)
+    configs, sweep_ = table(evaluation)
     op, op_text = operating_point(config, configs, sweep_, num_levels)
     resamples = int(config.analysis.get("speedup_bootstrap", 1000))
     curves = sorted(set(sweep_.curve) - {"em"})
     comparisons = {c: {ruler: speedup.bootstrap_compare(sweep_, "em", c, ruler, op, resamples)
                        for ruler in COSTS} for c in curves}
-    heads = headline_curves(curves, config)
+    if selection:
+        chosen = select_best(selection, config, num_levels)
+        heads = {ruler: chosen[ruler]["curve"] for ruler in COSTS}
+        how = (f"chosen on {len({r['realisation'] for r in selection})} selection realisations "
+               f"(largest speedup over EM at the operating point), evaluated on the others")
+    else:
+        chosen, heads = None, headline_curves(curves, config)
+        how = "predeclared (config.analysis.schedules[0]); no selection realisations"
     flop_head = comparisons[heads["flops"]]["flops"]
     wall_head = comparisons[heads["seconds"]]["seconds"]
+    top_flops = float(sweep_.costs["flops"][op] / configs[op]["steps"])  # one top-level call
     extra = {}
-    if "switch" in curves:  # the baseline a user would pick instead: ML-EM over switching
-        versus = speedup.bootstrap_compare(sweep_, "switch", heads["flops"], "flops", op,
-                                           resamples)
-        extra["speedup_over_switching_at_equal_mse"] = _headline(versus, heads["flops"])
+    if "switch" in curves:  # the baseline a user would pick instead: the best variant over it
+        extra["speedup_over_switching_at_equal_mse"] = _headline(speedup.bootstrap_compare(
+            sweep_, "switch", heads["flops"], "flops", op, resamples), heads["flops"])
+        extra["wallclock_speedup_over_switching_at_equal_mse"] = _headline(
+            speedup.bootstrap_compare(sweep_, "switch", heads["seconds"], "seconds", op,
+                                      resamples), heads["seconds"])
     return {
         **extra,
+        "best_method": heads["flops"],
+        "best_method_seconds": heads["seconds"],
+        "best_method_selection": {"how": how, "scores": chosen},
         "speedup_at_equal_mse": _headline(flop_head, heads["flops"]),
         "wallclock_speedup_at_equal_mse": _headline(wall_head, heads["seconds"]),
         "mse_ratio_at_equal_cost": {
@@ -118,10 +174,20 @@ def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
             "ci": flop_head["error_ratio_at_equal_cost_ci"],
             "at_cost_flops": flop_head["equal_cost"],
             "at_cost_flops_ci": flop_head["equal_cost_ci"],
+            "max": flop_head["error_ratio_max"], "max_ci": flop_head["error_ratio_max_ci"],
+            "max_at_cost_flops": flop_head["error_ratio_max_at_cost"],
             "curve": heads["flops"],
             "definition": "EM's MSE at the FLOPs ML-EM pays for the operating MSE, divided by "
-                          "the operating MSE"},
+                          "the operating MSE; max: the largest EM ÷ ML-EM MSE ratio at equal "
+                          "FLOPs over the cost range both envelopes cover"},
+        "top_level_evals_at_operating_point": {
+            "value": flop_head["equal_cost"] / top_flops,
+            "ci": [v / top_flops for v in flop_head["equal_cost_ci"]],
+            "curve": heads["flops"],
+            "definition": "FLOPs of the best variant's whole solve at the operating MSE, in "
+                          "evaluations of the top level (EM there pays its step count)"},
         "operating_point": op_text, "num_realisations": sweep_.num_realisations,
+        "num_selection_realisations": len({r["realisation"] for r in selection}),
         "comparisons": comparisons,
         "envelopes": envelopes(configs, sweep_),
         "curves": {c: {ruler: _curve_band(sweep_, c, ruler, resamples) for ruler in COSTS}

@@ -3,13 +3,16 @@
     python -m analysis.cost_error --config configs/mnist_sample.py --workdir runs/mnist \\
         --out results/mnist_cpu [--recompute]
 
-**Realisations.** The sweep is measured on ``config.analysis.realisations`` independent
-realisations: realisation ``r`` is batch ``r`` (``config.analysis.batch_size`` samples) of
-seed ``config.sampling.seed``, with its own initial noise, per-sample Brownian paths and
-Bernoulli draws, exactly as ``python -m sample`` would generate that batch
+**Realisations.** The sweep is measured on ``R = config.analysis.realisations`` evaluation
+realisations and ``S = config.analysis.selection_realisations`` selection realisations:
+realisation ``r`` is batch ``r`` (``config.analysis.batch_size`` samples) of seed
+``config.sampling.seed``, with its own initial noise, per-sample Brownian paths and Bernoulli
+draws, exactly as ``python -m sample`` would generate that batch
 (:func:`mlem.generation.batch_inputs`). Every configuration runs on every realisation from
-the same noise and paths (coupled), so realisations are the units of every standard error
-and bootstrap (:mod:`analysis.speedup`), never the samples inside one.
+the same noise and paths (coupled). Realisations ``0…R−1`` are the units of every standard
+error and bootstrap (:mod:`analysis.speedup`), never the samples inside one; realisations
+``R…R+S−1`` are used only to choose (the best ML-EM variant that the headline reports), so
+nothing is selected on the realisations it is judged on (:mod:`analysis.comparison`).
 **Reference**: EM with the top level on the finest grid ``ref_steps`` (at least 4× the finest
 swept grid), per realisation, stored in ``reference.npy`` beside ``reference.json``, the key
 of everything it depends on (ladder steps and parameter digests, SDE, grid, seed,
@@ -276,17 +279,21 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
     """Run (or resume) the sweep; returns every row of ``points.csv`` and how many of them
     this call computed."""
     a, mesh = ctx.config.analysis, parallel.make_mesh()
-    realisations, batch = int(a.realisations), int(a.batch_size)
-    if realisations < 3 or batch < 1:
-        raise ValueError(f"config.analysis.realisations ({realisations}) must be >= 3 (the "
-                         f"bootstrap's units) and batch_size ({batch}) >= 1")
+    evaluation, batch = int(a.realisations), int(a.batch_size)
+    selection = int(a.get("selection_realisations", 0))
+    if evaluation < 3 or batch < 1 or selection < 0:
+        raise ValueError(f"config.analysis.realisations ({evaluation}) must be >= 3 (the "
+                         f"bootstrap's units), selection_realisations ({selection}) >= 0 and "
+                         f"batch_size ({batch}) >= 1")
+    realisations = evaluation + selection
     parallel.check_batch_size(batch, mesh.size, "analysis.batch_size")
     points = configurations(ctx.config, ctx.ladder.num_levels)
     names = schedule_names(ctx.config)
     v = variances_for(ctx) if {"variance", "constant"} & set(names) else None
     gamma = fitted_gamma(ctx.out) if "dyadic" in names else None
     prices = {m: level_costs(ctx, m) for m in cost_model_names(ctx.config)}
-    settings = {"realisations": realisations, "batch_size": batch, "ref_steps": int(a.ref_steps),
+    settings = {"realisations": evaluation, "selection_realisations": selection,
+                "batch_size": batch, "ref_steps": int(a.ref_steps),
                 "seed": int(ctx.config.sampling.seed), "level_flops": ctx.flops.tolist(),
                 "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},
                 "variances": common.digest(v) if v else None, "gamma": gamma,
@@ -360,7 +367,8 @@ def stage(ctx: common.Context) -> dict:
     stage_dir, envs = ctx.out / STAGE, result.pop("envelopes")
     (stage_dir / "envelopes.json").write_text(json.dumps(envs, indent=1) + "\n")
     (stage_dir / "speedup.json").write_text(json.dumps(result, indent=1) + "\n")
-    plots.cost_error(*comparison.table(rows), envs, result, stage_dir)
+    plots.cost_error(*comparison.table(comparison.split_rows(rows, ctx.config)[0]), envs,
+                     result, stage_dir)
     summary = {k: v for k, v in result.items() if k not in ("curves", "comparisons")}
     summary["cost_error_runs_computed_last_call"] = computed
     return common.merge_summary(ctx.out, summary)

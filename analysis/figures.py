@@ -30,9 +30,11 @@ GRID_SAMPLES = 8  # at most; the grid shows realisation 0 (one batch of the swee
 def plot_cost_error(stage: Path, out_dir: Path | None = None) -> list[Path]:
     """The cost–error figures (:func:`analysis.plots.cost_error`) from what the
     ``cost_error`` stage left in ``stage``."""
-    configs, sweep = comparison.table(cost_error.read_points(stage / "points.csv"))
     envs = json.loads((stage / "envelopes.json").read_text())
     result = json.loads((stage / "speedup.json").read_text())
+    evaluation = [r for r in cost_error.read_points(stage / "points.csv")
+                  if r["realisation"] < result["num_realisations"]]  # not the selection ones
+    configs, sweep = comparison.table(evaluation)
     return plots.cost_error(configs, sweep, envs, result, stage if out_dir is None else out_dir)
 
 

@@ -82,8 +82,11 @@ def image_rows(d: Path) -> list[str]:
     detail = json.loads((d / "cost_error" / "speedup.json").read_text())
     f, w, r = (s["speedup_at_equal_mse"], s["wallclock_speedup_at_equal_mse"],
                s["mse_ratio_at_equal_cost"])
+    chosen = (s.get("best_method_selection") or {}).get("how", "")
     lines = [f"**{d}** ({s['num_realisations']} realisations; operating point: "
-             f"{s['operating_point']}, MSE {fmt(f['operating_point_mse'])})", "",
+             f"{s['operating_point']}, MSE {fmt(f['operating_point_mse'])}; best ML-EM variant "
+             f"{s.get('best_method', f['curve'])} in FLOPs, {w['curve']} in seconds, "
+             f"{chosen or 'predeclared'})", "",
              "| quantity | value | 95% CI |", "|---|---:|---|",
              f"| γ (used for predictions: {s.get('gamma_source')}) | {fmt(s.get('gamma'))} | "
              f"{fmt_ci(s.get('gamma_ci'))} |",
@@ -101,11 +104,24 @@ def image_rows(d: Path) -> list[str]:
              f"{fmt(w['max'])}× | {fmt_ci(w['max_ci'])} |",
              f"| MSE ratio at equal FLOPs (EM ÷ ML-EM, at {fmt(r['at_cost_flops'])} FLOPs) | "
              f"{fmt(r['value'])} | {fmt_ci(r['ci'])} |"]
+    if r.get("max") is not None:
+        lines.append(f"| MSE ratio at equal FLOPs, maximum (at {fmt(r['max_at_cost_flops'])} "
+                     f"FLOPs) | {fmt(r['max'])} | {fmt_ci(r['max_ci'])} |")
+    if s.get("top_level_evals_at_operating_point"):
+        t = s["top_level_evals_at_operating_point"]
+        lines.append(f"| whole-solve FLOPs at the operating MSE, in top-level calls | "
+                     f"{fmt(t['value'])} | {fmt_ci(t['ci'])} |")
     if s.get("speedup_over_switching_at_equal_mse"):
         v = s["speedup_over_switching_at_equal_mse"]
         lines += [f"| speedup over switching at equal MSE, FLOPs, at the operating point | "
                   f"{fmt(v['at_operating_point'])}× | {fmt_ci(v['at_operating_point_ci'])} |",
                   f"| speedup over switching, FLOPs, maximum (at MSE {fmt(v['max_at_mse'])}) | "
+                  f"{fmt(v['max'])}× | {fmt_ci(v['max_ci'])} |"]
+    if s.get("wallclock_speedup_over_switching_at_equal_mse"):
+        v = s["wallclock_speedup_over_switching_at_equal_mse"]
+        lines += [f"| speedup over switching at equal MSE, seconds, at the operating point | "
+                  f"{fmt(v['at_operating_point'])}× | {fmt_ci(v['at_operating_point_ci'])} |",
+                  f"| speedup over switching, seconds, maximum (at MSE {fmt(v['max_at_mse'])}) | "
                   f"{fmt(v['max'])}× | {fmt_ci(v['max_ci'])} |"]
     if s.get("variance_time_averaged") is not None:
         lines.append(f"| V_k time-averaged, levels 1–{len(s['variance_time_averaged'])} | "

@@ -131,17 +131,31 @@ def max_speedup(base: Envelope, other: Envelope) -> tuple[float, float]:
     The candidates are every vertex of either envelope inside the common range and the
     range's ends; ``(NaN, NaN)`` if the envelopes share no error range.
     """
-    span = common_range(base.error, other.error)
+    return _max_at_vertices(base.error, other.error, lambda e: speedup_at(base, other, e))
+
+
+def max_error_ratio(base: Envelope, other: Envelope) -> tuple[float, float]:
+    """``(max error ratio at equal cost, cost where it occurs)`` over the common cost range,
+    exactly, like :func:`max_speedup`; ``(NaN, NaN)`` if the envelopes share no cost range."""
+    return _max_at_vertices(base.cost, other.cost, lambda c: error_ratio_at(base, other, c))
+
+
+def _max_at_vertices(a: np.ndarray, b: np.ndarray, values: Callable[[np.ndarray], np.ndarray]
+                     ) -> tuple[float, float]:
+    """The maximum of ``values`` over the overlap of the ranges of ``a`` and ``b``, among their
+    points and the overlap's ends (exact for a function piecewise linear in log–log with kinks
+    at those points), and where it is attained."""
+    span = common_range(a, b)
     if span is None:
         return float("nan"), float("nan")
     lo, hi = span
-    candidates = np.concatenate([base.error, other.error, [lo, hi]])
+    candidates = np.concatenate([a, b, [lo, hi]])
     candidates = candidates[(candidates >= lo) & (candidates <= hi)]
-    values = speedup_at(base, other, candidates)
-    if not np.isfinite(values).any():
+    at = values(candidates)
+    if not np.isfinite(at).any():
         return float("nan"), float("nan")
-    best = int(np.nanargmax(values))
-    return float(values[best]), float(candidates[best])
+    best = int(np.nanargmax(at))
+    return float(at[best]), float(candidates[best])
 
 
 def speedup_curve(base: Envelope, other: Envelope, num: int = 200
@@ -220,8 +234,9 @@ def compare(sweep: Sweep, base: str, other: str, cost: str, idx: np.ndarray,
     ``operating_point`` is the index of a ``base`` configuration; its mean error is the
     operating error. Returns ``max`` and ``max_at_error`` (exact), ``at_operating_point``,
     ``operating_point_error``, ``equal_cost`` (what ``other`` pays for the operating error)
-    and ``error_ratio_at_equal_cost`` (``base``'s error at that cost ÷ the operating error);
-    NaN where an envelope does not reach.
+    and ``error_ratio_at_equal_cost`` (``base``'s error at that cost ÷ the operating error),
+    ``error_ratio_max`` and ``error_ratio_max_at_cost`` (:func:`max_error_ratio`); NaN where
+    an envelope does not reach.
     """
     error, costs = sweep.means(idx)
     env_base = sweep.envelope(base, error, costs[cost])
@@ -231,10 +246,12 @@ def compare(sweep: Sweep, base: str, other: str, cost: str, idx: np.ndarray,
     equal_cost = float(env_other.cost_at(op_error)[0])
     ratio = (float(error_ratio_at(env_base, env_other, equal_cost)[0]) if np.isfinite(equal_cost)
              else float("nan"))
+    ratio_max, ratio_max_at = max_error_ratio(env_base, env_other)
     return {"max": best, "max_at_error": best_at,
             "at_operating_point": float(speedup_at(env_base, env_other, op_error)[0]),
             "operating_point_error": float(op_error), "equal_cost": equal_cost,
-            "error_ratio_at_equal_cost": ratio}
+            "error_ratio_at_equal_cost": ratio, "error_ratio_max": ratio_max,
+            "error_ratio_max_at_cost": ratio_max_at}
 
 
 def bootstrap(statistic: Callable[[np.ndarray], Mapping[str, float]], num_units: int,

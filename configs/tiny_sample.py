@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.top_evals = (0.5, 2.0)
     a.switch_times = (0.5,)
     a.realisations = 3
+    a.selection_realisations = 2
     a.batch_size = 4
     a.speedup_bootstrap = 50
     a.num_time_bins = 4

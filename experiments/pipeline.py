@@ -23,8 +23,9 @@ from mlem.config_files import load_config
 STAGES = {"fit_gamma": fit_gamma.stage, "variance": variance.stage,
           "cost_error": cost_error.stage, "figures": figures.stage}
 # What the demo's summary.json promises (docs/design.md §3), in the stage summaries' names.
-HEADLINE = ("gamma", "gamma_ci", "speedup_at_equal_mse", "wallclock_speedup_at_equal_mse",
-            "mse_ratio_at_equal_cost")
+HEADLINE = ("gamma", "gamma_ci", "best_method", "speedup_at_equal_mse",
+            "wallclock_speedup_at_equal_mse", "mse_ratio_at_equal_cost",
+            "top_level_evals_at_operating_point")
 
 
 def level_configs(sample_config: ml_collections.ConfigDict,

@@ -44,7 +44,8 @@ def test_analyse_reports_the_headline_with_intervals_from_rows():
 
     rows, a, b = _rows()
     config = Config(analysis=Config(operating_point="auto", speedup_bootstrap=200,
-                                    schedules=("variance",), cost_models=("flops",)),
+                                    schedules=("variance",), cost_models=("flops",),
+                                    realisations=4),
                     sampling=Config(steps=32))
     result = comparison.analyse(rows, config, num_levels=2)
     flops, wall = result["speedup_at_equal_mse"], result["wallclock_speedup_at_equal_mse"]
@@ -62,6 +63,46 @@ def test_analyse_reports_the_headline_with_intervals_from_rows():
     assert ratio["at_cost_flops"] == pytest.approx(b / 1e-3)
     assert ratio["value"] == pytest.approx((b / 1e-3 / a) ** (-2 / 3) / 1e-3)
     assert result["num_realisations"] == 4
+    # the EM ÷ ML-EM ratio at equal FLOPs grows as cost^(1/3): largest at ML-EM's dearest point
+    assert ratio["max"] == pytest.approx((b / 3e-4 / a) ** (-2 / 3) / 3e-4)
+    assert ratio["max_at_cost_flops"] == pytest.approx(b / 3e-4)
+    # ML-EM's cost at the operating MSE in calls of the top level (EM's 32 steps: a·1e-3^-1.5)
+    evals = result["top_level_evals_at_operating_point"]["value"]
+    assert evals == pytest.approx((b / 1e-3) / (a * 1e-3**-1.5 / 32))
+    assert result["best_method"] == "mlem-variance-flops"
+    assert result["num_selection_realisations"] == 0
+
+
+def test_best_variant_is_chosen_on_selection_realisations_and_judged_on_the_others():
+    """Two ML-EM variants: 'constant' is 4x cheaper on the evaluation realisations but far
+    worse on the selection ones; the headline must report 'variance' (chosen on selection)
+    with statistics from the evaluation realisations only."""
+    class Config(dict):
+        __getattr__ = dict.__getitem__
+
+    rows, a, b = _rows()  # realisations 0-3 (evaluation); 4, 5 repeat 0 and 3 (selection)
+    rows += [{**r, "realisation": 4 + (r["realisation"] == 3)} for r in rows
+             if r["realisation"] in (0, 3)]
+    for r in [dict(r) for r in rows if r["curve"] == "mlem-variance-flops"]:
+        r["curve"], r["schedule"] = "mlem-constant-flops", "constant"
+        r["expected_flops"] /= 4
+        if r["realisation"] >= 4:
+            r["mse"] *= 100
+        rows.append(r)
+    config = Config(analysis=Config(operating_point="auto", speedup_bootstrap=50,
+                                    schedules=("constant",), cost_models=("flops",),
+                                    realisations=4),
+                    sampling=Config(steps=32))
+    result = comparison.analyse(rows, config, num_levels=2)
+    assert result["best_method"] == result["best_method_seconds"] == "mlem-variance-flops"
+    assert result["num_realisations"] == 4 and result["num_selection_realisations"] == 2
+    scores = result["best_method_selection"]["scores"]["flops"]["scores"]
+    assert scores["mlem-constant-flops"]["max"] < scores["mlem-variance-flops"]["max"]
+    flops = result["speedup_at_equal_mse"]
+    assert flops["curve"] == "mlem-variance-flops"
+    assert flops["at_operating_point"] == pytest.approx((a / b) * 1e-3**-0.5)  # evaluation only
+    constant = result["comparisons"]["mlem-constant-flops"]["flops"]["at_operating_point"]
+    assert constant == pytest.approx(4 * flops["at_operating_point"])
 
 
 # --- γ fits on noisy synthetic points -----------------------------------------------------
@@ -241,8 +282,9 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
     stage = ctx.out / "cost_error"
     rows = cost_error.read_points(stage / "points.csv")
     # EM: 2 levels × 2 grids; ML-EM: 2 cost models × 1 grid × 2 top_evals; switching: level 1
-    # then the top, 1 switch time × 2 grids; × 3 realisations
-    assert len(rows) == (2 * 2 + 2 * 2 + 2) * 3
+    # then the top, 1 switch time × 2 grids; × (3 evaluation + 2 selection) realisations
+    assert len(rows) == (2 * 2 + 2 * 2 + 2) * 5
+    rows = [r for r in rows if r["realisation"] < 3]  # the statistics use only these
     assert {r["curve"] for r in rows} == {"em", "mlem-variance-flops", "mlem-variance-time",
                                           "switch"}
     for r in rows:
@@ -268,10 +310,15 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
         assert {"max", "max_ci", "max_at_mse", "at_operating_point", "at_operating_point_ci",
                 "operating_point_mse"} <= set(head)
         assert head["max"] > 0 and head["max_ci"][0] <= head["max"] <= head["max_ci"][1]
-    assert summary["wallclock_speedup_at_equal_mse"]["curve"] == "mlem-variance-time"
+    assert summary["num_realisations"] == 3 and summary["num_selection_realisations"] == 2
+    assert summary["best_method"] == summary["speedup_at_equal_mse"]["curve"]  # chosen on 3, 4
+    assert summary["best_method_seconds"] == summary["wallclock_speedup_at_equal_mse"]["curve"]
+    evals = summary["top_level_evals_at_operating_point"]["value"]  # undefined iff the speedup is
+    assert (evals is None) == (summary["speedup_at_equal_mse"]["at_operating_point"] is None)
+    assert evals is None or evals > 0
     assert set(summary["mse_ratio_at_equal_cost"]) >= {"value", "ci", "at_cost_flops"}
     versus = summary["speedup_over_switching_at_equal_mse"]  # ML-EM against the baseline
-    assert versus["curve"] == "mlem-variance-flops" and set(versus) >= {"max", "max_ci"}
+    assert versus["curve"] == summary["best_method"] and set(versus) >= {"max", "max_ci"}
     top_em = [r for r in rows if r["curve"] == "em" and r["level"] == 2 and r["steps"] == 2]
     assert summary["speedup_at_equal_mse"]["operating_point_mse"] == pytest.approx(
         np.mean([r["mse"] for r in top_em]))
@@ -300,7 +347,7 @@ def test_reference_is_keyed_and_the_grid_rule_is_enforced(tiny_results, capsys):
     stage = ctx.out / "cost_error"
     good = np.load(stage / "reference.npy")
     key = json.loads((stage / "reference.json").read_text())
-    assert key["ref_steps"] == 8 and key["realisations"] == 3 and key["param_sha256"]
+    assert key["ref_steps"] == 8 and key["realisations"] == 5 and key["param_sha256"]
     np.save(stage / "reference.npy", np.zeros_like(good))  # stale values under the right key
     stale = dict(key, steps=[0, 0])  # ... then under a key of other checkpoints
     (stage / "reference.json").write_text(json.dumps(stale))
@@ -308,7 +355,7 @@ def test_reference_is_keyed_and_the_grid_rule_is_enforced(tiny_results, capsys):
 
     coupling = cost_error.Coupling(0, np.asarray(ctx.ladder.sde.time_grid(8), np.float32), 4,
                                    ctx.ladder.image_shape, parallel.make_mesh())
-    again = cost_error.reference(ctx, ctx.ladder, coupling, 3)
+    again = cost_error.reference(ctx, ctx.ladder, coupling, 5)
     assert "recomputing it" in capsys.readouterr().out
     np.testing.assert_allclose(again, good, rtol=1e-6)
     assert json.loads((stage / "reference.json").read_text()) == key

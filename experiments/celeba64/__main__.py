@@ -38,7 +38,8 @@ SMOKE_TRAIN = {"model.dropout": 0.0, "data.image_size": 8,
 SMOKE_SAMPLE = {"sampling.steps": 2, "sampling.path_steps": 8, "sampling.num_samples": 8,
                 "sampling.batch_size": 8, "analysis.ref_steps": 8, "analysis.em_steps": (1, 2),
                 "analysis.mlem_steps": (2,), "analysis.top_evals": (0.5, 1.0),
-                "analysis.realisations": 3, "analysis.batch_size": 4,
+                "analysis.realisations": 3, "analysis.selection_realisations": 2,
+                "analysis.batch_size": 4,
                 "analysis.speedup_bootstrap": 20, "analysis.num_time_bins": 2,
                 "analysis.variance_samples": 8, "analysis.gamma_bootstrap": 20}
 
@@ -49,7 +50,7 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
     Training: 3 × forward (forward + backward) × batch × steps. Reference: ``ref_steps``
     top-level evaluations per sample. EM sweep: ``Σ_k Σ_N N·c_k`` per sample. ML-EM sweep: at
     most the EM cost of all levels at each step count, per configuration (schedule, cost
-    model, top-level evaluations). Samples: realisations × batch size.
+    model, top-level evaluations). Samples: (evaluation + selection realisations) × batch size.
     """
     configs = pipeline.level_configs(sample_config)
     flops = [_forward_flops(config) for config in configs.values()]
@@ -57,7 +58,7 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
              "flops": 3 * f * config.training.batch_size * config.training.num_steps}
             for (level, config), f in zip(configs.items(), flops)]
     a = sample_config.analysis
-    samples = a.realisations * a.batch_size
+    samples = (a.realisations + a.get("selection_realisations", 0)) * a.batch_size
     mlem_configs = len(a.schedules) * len(a.cost_models)
     rows.append({"stage": "cost_error: reference",
                  "flops": a.ref_steps * flops[-1] * samples})
