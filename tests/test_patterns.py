@@ -192,3 +192,30 @@ def test_invalid_draws_name_the_argument():
         mlem(_ladder(), jnp.ones(3), lambda t: 0.0, x0, ts, None, draws=jnp.ones((4, 3), bool))
     with pytest.raises(ValueError, match="pattern"):
         patterns.evals(np.ones((4, 3)), jnp.ones(3))
+
+
+def test_ladder_mlem_passes_fixed_draws_to_the_same_solver():
+    """Two analytic Gaussian levels (different means) as a ladder: the draws of a keyed
+    solve reproduce it through ``ladder.mlem``."""
+    from mlem import ladder as ladders
+    from mlem.models import gaussian
+    from mlem.sde import VPSDE
+
+    x0 = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
+    models, params = [], []
+    for k in range(2):
+        model = gaussian.GaussianEps(rank=2)
+        p = model.init(jax.random.key(1), x0, jnp.full((2,), 0.5))["params"]
+        models.append(model)
+        params.append({**p, "mean": jax.random.normal(jax.random.key(2 + k), (4, 4, 1))})
+    ladder = ladders.Ladder(("a", "b"), tuple(models), tuple(params), (4, 4, 1), VPSDE())
+    ts, probs, key = np.linspace(0.0, 0.99, 9), np.array([1.0, 0.5]), jax.random.key(2)
+    x, stats = ladders.mlem(ladder, probs, x0, ts, key)
+    x_fixed, s_fixed = ladders.mlem(ladder, probs, x0, ts, key, draws=stats["draws"])
+    np.testing.assert_array_equal(x_fixed, x)
+    np.testing.assert_array_equal(s_fixed["evals"], stats["evals"])
+    np.testing.assert_array_equal(s_fixed["evals"], patterns.evals(stats["draws"], probs))
+    x_other, _ = ladders.mlem(ladder, probs, x0, ts, key, draws=~np.asarray(stats["draws"]))
+    assert not np.allclose(x_other, x)
+    with pytest.raises(ValueError, match="draws"):
+        ladders.mlem(ladder, probs, x0, ts, key, draws=np.ones((4, 2), bool))
