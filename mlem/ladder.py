@@ -189,7 +189,7 @@ def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | str | None):
     ts = np.asarray(ts, np.float32)
 
     @jax.jit
-    def solve(params, arg, x0, key, increments, path):
+    def solve(params, arg, x0, key, increments, path, draws=None):
         fs, g = drifts(ladder, params), ladder.sde.diffusion
         if level == "switch":
             return sampling.switching_euler_maruyama(fs, arg, g, x0, ts, key,
@@ -198,7 +198,8 @@ def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | str | None):
             return sampling.euler_maruyama(fs[level], g, x0, ts, key, increments=increments,
                                            path=path)
         return sampling.multilevel_euler_maruyama(fs, arg, g, x0, ts, key,
-                                                  increments=increments, path=path)
+                                                  increments=increments, path=path,
+                                                  draws=draws)
 
     return solve
 
@@ -237,14 +238,22 @@ def level_index(level: int, num_levels: int, name: str = "level") -> int:
     return level - 1 if level > 0 else num_levels - 1
 
 
-def mlem(ladder: Ladder, probs: Array, x0: Array, ts: Array, key: Array,
-         increments: Array | None = None, path: sampling.Path | None = None
-         ) -> tuple[Array, dict[str, Array]]:
-    """ML-EM over the whole ladder; ``probs`` ``(K,)`` or ``(N, K)`` (validated here)."""
+def mlem(ladder: Ladder, probs: Array, x0: Array, ts: Array, key: Array | None,
+         increments: Array | None = None, path: sampling.Path | None = None, *,
+         draws: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """ML-EM over the whole ladder; ``probs`` ``(K,)`` or ``(N, K)`` (validated here).
+
+    ``draws``: optional ``(N, K)`` boolean fixed evaluation pattern (docs/patterns.md), as in
+    :func:`mlem.sampling.multilevel_euler_maruyama`; ``key`` then drives only the Brownian
+    path. The same compiled solver serves both (one trace each).
+    """
     ts = _checked(ts, x0, path)
-    probs = sampling.check_probs(probs, ladder.num_levels, ts.shape[0] - 1)
+    num_steps = ts.shape[0] - 1
+    probs = sampling.check_probs(probs, ladder.num_levels, num_steps)
+    if draws is not None:
+        draws = sampling.check_draws(draws, ladder.num_levels, num_steps)
     solve = _solver(ladder, tuple(np.asarray(ts).tolist()), None)
-    return solve(ladder.params, probs, x0, key, increments, path)
+    return solve(ladder.params, probs, x0, key, increments, path, draws)
 
 
 def _checked(ts: Array, x0: Array, path: sampling.Path | None) -> Array:

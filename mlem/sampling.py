@@ -18,6 +18,8 @@ The Brownian increments come from one of three sources, all coupled across neste
 scan: memory independent of ``N``) or, by default, the batch path of ``split(key)[0]`` on
 ``ts``, also drawn inside the scan. ``key`` is split once into that Brownian key and a
 Bernoulli key, so the same key gives the same draws whatever the source of the increments.
+ML-EM may instead be given its draws, a fixed ``(N, K)`` evaluation pattern (``draws=``,
+docs/patterns.md): the same scan, with weights ``B/p`` from those ``B``.
 
 The solvers are pure: arrays and callables in, arrays out.
 """
@@ -69,8 +71,8 @@ def euler_maruyama(
 
 def multilevel_euler_maruyama(
     drifts: Sequence[Drift], probs: Array, diffusion: Diffusion, x0: Array, ts: Array,
-    key: Array, *, increments: Array | None = None, path: Path | None = None,
-    costs: Sequence[float] | None = None,
+    key: Array | None, *, increments: Array | None = None, path: Path | None = None,
+    costs: Sequence[float] | None = None, draws: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """ML-EM with the drift hierarchy ``drifts`` (cheapest first; the last is the target).
 
@@ -81,6 +83,11 @@ def multilevel_euler_maruyama(
       diffusion, x0, ts, key, increments, path: as in :func:`euler_maruyama`; ``key`` also
         drives the Bernoulli draws (one draw per level and step, shared by the batch).
       costs: optional ``K`` per-sample costs of one evaluation; adds ``stats["cost_flops"]``.
+      draws: optional ``(N, K)`` boolean Bernoulli outcomes ``B`` to use instead of drawing
+        them (a fixed evaluation pattern, docs/patterns.md); column 0 is forced true. The
+        weights are then ``B / p`` with these ``B``, and ``key`` drives only the Brownian path
+        (it may be ``None`` when ``increments`` or ``path`` is given). Given the draws that a
+        key produces (``stats["draws"]``), the solve with that key is reproduced exactly.
 
     Returns:
       ``x_N`` and ``stats`` with ``evals`` ``(K,)`` (evaluations made per level: steps with
@@ -89,7 +96,11 @@ def multilevel_euler_maruyama(
     A level skipped because ``a_j = 0`` contributes nothing to the solve, nor to its
     pathwise derivative in ``probs`` at that step (``∂a_j/∂p`` times an unevaluated ``fʲ``).
     """
-    return _multilevel(drifts, probs, check_probs, _bernoulli_weights, diffusion, x0, ts, key,
+    if draws is None:
+        return _multilevel(drifts, probs, check_probs, _bernoulli_weights, diffusion, x0, ts,
+                           key, increments, path, costs)
+    check = lambda p, k, n: (check_probs(p, k, n), check_draws(draws, k, n))
+    return _multilevel(drifts, probs, check, _fixed_weights, diffusion, x0, ts, key,
                        increments, path, costs)
 
 
@@ -123,15 +134,18 @@ def poisson_multilevel_euler_maruyama(
 def _multilevel(drifts, params, check, sample_weights, diffusion, x0, ts, key, increments, path,
                 costs):
     """Validate, then run :func:`_mlem_scan` with ``sample_weights``; ``params`` are the
-    probabilities or rates (checked by ``check``). The draws use ``split(key)[1]``."""
+    probabilities or rates (checked by ``check``), or the pair (probabilities, fixed draws).
+    The draws use ``split(key)[1]``."""
     drifts = tuple(drifts)
     if not drifts:
         raise ValueError("drifts: need at least one drift level")
     ts = check_ts(ts)
     params = check(params, len(drifts), ts.shape[0] - 1)
     noise = _noise(key, ts, x0, increments, path)
-    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, params, jax.random.split(key)[1],
-                                  noise, sample_weights)
+    # Fixed draws (_fixed_weights) ignore the draw key; any key then stands in for it.
+    draw_key = jax.random.split(key)[1] if key is not None else jax.random.key(0)
+    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, params, draw_key, noise,
+                                  sample_weights)
     stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": draws}
     return x, _with_cost(stats, costs)
 
@@ -190,6 +204,20 @@ def _bernoulli_weights(key: Array, p: Array, eta: Array) -> tuple[Array, Array]:
     return jnp.where(draws, 1.0 / p, 0.0), draws
 
 
+def _fixed_weights(key: Array, probs_and_draws: tuple[Array, Array], eta: Array
+                   ) -> tuple[Array, Array]:
+    """``w_k = B_k / p_k`` with the given ``B`` (a fixed pattern; ``key`` unused)."""
+    p, draws = probs_and_draws
+    return jnp.where(draws, 1.0 / p, 0.0), draws
+
+
+def level_coefficients(weights: Array) -> Array:
+    """``a_j = w_j − w_{j+1}`` (``w_{K+1} = 0``) along the last axis: the coefficient of
+    ``fʲ`` in the step's drift; level ``j`` is evaluated iff ``a_j ≠ 0``."""
+    above = jnp.concatenate([weights[..., 1:], jnp.zeros_like(weights[..., :1])], axis=-1)
+    return weights - above
+
+
 def _poisson_weights(key: Array, rate: Array, eta: Array) -> tuple[Array, Array]:
     """``w_k = M_k / (λ_k η)`` with ``M_k ~ Poisson(λ_k η)``, ``w_1 = 1``; returns ``(w, M)``."""
     mean = rate * eta
@@ -213,13 +241,14 @@ def _em_scan(drift, diffusion, x0, ts, noise):
 @functools.partial(jax.jit, static_argnames=("drifts", "diffusion", "sample_weights"))
 def _mlem_scan(drifts, diffusion, x0, ts, probs, key, noise, sample_weights):
     """The multilevel scan; ``sample_weights(key, probs[n], η_n) → (w, draws)`` with
-    ``E[w_k] = 1`` (Bernoulli: ``B/p``; Poisson: ``M/(λη)``)."""
+    ``E[w_k] = 1`` (Bernoulli: ``B/p``; Poisson: ``M/(λη)``; fixed draws: ``probs`` is the
+    pair ``(p, B)`` of ``(N, K)`` arrays and ``w = B/p``)."""
     num_steps = ts.shape[0] - 1
 
     def step(x, inputs):
         n, t0, t1, p = inputs
         weights, draws = sample_weights(jax.random.fold_in(key, n), p, t1 - t0)
-        coefs = weights - jnp.append(weights[1:], 0.0)  # a_j = w_j − w_{j+1}
+        coefs = level_coefficients(weights)  # a_j = w_j − w_{j+1}
         needed = coefs != 0  # B_j ∨ B_{j+1}, unless the two uses of fʲ cancel
         drift = jnp.zeros_like(x)
         for level, f in enumerate(drifts):
@@ -230,7 +259,9 @@ def _mlem_scan(drifts, diffusion, x0, ts, probs, key, noise, sample_weights):
         return x, (draws, needed)
 
     n = jnp.arange(num_steps)
-    x, (draws, needed) = jax.lax.scan(step, x0, (n, ts[:-1], ts[1:], probs.astype(x0.dtype)))
+    probs = jax.tree.map(lambda a: a.astype(x0.dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                         else a, probs)
+    x, (draws, needed) = jax.lax.scan(step, x0, (n, ts[:-1], ts[1:], probs))
     return x, draws, needed
 
 
@@ -280,6 +311,19 @@ def check_probs(probs: Array, num_levels: int, num_steps: int) -> Array:
                              f"{values.min()}, max {values.max()}")
     probs = jnp.broadcast_to(probs, (num_steps, num_levels))
     return probs.at[:, 0].set(1.0)
+
+
+def check_draws(draws: Array, num_levels: int, num_steps: int) -> Array:
+    """Validate fixed Bernoulli outcomes: a boolean ``(N, K)`` array; return it with column 0
+    set to true (the base level is always drawn)."""
+    draws = jnp.asarray(draws)
+    if draws.shape != (num_steps, num_levels):
+        raise ValueError(f"draws: expected shape ({num_steps}, {num_levels}), one Bernoulli "
+                         f"outcome per step and level, got {draws.shape}")
+    if draws.dtype != jnp.bool_:
+        raise ValueError(f"draws: expected a boolean array of Bernoulli outcomes, got dtype "
+                         f"{draws.dtype}")
+    return draws.at[:, 0].set(True)
 
 
 @jax.tree_util.register_dataclass
