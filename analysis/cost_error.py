@@ -47,13 +47,15 @@ from tqdm import tqdm
 
 from analysis import common, comparison, plots, variance
 from analysis.comparison import config_key, curve_name, schedule_names
-from mlem import brownian, cost, generation, parallel, schedules
+from mlem import brownian, cost, generation, parallel, patterns, schedules
 from mlem import ladder as ladders
 
 STAGE = "cost_error"
 COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "switch_at", "c",
            "steps", "realisation", "mse", "expected_flops", "flops", "seconds", "evals")
 PATH_CONVENTION = "per-sample keys fold_in(fold_in(key(seed), 0), i), SamplePaths"
+PATTERNS = "patterns.json"  # the pattern search's selection reports, one per searched point
+PATTERN_STREAM = 2  # patterns of a point: fold_in(fold_in(key(seed), 2), steps), top_evals
 
 
 # --- configurations ------------------------------------------------------------------------------
@@ -73,7 +75,27 @@ def configurations(config: Any, num_levels: int) -> list[dict]:
                "level": k, "top_evals": 0.0, "switch_at": float(s), "steps": int(n)}
               for k in range(1, num_levels) for s in a.get("switch_times", ())
               for n in a.em_steps]
-    return em + ml + switch
+    pattern = [{"curve": "mlem-pattern", "method": "pattern", "schedule": schedule_names(config)[0],
+                "cost_model": "flops", "level": num_levels, "top_evals": float(t),
+                "switch_at": 0.0, "steps": int(n)}
+               for n in pattern_steps(config) for t in a.top_evals if _swept(config, t, n)]
+    return em + ml + switch + pattern
+
+
+def pattern_steps(config: Any) -> tuple[int, ...]:
+    """The grids of the pattern search: ``config.analysis.pattern_steps`` (each one of
+    ``mlem_steps``), or none when ``pattern_search`` (patterns drawn per point) is 0."""
+    a = config.analysis
+    if int(a.get("pattern_search", 0)) <= 0:
+        return ()
+    if int(a.get("selection_realisations", 0)) < 1:
+        raise ValueError("config.analysis.pattern_search: a pattern is chosen on the selection "
+                         "realisations; set config.analysis.selection_realisations >= 1")
+    steps = tuple(int(n) for n in a.get("pattern_steps", ()))
+    if not steps or set(steps) - {int(n) for n in a.mlem_steps}:
+        raise ValueError(f"config.analysis.pattern_steps: list grids of mlem_steps "
+                         f"({tuple(a.mlem_steps)}) to search patterns on, got {steps}")
+    return steps
 
 
 def switch_levels(point: dict, ts: np.ndarray, num_levels: int) -> np.ndarray:
@@ -217,6 +239,8 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
             return ladders.em(ladder, point["level"], x0, ts, key, path=path)
         if point["method"] == "switch":
             return ladders.switching(ladder, p, x0, ts, key, path=path)
+        if point["method"] == "pattern":
+            return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1])
         return ladders.mlem(ladder, p, x0, ts, key, path=path)
 
     first = coupling.inputs(0)
@@ -240,11 +264,11 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
 
 def _row(flops, point, realisation, x, ref, seconds, evals, probs) -> dict:
     """One row of ``points.csv``; ``probs``: ML-EM's ``(N, K)`` probabilities, a switching
-    point's ``(N,)`` levels, or ``None`` (EM)."""
+    point's ``(N,)`` levels, a searched pattern's ``(probs, pattern)``, or ``None`` (EM)."""
     costs = flops if point["method"] != "em" else flops[point["level"] - 1:point["level"]]
     if point["method"] == "em":
         expected = point["steps"] * costs[0]
-    elif point["method"] == "switch":  # deterministic: what it evaluates
+    elif point["method"] in ("switch", "pattern"):  # deterministic: what it evaluates
         expected = float(evals @ costs)
     else:
         expected = cost.expected_cost(probs, flops)
@@ -297,7 +321,7 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                 "seed": int(ctx.config.sampling.seed), "level_flops": ctx.flops.tolist(),
                 "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},
                 "variances": common.digest(v) if v else None, "gamma": gamma,
-                "paths": PATH_CONVENTION}
+                "paths": PATH_CONVENTION, "pattern_search": int(a.get("pattern_search", 0))}
     path = ctx.out / STAGE / "points.csv"
     fresh = common.load_stage(ctx.out, STAGE, settings, ctx.recompute) is None
     wanted = {config_key(p) for p in points}  # rows of configurations no longer swept are dropped
@@ -315,13 +339,19 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                         np.asarray(ctx.ladder.sde.time_grid(int(a.ref_steps)), np.float32),
                         batch, ctx.ladder.image_shape, mesh)
     ref = reference(ctx, ladder, coupling, realisations)
+    pattern_path = ctx.out / STAGE / PATTERNS
+    searched = json.loads(pattern_path.read_text()) if pattern_path.exists() and rows else {}
     for steps in tqdm(sorted({p["steps"] for p in todo}), desc="cost-error sweep"):
         group = [p for p in todo if p["steps"] == steps]
         ts, probs = coupling.grid(steps), []
         for p in group:
-            if p["method"] == "mlem":
+            if p["method"] in ("mlem", "pattern"):
                 p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]], ts, v, gamma,
                                           p["top_evals"])
+                if p["method"] == "pattern":
+                    prob, searched[_pattern_id(p)] = search_pattern(
+                        ctx, ladder, coupling, ref, p, prob, ts)
+                    write_json(pattern_path, searched)
                 probs.append(prob)
             else:
                 p["c"] = float("nan")
@@ -330,6 +360,51 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
         rows += run_group(ladder, ctx.flops, coupling, ref, group, probs, steps)
         write_points(path, rows)
     return rows, len(todo) * realisations
+
+
+def search_pattern(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
+                   ref: np.ndarray, point: dict, probs: np.ndarray, ts: np.ndarray
+                   ) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
+    """The paper's pattern search, honestly (docs/patterns.md): draw
+    ``config.analysis.pattern_search`` fixed patterns from ``probs``, keep the one with the
+    lowest mean MSE on the *selection* realisations, and measure on the *evaluation*
+    realisations its MSE and its bias against EM at the top level on the same grid (a fixed
+    pattern is deterministic, so it is biased). Returns ``((probs, pattern), report)``."""
+    a = ctx.config.analysis
+    evaluation = int(a.realisations)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(int(ctx.config.sampling.seed)),
+                                                PATTERN_STREAM), len(ts) - 1)
+    key = jax.random.fold_in(key, int(round(1000 * point["top_evals"])))
+    candidates = patterns.draw(probs, int(a.pattern_search), key)
+    selection = range(evaluation, ref.shape[0])
+    errors = np.zeros((len(candidates), len(selection)))
+    for j, r in enumerate(selection):
+        x0, path, key_r = coupling.inputs(r)
+        for m, pattern in enumerate(candidates):
+            x, _ = ladders.mlem(ladder, probs, x0, ts, key_r, path=path, draws=pattern)
+            errors[m, j] = np.mean((np.asarray(x, np.float64) - ref[r]) ** 2)
+    index, _ = patterns.select(errors)
+    chosen, evaluated, differences = candidates[index], [], []
+    for r in range(evaluation):
+        x0, path, key_r = coupling.inputs(r)
+        x, _ = ladders.mlem(ladder, probs, x0, ts, key_r, path=path, draws=chosen)
+        top, _ = ladders.em(ladder, -1, x0, ts, key_r, path=path)
+        evaluated.append(np.mean((np.asarray(x, np.float64) - ref[r]) ** 2))
+        differences.append(np.asarray(x, np.float64) - np.asarray(top, np.float64))
+    report = patterns.selection_report(errors, np.array(evaluated))
+    report["bias_against_top_level_em"] = patterns.bias(np.concatenate(differences))
+    report["expected_flops"] = float(patterns.cost(chosen, probs, ctx.flops))
+    report["point"] = {k: point[k] for k in ("schedule", "top_evals", "steps")}
+    return (probs, chosen), report
+
+
+def _pattern_id(point: dict) -> str:
+    return f"steps={point['steps']},top_evals={point['top_evals']:g}"
+
+
+def write_json(path: Path, record: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(common.jsonable(record), indent=1) + "\n")
 
 
 def write_points(path: Path, rows: Sequence[dict]) -> None:
@@ -370,6 +445,8 @@ def stage(ctx: common.Context) -> dict:
     plots.cost_error(*comparison.table(comparison.split_rows(rows, ctx.config)[0]), envs,
                      result, stage_dir)
     summary = {k: v for k, v in result.items() if k not in ("curves", "comparisons")}
+    if (stage_dir / PATTERNS).exists():  # selection vs evaluation MSE, bias of the chosen
+        summary["pattern_search"] = json.loads((stage_dir / PATTERNS).read_text())
     summary["cost_error_runs_computed_last_call"] = computed
     return common.merge_summary(ctx.out, summary)
 

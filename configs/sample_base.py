@@ -53,6 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
     # The baseline a user would pick instead: EM with level k (< K) before this fraction of
     # the solver time (high noise) and the top level after it, on the em_steps grids.
     a.switch_times = (0.25, 0.5, 0.75)
+    # Pattern search (docs/patterns.md): per ML-EM point of schedules[0] (FLOP-priced) on the
+    # pattern_steps grids, draw this many fixed patterns, keep the best on the selection
+    # realisations, report it on the evaluation ones (curve 'mlem-pattern'); 0 = off.
+    a.pattern_search = 0
+    a.pattern_steps = ()
     a.realisations = 8  # independent batches (noise, paths, draws): the bootstrap's units
     # Further batches R…R+S−1 on which the best ML-EM variant (the headline's) is chosen; never
     # in a reported statistic. 0 = the headline reports schedules[0] (predeclared).

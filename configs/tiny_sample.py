@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     a.switch_times = (0.5,)
     a.realisations = 3
     a.selection_realisations = 2
+    a.pattern_search = 3
+    a.pattern_steps = (4,)
     a.batch_size = 4
     a.speedup_bootstrap = 50
     a.num_time_bins = 4

@@ -211,6 +211,7 @@ def _tiny_config():
     a = config.analysis
     a.ref_steps, a.em_steps, a.mlem_steps, a.top_evals = 8, (1, 2), (2,), (0.5, 1.0)
     a.realisations, a.batch_size, a.speedup_bootstrap = 3, 4, 50
+    a.selection_realisations, a.pattern_search, a.pattern_steps = 2, 3, (2,)
     a.num_time_bins, a.variance_samples, a.gamma_bootstrap = 2, 8, 10
     return config
 
@@ -282,18 +283,30 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
     stage = ctx.out / "cost_error"
     rows = cost_error.read_points(stage / "points.csv")
     # EM: 2 levels × 2 grids; ML-EM: 2 cost models × 1 grid × 2 top_evals; switching: level 1
-    # then the top, 1 switch time × 2 grids; × (3 evaluation + 2 selection) realisations
-    assert len(rows) == (2 * 2 + 2 * 2 + 2) * 5
+    # then the top, 1 switch time × 2 grids; pattern search: 1 grid × 2 top_evals;
+    # × (3 evaluation + 2 selection) realisations
+    assert len(rows) == (2 * 2 + 2 * 2 + 2 + 2) * 5
     rows = [r for r in rows if r["realisation"] < 3]  # the statistics use only these
     assert {r["curve"] for r in rows} == {"em", "mlem-variance-flops", "mlem-variance-time",
-                                          "switch"}
+                                          "switch", "mlem-pattern"}
     for r in rows:
         assert r["seconds"] > 0 and r["expected_flops"] > 0 and r["mse"] > 0
-        if r["method"] in ("em", "switch"):
+        if r["method"] in ("em", "switch", "pattern"):  # deterministic cost
             assert r["flops"] == r["expected_flops"]
         if r["method"] == "switch":  # level 1 on the steps starting in the first half
             first = -(-r["steps"] // 2)
             assert r["evals"] == f"{first};{r['steps'] - first}"
+    searched = summary["pattern_search"]  # one report per searched point, its row's numbers
+    assert len(searched) == 2
+    for report in searched.values():
+        assert report["num_patterns"] == 3 and 0 <= report["index"] < 3
+        mine = [r for r in rows if r["method"] == "pattern"
+                and r["top_evals"] == report["point"]["top_evals"]]
+        assert report["evaluation_mse"] == pytest.approx(np.mean([r["mse"] for r in mine]),
+                                                         rel=1e-5)
+        assert report["expected_flops"] == pytest.approx(mine[0]["expected_flops"])
+        assert report["bias_against_top_level_em"]["difference_sq"] > 0
+    assert "mlem-pattern" not in summary["best_method_selection"]["scores"]["flops"]["scores"]
     envs = json.loads((stage / "envelopes.json").read_text())
     configs, sweep = comparison.table(rows)
     mse, _ = sweep.means(np.arange(3))
@@ -391,3 +404,17 @@ def test_report_prints_the_tables_from_the_results_dir(tiny_results, capsys):
     with pytest.raises(SystemExit):
         report.main([str(ctx.out / "missing")])
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_pattern_search_needs_selection_realisations_and_swept_grids():
+    config = _tiny_config()
+    points = cost_error.configurations(config, 2)
+    assert [p["steps"] for p in points if p["method"] == "pattern"] == [2, 2]
+    config.analysis.pattern_steps = (8,)
+    with pytest.raises(ValueError, match="pattern_steps: list grids of mlem_steps"):
+        cost_error.configurations(config, 2)
+    config.analysis.selection_realisations = 0
+    with pytest.raises(ValueError, match="selection_realisations >= 1"):
+        cost_error.configurations(config, 2)
+    config.analysis.pattern_search = 0  # off: no pattern points, whatever the other fields
+    assert not [p for p in cost_error.configurations(config, 2) if p["method"] == "pattern"]
