@@ -34,6 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
     a.mlem_steps = (32, 64, 128, 256, 512)
     a.top_evals = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
     a.realisations = 16
+    a.selection_realisations = 4  # choose the headline variant and the patterns on these
+    a.schedules = ("variance", "constant")
+    a.switch_times = (0.25, 0.5, 0.75)  # the baseline: a small level at high noise
+    a.pattern_search = 15  # the paper's best-of-15 patterns, chosen on the selection batches
+    a.pattern_steps = (256,)
     a.batch_size = 64
     a.variance_samples = 2048
     return config

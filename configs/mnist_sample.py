@@ -37,5 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
     a.top_evals = (1.0, 4.0, 16.0, 64.0)
     a.top_prob_range = (1 / 32, 1 / 2)  # mean top-level probability top_evals / steps
     a.realisations = 8
+    a.selection_realisations = 4  # choose the headline variant and the patterns on these
+    a.pattern_search = 15  # the paper's best-of-15 patterns, on the operating grid
+    a.pattern_steps = (32,)
     a.batch_size = 6
     return config
