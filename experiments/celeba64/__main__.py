@@ -39,6 +39,7 @@ SMOKE_SAMPLE = {"sampling.steps": 2, "sampling.path_steps": 8, "sampling.num_sam
                 "sampling.batch_size": 8, "analysis.ref_steps": 8, "analysis.em_steps": (1, 2),
                 "analysis.mlem_steps": (2,), "analysis.top_evals": (0.5, 1.0),
                 "analysis.realisations": 3, "analysis.selection_realisations": 2,
+                "analysis.pattern_search": 2, "analysis.pattern_steps": (2,),
                 "analysis.batch_size": 4,
                 "analysis.speedup_bootstrap": 20, "analysis.num_time_bins": 2,
                 "analysis.variance_samples": 8, "analysis.gamma_bootstrap": 20}
@@ -51,6 +52,8 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
     top-level evaluations per sample. EM sweep: ``Σ_k Σ_N N·c_k`` per sample. ML-EM sweep: at
     most the EM cost of all levels at each step count, per configuration (schedule, cost
     model, top-level evaluations). Samples: (evaluation + selection realisations) × batch size.
+    Pattern search: per searched point, ``M × S`` candidate solves and ``2R`` evaluation solves
+    (the winner and top-level EM), each at most every level on every step.
     """
     configs = pipeline.level_configs(sample_config)
     flops = [_forward_flops(config) for config in configs.values()]
@@ -67,6 +70,12 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
     rows.append({"stage": "cost_error: ML-EM sweep (bound)",
                  "flops": sum(n * sum(t <= n for t in a.top_evals) for n in a.mlem_steps)
                  * sum(flops) * samples * mlem_configs})
+    searched = sum(sum(t <= n for t in a.top_evals) for n in a.get("pattern_steps", ())
+                   if a.get("pattern_search", 0))
+    rows.append({"stage": "cost_error: pattern search (bound)",
+                 "flops": searched * max(a.get("pattern_steps", ()) or (0,)) * sum(flops)
+                 * a.batch_size * (a.get("pattern_search", 0) * a.get("selection_realisations", 0)
+                                   + 2 * a.realisations)})
     return rows
 
 
