@@ -113,15 +113,24 @@ def cost_model_names(config: Any) -> tuple[str, ...]:
 
 
 def make_probs(schedule: str, level_costs: np.ndarray, ts: np.ndarray, variances: dict | None,
-               gamma: float | None, top_evals: float) -> tuple[float, np.ndarray]:
+               gamma: float | None, top_evals: float, learned: str = ""
+               ) -> tuple[float, np.ndarray]:
     """``(c, probs (N, K))``: ``schedule`` on the grid ``ts``, priced by ``level_costs``, with
     the knob ``c`` that evaluates the top level ``top_evals`` times per solve on average.
 
     ``variance``: ``p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k))`` per time bin; ``constant``: the same
-    with ``V_k`` averaged over time; ``dyadic``: ``min(1, c·2^{−(1+γ/2)(k−1)})``.
+    with ``V_k`` averaged over time; ``dyadic``: ``min(1, c·2^{−(1+γ/2)(k−1)})``; ``learned``:
+    ``min(1, c·p_k(τ))`` with ``p`` the schedule file ``learned`` (``analysis.learn_probs``).
     """
     num_steps = len(ts) - 1
-    if schedule == "dyadic":
+    if schedule == "learned":
+        if not learned or not Path(learned).is_file():
+            raise FileNotFoundError(f"config.analysis.learned_schedule: schedule file "
+                                    f"{learned!r} not found; write one with python -m "
+                                    f"analysis.learn_probs")
+        shape = schedules.load(learned, len(level_costs), ts)
+        make = lambda c: schedules.scaled(shape, c)
+    elif schedule == "dyadic":
         if gamma is None:
             raise ValueError("schedule 'dyadic' needs gamma: run python -m analysis.fit_gamma "
                              "first (or drop 'dyadic' from config.analysis.schedules)")
@@ -314,7 +323,7 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
         for p in group:
             if p["method"] == "mlem":
                 p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]], ts, v, gamma,
-                                          p["top_evals"])
+                                          p["top_evals"], a.get("learned_schedule", ""))
                 probs.append(prob)
             else:
                 p["c"] = float("nan")

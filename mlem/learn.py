@@ -54,20 +54,35 @@ LOGIT_MAX = 12.0
 
 # --- the parametrisation --------------------------------------------------------------------
 
-def probs_from_logits(logits: Array, p_min: float = P_MIN) -> Array:
-    """``(bins, K)`` probabilities from ``(bins, K − 1)`` logits; column 0 (level 1) is 1."""
+def probs_from_logits(logits: Array, p_min: float = P_MIN, num_levels: int | None = None
+                      ) -> Array:
+    """``(bins, K)`` probabilities from ``(bins, L)`` logits of the top ``L`` levels; the
+    ``K − L`` bottom levels (``K = num_levels``, default ``L + 1``) are exactly 1.
+
+    Bottom levels fixed at 1 are free but the highest of them (their weights cancel,
+    docs/design.md §1); fixing the levels that a schedule saturates keeps that saving, which
+    ``p ≤ P_MAX`` would lose (every level near 1 would be evaluated at every step).
+    """
+    num_fixed = 1 if num_levels is None else num_levels - logits.shape[1]
+    if num_fixed < 1:
+        raise ValueError(f"logits: {logits.shape[1]} learned levels leave none fixed at 1 "
+                         f"out of num_levels={num_levels}")
     s = jax.nn.sigmoid(jnp.clip(logits, -LOGIT_MAX, LOGIT_MAX))
     upper = p_min + (P_MAX - p_min) * s
-    return jnp.concatenate([jnp.ones_like(upper[:, :1]), upper], axis=1)
+    return jnp.concatenate([jnp.ones((upper.shape[0], num_fixed), upper.dtype), upper], axis=1)
 
 
-def logits_from_probs(probs: Array, p_min: float = P_MIN) -> np.ndarray:
-    """Inverse of :func:`probs_from_logits` on ``(bins, K)`` probabilities (level 1 dropped);
-    probabilities outside ``(p_min, P_MAX)`` are clipped into it first."""
-    probs = np.asarray(probs, np.float64)[:, 1:]
-    s = (np.clip(probs, p_min, P_MAX) - p_min) / (P_MAX - p_min)
-    s = np.clip(s, 1e-5, 1 - 1e-5)
-    return np.clip(np.log(s) - np.log1p(-s), -LOGIT_MAX, LOGIT_MAX).astype(np.float32)
+def logits_from_probs(probs: Array, num_learned: int | None = None, p_min: float = P_MIN
+                      ) -> np.ndarray:
+    """Logits of the top ``num_learned`` (default ``K − 1``) levels of ``(bins, K)``
+    probabilities, inverting :func:`probs_from_logits`. Probabilities are first clipped into
+    ``[p_min, 1 − 1e-3]`` and level ``j`` lowered by ``0.01 j`` in logit: saturated levels
+    start distinct, so they do not tie (see ``P_MAX``)."""
+    probs = np.asarray(probs, np.float64)
+    probs = probs[:, probs.shape[1] - (num_learned or probs.shape[1] - 1):]
+    s = np.clip((probs - p_min) / (P_MAX - p_min), 1e-4, 1 - 1e-3)
+    logits = np.log(s) - np.log1p(-s) - 0.01 * np.arange(probs.shape[1])
+    return np.clip(logits, -LOGIT_MAX, LOGIT_MAX).astype(np.float32)
 
 
 def step_bins(bin_edges: Sequence[float], ts: Sequence[float]) -> np.ndarray:
@@ -79,9 +94,10 @@ def step_bins(bin_edges: Sequence[float], ts: Sequence[float]) -> np.ndarray:
     return np.clip(index, 0, edges.size - 2).astype(np.int32)
 
 
-def grid_probs(logits: Array, bins: Array, p_min: float = P_MIN) -> Array:
+def grid_probs(logits: Array, bins: Array, p_min: float = P_MIN,
+               num_levels: int | None = None) -> Array:
     """``(N, K)`` probabilities of each step: the probabilities of its bin."""
-    return probs_from_logits(logits, p_min)[bins]
+    return probs_from_logits(logits, p_min, num_levels)[bins]
 
 
 # --- exact parts: expected cost and the draws' log-likelihood ----------------------------------
@@ -117,7 +133,7 @@ def _pathwise(f: Callable[[Array], tuple[Array, Array]], logits: Array, key: Arr
 
 def draw_terms(solve_loss: SolveLoss, logits: Array, bins: Array, realisations: Any,
                keys: Array, tangent_key: Array, *, p_min: float = P_MIN,
-               num_tangents: int = 1) -> dict[str, Array]:
+               num_levels: int | None = None, num_tangents: int = 1) -> dict[str, Array]:
     """Per draw: loss ``(R, M)``, pathwise gradient and score ``∇_θ log P(B)`` ``(R, M, *θ)``.
 
     ``realisations`` is a pytree with leading axis ``R`` (each realisation's initial state,
@@ -130,9 +146,10 @@ def draw_terms(solve_loss: SolveLoss, logits: Array, bins: Array, realisations: 
     def one(args):
         index, key, tkey = args  # realisation index // M, picked here: nothing is duplicated
         realisation = jax.tree_util.tree_map(lambda a: a[index], realisations)
-        f = lambda th: solve_loss(grid_probs(th, bins, p_min), realisation, key)
+        f = lambda th: solve_loss(grid_probs(th, bins, p_min, num_levels), realisation, key)
         loss, draws, path = _pathwise(f, logits, tkey, num_tangents)
-        score = jax.grad(lambda th: log_prob(draws, grid_probs(th, bins, p_min)))(logits)
+        log_p = lambda th: log_prob(draws, grid_probs(th, bins, p_min, num_levels))
+        score = jax.grad(log_p)(logits)
         return loss, path, score
 
     index = jnp.repeat(jnp.arange(num_r), num_m)
@@ -165,13 +182,14 @@ def loss_gradient(terms: dict[str, Array], *, score: bool = True) -> Array:
 
 def objective_gradient(solve_loss: SolveLoss, logits: Array, bins: Array, costs: Array,
                        lam: float, cost_scale: float, realisations: Any, keys: Array,
-                       tangent_key: Array, *, p_min: float = P_MIN, num_tangents: int = 1
+                       tangent_key: Array, *, p_min: float = P_MIN,
+                       num_levels: int | None = None, num_tangents: int = 1
                        ) -> tuple[Array, dict[str, Array]]:
     """Estimate of ``∇_θ J`` for ``J = E[ℓ] + λ E[cost]/cost_scale``, and its parts
     (``loss``: mean over draws, ``cost``: exact expected cost, ``objective``)."""
     terms = draw_terms(solve_loss, logits, bins, realisations, keys, tangent_key, p_min=p_min,
-                       num_tangents=num_tangents)
-    cost_of = lambda th: expected_cost(grid_probs(th, bins, p_min), costs)
+                       num_levels=num_levels, num_tangents=num_tangents)
+    cost_of = lambda th: expected_cost(grid_probs(th, bins, p_min, num_levels), costs)
     exp_cost, cost_grad = jax.value_and_grad(cost_of)(logits)
     grad = loss_gradient(terms) + (lam / cost_scale) * cost_grad
     loss = terms["loss"].mean()
@@ -184,19 +202,27 @@ def objective_gradient(solve_loss: SolveLoss, logits: Array, bins: Array, costs:
 def learn(solve_loss: SolveLoss, logits: Array, bins: Array, costs: Array, lam: float,
           cost_scale: float, batches: Callable[[int], tuple[Any, Array]], *, steps: int,
           learning_rate: float = 0.05, key: Array, p_min: float = P_MIN,
-          num_tangents: int = 1, optimizer: optax.GradientTransformation | None = None
+          num_levels: int | None = None, num_tangents: int = 1,
+          optimizer: optax.GradientTransformation | None = None, context: Any = None
           ) -> tuple[Array, list[dict[str, float]]]:
     """Adam on ``θ`` for ``steps`` steps; ``batches(step) -> (realisations, keys (R, M))``
     gives each step's training realisations and draw keys. Returns the final logits and a
-    trace (objective, loss, expected cost per step, as estimated on that step's batch)."""
+    trace (objective, loss, expected cost per step, as estimated on that step's batch).
+
+    ``context`` (e.g. network parameters), when given, is passed to the jitted step as an
+    argument (large arrays compile faster so than as constants) and on to
+    ``solve_loss(probs, realisation, key, context)``.
+    """
     opt = optimizer or optax.adam(learning_rate)
     bins, costs = jnp.asarray(bins), jnp.asarray(costs, jnp.float32)
 
     @jax.jit
-    def step(logits, state, realisations, keys, tangent_key):
-        grad, info = objective_gradient(solve_loss, logits, bins, costs, lam, cost_scale,
+    def step(logits, state, realisations, keys, tangent_key, context):
+        fn = solve_loss if context is None else (
+            lambda p, r, k: solve_loss(p, r, k, context))
+        grad, info = objective_gradient(fn, logits, bins, costs, lam, cost_scale,
                                         realisations, keys, tangent_key, p_min=p_min,
-                                        num_tangents=num_tangents)
+                                        num_levels=num_levels, num_tangents=num_tangents)
         updates, state = opt.update(grad, state, logits)
         return optax.apply_updates(logits, updates), state, info
 
@@ -204,6 +230,7 @@ def learn(solve_loss: SolveLoss, logits: Array, bins: Array, costs: Array, lam: 
     state, trace = opt.init(logits), []
     for i in range(steps):
         realisations, keys = batches(i)
-        logits, state, info = step(logits, state, realisations, keys, jax.random.fold_in(key, i))
+        logits, state, info = step(logits, state, realisations, keys, jax.random.fold_in(key, i),
+                                   context)
         trace.append({k: float(v) for k, v in info.items()})
     return logits, trace
