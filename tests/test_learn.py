@@ -195,3 +195,36 @@ def test_peak_memory_is_flat_in_the_step_count(reverse):
         assert large > 4 * small, (small, large)
     else:
         assert large < 1.25 * small + 4096, (small, large)
+
+
+def test_learned_schedule_in_cost_error_rescales_the_file(tmp_path):
+    from analysis.cost_error import make_probs
+    from mlem import schedules
+
+    ts = np.linspace(0.0, 1.0, 9)
+    shape = np.array([[1.0, 0.5, 0.1], [1.0, 0.2, 0.05]])
+    path = tmp_path / "learned.json"
+    schedules.save(path, shape, [0.0, 0.5, 1.0])
+    c, probs = make_probs("learned", np.array([1.0, 4.0, 16.0]), ts, None, None, 2.0, str(path))
+    np.testing.assert_allclose(probs[:, -1].sum(), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(probs, np.minimum(1.0, c * schedules.on_grid(shape, [0, .5, 1], ts))
+                               * np.array([0, 1, 1]) + np.array([1, 0, 0]))
+    with pytest.raises(FileNotFoundError, match="learned_schedule"):
+        make_probs("learned", np.array([1.0, 4.0, 16.0]), ts, None, None, 2.0, "")
+
+
+def test_learn_probs_writes_schedules_and_summary(tmp_path):
+    from analysis import learn_problems, learn_probs
+    from mlem import schedules
+
+    cfg = learn_probs.LearnConfig(anchors=(1.0,), sgd_steps=3, bins=2, train_realisations=2,
+                                  top_evals=(0.5, 1.0, 2.0, 4.0), resamples=20)
+    problem = learn_problems.synthetic_problem(cfg, 3.0, num_levels=3, steps=8, ref_steps=32,
+                                               batch_size=4, eval_realisations=4)
+    summary = learn_probs.run(problem, cfg, tmp_path)
+    assert "speedup_learned_over_best_constant_max" in summary
+    assert len(summary["speedup_learned_over_best_constant_max_ci"]) == 2
+    (row,) = summary["learn_probs"]["per_lambda"]
+    probs = schedules.load(row["schedule_file"], 3, problem.ts)
+    assert probs.shape == (8, 3) and np.all(probs[:, 0] == 1) and np.all(probs[:, -1] < 1)
+    assert (tmp_path / "learn" / "points.csv").exists()
