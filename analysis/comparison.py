@@ -28,10 +28,10 @@ def curve_name(schedule: str, cost_model: str) -> str:
 
 def schedule_names(config: Any) -> tuple[str, ...]:
     names = tuple(config.analysis.get("schedules", ("variance",)))
-    unknown = set(names) - {"variance", "constant", "dyadic"}
+    unknown = set(names) - {"variance", "constant", "dyadic", "learned"}
     if unknown or not names:
-        raise ValueError(f"config.analysis.schedules: choose from variance, constant, dyadic; "
-                         f"got {names}")
+        raise ValueError(f"config.analysis.schedules: choose from variance, constant, dyadic, "
+                         f"learned; got {names}")
     return names
 
 

@@ -35,6 +35,7 @@ written group by group: an interrupted sweep resumes), ``envelopes.json``, ``spe
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -138,15 +139,24 @@ def cost_model_names(config: Any) -> tuple[str, ...]:
 
 
 def make_probs(schedule: str, level_costs: np.ndarray, ts: np.ndarray, variances: dict | None,
-               gamma: float | None, top_evals: float) -> tuple[float, np.ndarray]:
+               gamma: float | None, top_evals: float, learned: str = ""
+               ) -> tuple[float, np.ndarray]:
     """``(c, probs (N, K))``: ``schedule`` on the grid ``ts``, priced by ``level_costs``, with
     the knob ``c`` that evaluates the top level ``top_evals`` times per solve on average.
 
     ``variance``: ``p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k))`` per time bin; ``constant``: the same
-    with ``V_k`` averaged over time; ``dyadic``: ``min(1, c·2^{−(1+γ/2)(k−1)})``.
+    with ``V_k`` averaged over time; ``dyadic``: ``min(1, c·2^{−(1+γ/2)(k−1)})``; ``learned``:
+    ``min(1, c·p_k(τ))`` with ``p`` the schedule file ``learned`` (``analysis.learn_probs``).
     """
     num_steps = len(ts) - 1
-    if schedule == "dyadic":
+    if schedule == "learned":
+        if not learned or not Path(learned).is_file():
+            raise FileNotFoundError(f"config.analysis.learned_schedule: schedule file "
+                                    f"{learned!r} not found; write one with python -m "
+                                    f"analysis.learn_probs")
+        shape = schedules.load(learned, len(level_costs), ts)
+        make = lambda c: schedules.scaled(shape, c)
+    elif schedule == "dyadic":
         if gamma is None:
             raise ValueError("schedule 'dyadic' needs gamma: run python -m analysis.fit_gamma "
                              "first (or drop 'dyadic' from config.analysis.schedules)")
@@ -321,7 +331,9 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                 "seed": int(ctx.config.sampling.seed), "level_flops": ctx.flops.tolist(),
                 "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},
                 "variances": common.digest(v) if v else None, "gamma": gamma,
-                "paths": PATH_CONVENTION, "pattern_search": int(a.get("pattern_search", 0))}
+                "paths": PATH_CONVENTION, "pattern_search": int(a.get("pattern_search", 0)),
+                "learned_schedule": _file_digest(a.get("learned_schedule", ""))
+                if "learned" in names else None}
     path = ctx.out / STAGE / "points.csv"
     fresh = common.load_stage(ctx.out, STAGE, settings, ctx.recompute) is None
     wanted = {config_key(p) for p in points}  # rows of configurations no longer swept are dropped
@@ -347,7 +359,7 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
         for p in group:
             if p["method"] in ("mlem", "pattern"):
                 p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]], ts, v, gamma,
-                                          p["top_evals"])
+                                          p["top_evals"], a.get("learned_schedule", ""))
                 if p["method"] == "pattern":
                     prob, searched[_pattern_id(p)] = search_pattern(
                         ctx, ladder, coupling, ref, p, prob, ts)
@@ -396,6 +408,12 @@ def search_pattern(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupli
     report["expected_flops"] = float(patterns.cost(chosen, probs, ctx.flops))
     report["point"] = {k: point[k] for k in ("schedule", "top_evals", "steps")}
     return (probs, chosen), report
+
+
+def _file_digest(path: str) -> str | None:
+    """sha256 of a file's bytes (a learned schedule: rows computed with another are stale)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() \
+        else None
 
 
 def _pattern_id(point: dict) -> str:

@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
     a.ref_steps = 256  # N_ref: the reference grid, >= 4x the finest swept grid
     a.em_steps = (4, 8, 16, 32, 64)  # each divides ref_steps
     a.mlem_steps = (8, 16, 32, 64)
-    a.schedules = ("variance",)  # ML-EM schedules of the sweep: variance | constant | dyadic
+    a.schedules = ("variance",)  # ML-EM schedules of the sweep: variance|constant|dyadic|learned
+    a.learned_schedule = ""  # schedule 'learned': a file of python -m analysis.learn_probs
     a.cost_models = ("flops", "time")  # what each schedule's increment costs C_k are priced in
     a.top_evals = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # expected top-level evaluations per solve
     a.top_prob_range = (0.0, 0.5)  # ... swept where top_evals / steps lies in this range

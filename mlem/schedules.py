@@ -68,6 +68,14 @@ def dyadic(num_levels: int, gamma: float, c: float) -> np.ndarray:
     return probs
 
 
+def scaled(probs: np.ndarray, c: float) -> np.ndarray:
+    """``p_k = min(1, c · probs_k)`` with level 1 at 1: a schedule's time-dependent shape
+    (a learned one, say) moved along its cost–error curve by the knob ``c``."""
+    out = np.minimum(1.0, c * np.asarray(probs, np.float64))
+    out[..., 0] = 1.0
+    return out
+
+
 def top_evals(probs: np.ndarray) -> float:
     """Expected evaluations of the top level in a solve with ``(N, K)`` ``probs``: ``Σ_n p_{n,K}``
     (the top level runs iff it is drawn)."""
