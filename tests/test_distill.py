@@ -162,3 +162,21 @@ def test_cli_missing_teacher_is_one_line_and_exit_1(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: distill.teacher_workdir: "), lines
     assert "level2" in lines[0]
     assert not (tmp_path / "level1").exists()
+
+
+def test_distilled_mnist_ladder_trains_teachers_first():
+    """configs/mnist.py:KdT names the sibling levelT; the pipeline orders teachers first."""
+    from configs import mnist, mnist_distilled_sample
+    from experiments import pipeline
+
+    assert mnist.get_config("2d3").distill.to_dict() == {
+        "teacher_workdir": "level3", "weight": 1.0, "teacher_step": None,
+        "teacher_param_sha256": None}
+    assert mnist.get_config("2").distill.teacher_workdir == ""
+    for bad in ("4d3", "2d2", "2d5", "2dx"):
+        with pytest.raises(ValueError, match=f"got '{bad}'"):
+            mnist.get_config(bad)
+    for teachers, order in (("top", ["level4", "level1", "level2", "level3"]),
+                            ("above", ["level4", "level3", "level2", "level1"])):
+        configs = pipeline.level_configs(mnist_distilled_sample.get_config(teachers))
+        assert pipeline.training_order(configs) == order
