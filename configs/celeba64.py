@@ -43,6 +43,12 @@ def get_config(level: str = "5") -> ml_collections.ConfigDict:
     sde.beta_max = 20.0
     sde.t_min = 1e-3
 
+    config.distill = distill = ml_collections.ConfigDict()
+    distill.teacher_workdir = ""  # '' = no teacher; relative: a sibling of --workdir
+    distill.weight = 0.0  # w: loss = (1 − w)·‖ε̂ − ε‖² + w·‖ε̂ − ε̂_teacher‖² (mlem.distill)
+    distill.teacher_step = config_dict.placeholder(int)  # recorded by training, not set
+    distill.teacher_param_sha256 = config_dict.placeholder(str)  # recorded by training
+
     config.optim = optim = ml_collections.ConfigDict()
     optim.learning_rate = 2e-4
     optim.warmup_steps = 5000

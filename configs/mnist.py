@@ -6,19 +6,29 @@ CPU, so the whole ladder (4 × 1,000 steps) trains in about 6 minutes. Levels di
 in ``model.level``; ``configs/mnist_levelK.py`` is the same config under the name users type.
 
     python -m train --config configs/mnist.py:1 --workdir runs/mnist/level1
+
+``configs/mnist.py:KdT`` is level K distilled from level T of the same ladder tree (its
+sibling workdir ``levelT``), with ``distill.weight = 1`` (docs/training.md, Distillation):
+
+    python -m train --config configs/mnist.py:3d4 --workdir runs/mnist_distilled/level3
 """
 
 import ml_collections
 from ml_collections import config_dict
 
+DISTILL_WEIGHT = 1.0  # w of the distilled levels: match the teacher only
+
 
 def get_config(level: str = "4") -> ml_collections.ConfigDict:
-    """Level ``level`` (1–4) of the ladder (``configs/mnist.py:3`` on the command line), or
-    ``gaussian``: the analytic bottom level ``gaussian`` (a one-pass fit,
-    :mod:`mlem.train_gaussian`)."""
-    if level not in {*(str(k) for k in range(1, 5)), "gaussian"}:
-        raise ValueError(f"configs/mnist.py:LEVEL: LEVEL must be 1..4 or gaussian, "
-                         f"got {level!r}")
+    """Level ``level`` (1–4) of the ladder (``configs/mnist.py:3`` on the command line),
+    ``KdT`` (level K distilled from the sibling workdir ``levelT``, T > K), or ``gaussian``:
+    the analytic bottom level ``gaussian`` (a one-pass fit, :mod:`mlem.train_gaussian`)."""
+    arg = level
+    level, _, teacher = arg.partition("d")
+    if level not in {*(str(k) for k in range(1, 5)), "gaussian"} or (teacher and not (
+            teacher.isdigit() and level.isdigit() and int(level) < int(teacher) <= 4)):
+        raise ValueError(f"configs/mnist.py:LEVEL: LEVEL must be 1..4, gaussian, or KdT "
+                         f"(level K distilled from level T, K < T <= 4), got {arg!r}")
     config = ml_collections.ConfigDict()
     config.seed = 0
 
@@ -40,6 +50,12 @@ def get_config(level: str = "4") -> ml_collections.ConfigDict:
     sde.beta_min = 0.1
     sde.beta_max = 20.0
     sde.t_min = 1e-3
+
+    config.distill = distill = ml_collections.ConfigDict()
+    distill.teacher_workdir = ""  # '' = no teacher; relative: a sibling of --workdir
+    distill.weight = 0.0  # w: loss = (1 − w)·‖ε̂ − ε‖² + w·‖ε̂ − ε̂_teacher‖² (mlem.distill)
+    distill.teacher_step = config_dict.placeholder(int)  # recorded by training, not set
+    distill.teacher_param_sha256 = config_dict.placeholder(str)  # recorded by training
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.learning_rate = 1e-3
@@ -68,6 +84,9 @@ def get_config(level: str = "4") -> ml_collections.ConfigDict:
     wandb.mode = "offline"
     wandb.project = "mlem"
     wandb.entity = config_dict.placeholder(str)
+    if teacher:
+        distill.teacher_workdir = f"level{teacher}"
+        distill.weight = DISTILL_WEIGHT
     if level == "gaussian":
         config.training.num_steps = 1  # the one-pass fit (mlem.train_gaussian.FIT_STEP)
     return config

@@ -56,10 +56,27 @@ def trained_step(workdir: Path) -> int:
         manager.close()
 
 
+def training_order(configs: Mapping[str, ml_collections.ConfigDict]) -> list[str]:
+    """The level dirs of ``configs`` with every distilled level after its teacher (when the
+    teacher is a level of the same tree), otherwise in the given order."""
+    order, pending = [], list(configs)
+    while pending:
+        ready = [lv for lv in pending
+                 if configs[lv].get("distill", {}).get("teacher_workdir", "") not in pending]
+        if not ready:
+            raise ValueError(f"config.train_configs: the distillation teachers of {pending} "
+                             f"form a cycle")
+        order.append(ready[0])
+        pending.remove(ready[0])
+    return order
+
+
 def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path) -> dict:
-    """Train every level not yet at ``training.num_steps``; returns seconds per level."""
+    """Train every level not yet at ``training.num_steps`` (teachers before the levels
+    distilled from them); returns seconds per level."""
     seconds = {}
-    for k, (level, config) in enumerate(configs.items(), start=1):
+    for k, level in enumerate(training_order(configs), start=1):
+        config = configs[level]
         level_dir = workdir / level
         if trained_step(level_dir) >= config.training.num_steps:
             print(f"[train] {level}: done ({config.training.num_steps} steps), reusing {level_dir}")

@@ -3,7 +3,8 @@
 A workdir holds:
 
 * ``config.json``: the record of the weights, written once when the run starts (after
-  validation). A later call whose model, data or SDE fields differ is refused
+  validation). A later call whose model, data, SDE or distillation (teacher) fields differ is
+  refused
   (:func:`check_workdir`); the fields that may change on a resume (training, optimiser,
   evaluation and logging knobs, the dataset's location, the compute dtype) are appended to
   ``config_history.jsonl`` instead (:func:`record_config`).
@@ -43,9 +44,12 @@ CORRUPT_DIR = "corrupt_checkpoints"
 PREVIOUS_DIR = "previous_runs"
 
 # Sections of config.json that define the weights: a call with other values is refused.
-RECORD_SECTIONS = ("model", "data", "sde")
+RECORD_SECTIONS = ("model", "data", "sde", "distill")
 # ... except these, which say how the same thing is computed or where the same data lives.
 RESUMABLE_FIELDS = ("model.dtype", "data.source", "data.data_dir", "data.local_path")
+# What a record written before a field existed means by its absence (no distillation).
+ABSENT_MEANS = {"distill.teacher_workdir": "", "distill.weight": 0.0,
+                "distill.teacher_step": None, "distill.teacher_param_sha256": None}
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ def check_workdir(workdir: str | Path, config: ml_collections.ConfigDict) -> Non
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         return
-    saved, new = flatten(read_json(path, "config record")), flatten(config)
+    saved, new = _with_absent(flatten(read_json(path, "config record"))), flatten(config)
     fields = sorted(f for f in set(saved) | set(new)
                     if f.split(".")[0] in RECORD_SECTIONS and f not in RESUMABLE_FIELDS
                     and saved.get(f) != new.get(f))
@@ -92,6 +96,11 @@ def check_workdir(workdir: str | Path, config: ml_collections.ConfigDict) -> Non
         raise WorkdirMismatchError(
             f"workdir {workdir} holds weights trained with {listing}; these fields define the "
             f"weights and cannot change on a resume: use another --workdir")
+
+
+def _with_absent(record: dict[str, Any]) -> dict[str, Any]:
+    """A flattened record with :data:`ABSENT_MEANS` filled in where it lacks them."""
+    return {**ABSENT_MEANS, **record}
 
 
 def record_config(workdir: str | Path, config: ml_collections.ConfigDict, step: int) -> None:
@@ -106,7 +115,7 @@ def record_config(workdir: str | Path, config: ml_collections.ConfigDict, step: 
         workdir.mkdir(parents=True, exist_ok=True)
         path.write_text(config.to_json_best_effort(indent=2) + "\n")
         return
-    current = flatten(read_json(path, "config record"))
+    current = _with_absent(flatten(read_json(path, "config record")))
     if history.exists():
         for line in filter(None, history.read_text().splitlines()):
             current.update(json.loads(line)["changes"])

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlem import checkpoint, data, parallel, sampling, train_gaussian, training
+from mlem import checkpoint, data, distill, parallel, sampling, train_gaussian, training
 from mlem.files import save_grid
 from mlem.models import registry
 from mlem.sde import VPSDE
@@ -64,6 +64,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{name}: must be >= 0, got {value}; set --config.{name}=...")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ValueError(f"training.ema_decay: must be in [0, 1), got {t.ema_decay}")
+    distill.validate(config)
 
 
 def make_sampler(model: Any, sde: VPSDE, num_steps: int = SAMPLE_STEPS
@@ -111,9 +112,11 @@ class _Run:
     sampler: Callable
     pipeline: data.TrainPipeline
     heldout: np.ndarray  # (num_batches, B, H, W, C)
+    gap_fn: Callable | None = None  # held-out distillation gap (params → float), if distilled
 
 
-def _build(config: ml_collections.ConfigDict, workdir: Path, mesh: Mesh) -> _Run:
+def _build(config: ml_collections.ConfigDict, workdir: Path, mesh: Mesh,
+           teacher: distill.Teacher | None = None) -> _Run:
     """Data, model, optimizer and jitted functions; raises before anything is written."""
     train_source = data.get_source(config.data, "train")
     heldout = data.heldout_batches(data.get_source(config.data, "heldout"),
@@ -126,12 +129,19 @@ def _build(config: ml_collections.ConfigDict, workdir: Path, mesh: Mesh) -> _Run
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     init = jax.jit(lambda k: training.init_state(model, tx, k, shape),
                    out_shardings=parallel.replicated(mesh))(init_key)
+    pair = None if teacher is None else (teacher.model, teacher.params)
     train_step = training.make_train_step(model, tx, sde, config.training.ema_decay, train_key,
-                                          mesh)
+                                          mesh, pair, float(config.distill.weight))
+    gap_fn = None
+    if teacher is not None:
+        gap_sum = training.make_heldout_distill_gap(model, teacher.model, sde, mesh)
+        teacher_params = jax.device_put(teacher.params, parallel.replicated(mesh))
+        gap_fn = lambda params: training.mean_heldout_loss(
+            lambda p, x0, i: gap_sum(p, teacher_params, x0, i), params, heldout, mesh)
     return _Run(
         config=config, workdir=workdir, mesh=mesh, init=init, train_step=train_step,
         heldout_fn=training.make_heldout_loss(model, sde, mesh),
-        sampler=make_sampler(model, sde), pipeline=pipeline, heldout=heldout)
+        sampler=make_sampler(model, sde), pipeline=pipeline, heldout=heldout, gap_fn=gap_fn)
 
 
 def heldout_loss(run: _Run, params: Any) -> float:
@@ -158,7 +168,8 @@ def _on_step(run: _Run, state: TrainState, step: int, progress: Progress, manage
                         steps_per_s=f"{summary['steps_per_sec']:.2f}")
     if due(cfg.eval_every) and writer.latest("heldout_loss", step) is None:
         loss = heldout_loss(run, state.ema_params)
-        writer.write(step, heldout_loss=loss)
+        gap = {} if run.gap_fn is None else {"heldout_distill_gap": run.gap_fn(state.ema_params)}
+        writer.write(step, heldout_loss=loss, **gap)
         bar.write(f"step {step}: held-out loss {loss:.5f}")
     if due(cfg.sample_every) and cfg.num_sample_images > 0:
         _write_samples(run, state, step, writer)
@@ -216,9 +227,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.training.batch_size, mesh.size, "training.batch_size")
     parallel.check_batch_size(config.eval.batch_size, mesh.size, "eval.batch_size")
+    teacher = distill.load_teacher(config, workdir) if distill.enabled(config) else None
+    if teacher is not None:
+        config = distill.with_record(config, teacher)  # its step and digest define the weights
     checkpoint.check_workdir(workdir, config)
     wandb_mode(config)
-    run = _build(config, workdir, mesh)
+    run = _build(config, workdir, mesh, teacher)
     manager = checkpoint.make_manager(workdir, config.training.keep_checkpoints)
     writer = None
     try:

@@ -118,7 +118,8 @@ def _init_wandb(config: ml_collections.ConfigDict, workdir: Path):
 class Progress:
     """Device metrics of recent steps; synced, checked and averaged on the host at events.
 
-    ``window`` holds ``{"loss", "grad_norm"}`` of every step since the last log line; it is
+    ``window`` holds ``{"loss", "grad_norm"}`` (a distilled level adds ``denoise_loss`` and
+    ``distill_loss``) of every step since the last log line; it is
     saved with each checkpoint (:func:`save_window`) so that the first line logged after a
     resume averages the same steps as an uninterrupted run's.
     """
@@ -141,6 +142,8 @@ class Progress:
         out = {"train_loss": float(np.mean([m["loss"] for m in self.window])),
                "grad_norm": float(np.mean([m["grad_norm"] for m in self.window])),
                "steps_per_sec": self.timed_steps / max(self.train_seconds, 1e-9)}
+        for name in self.window[0].keys() - {"loss", "grad_norm"}:  # a distilled level's parts
+            out[f"train_{name}"] = float(np.mean([m[name] for m in self.window]))
         self.window, self.timed_steps, self.train_seconds = [], 0, 0.0
         return out
 

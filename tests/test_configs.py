@@ -20,6 +20,8 @@ SCHEMA = {
                             "local_path", "random_flip")),
     "model.level", "model.dropout", "model.dtype",
     "sde.beta_min", "sde.beta_max", "sde.t_min",
+    *(f"distill.{k}" for k in ("teacher_workdir", "weight", "teacher_step",
+                               "teacher_param_sha256")),
     *(f"optim.{k}" for k in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip",
                              "b1", "b2")),
     *(f"training.{k}" for k in ("batch_size", "num_steps", "ema_decay", "log_every",
@@ -77,6 +79,10 @@ def test_levels_cover_their_ladders():
             assert _flat(load_config(f"{CONFIGS / base}.py:{k}")) == _flat(_load(name))
         with pytest.raises(ValueError, match="LEVEL must be 1.."):
             load_config(f"{CONFIGS / base}.py:9")
+    # configs/mnist.py:KdT: level K distilled from levelT, otherwise level K
+    distilled, plain = _flat(load_config(f"{CONFIGS}/mnist.py:2d3")), _flat(_load("mnist_level2"))
+    assert {k for k in plain if plain[k] != distilled[k]} == {"distill.teacher_workdir",
+                                                               "distill.weight"}
 
 
 def test_dataset_shapes_and_defaults():
