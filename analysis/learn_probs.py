@@ -34,7 +34,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,58 +44,12 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from analysis import common, speedup
+from analysis import common, learn_problems, speedup
 from analysis.cost_error import make_probs
+from analysis.learn_problems import LearnConfig, Problem
 from mlem import cost, learn, schedules
 
 BASELINES = ("constant", "variance")
-
-
-@dataclasses.dataclass(frozen=True)
-class LearnConfig:
-    """What :func:`run` trains and evaluates (one set for both problems; sizes per problem
-    come from :func:`synthetic_config` and :func:`mnist_config`)."""
-
-    # One run per (anchor, λ): the initial schedule is the variance-optimal one with `anchor`
-    # expected top-level evaluations, and λ is in units of its MSE per its expected cost, so
-    # λ = 1 keeps a variance-dominated MSE near the anchor: anchors spread the runs along the
-    # cost axis, λ moves each along it (raw λ = λ · mse_scale / cost_scale, recorded).
-    anchors: tuple[float, ...] = (1.0, 4.0, 16.0)
-    lams: tuple[float, ...] = (1.0,)
-    sgd_steps: int = 300
-    learning_rate: float = 0.05
-    train_realisations: int = 8  # realisations per SGD step
-    draws: int = 2  # Bernoulli draws per realisation (leave-one-out baseline)
-    num_tangents: int = 0  # 0: every basis direction (exact forward-mode pathwise term)
-    bins: int = 8
-    top_evals: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-    train_seed_offset: int = 1000
-    resamples: int = 1000
-    p_min: float = learn.P_MIN
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Problem:
-    """A ladder with its grids, costs, variances and three callables.
-
-    ``solve_loss(probs, realisation, key, context) -> (MSE, draws)`` (pure JAX);
-    ``train_batch(step, R) -> (realisations, keys (R, M))`` from training realisations;
-    ``evaluate(probs (N, K)) -> (R_eval,)`` MSE on each evaluation realisation.
-    """
-
-    name: str
-    costs: np.ndarray  # (K,) per-level cost of one evaluation (FLOPs or declared)
-    ts: np.ndarray  # (N + 1,) the operating grid
-    variances: dict  # {"bin_edges", "variances" (bins, K)}: V_k(τ) for the baselines
-    solve_loss: Callable[..., tuple[jax.Array, jax.Array]]
-    train_batch: Callable[[int, int], tuple[Any, jax.Array]]
-    evaluate: Callable[[np.ndarray], np.ndarray]
-    context: Any = None
-    meta: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.costs)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -367,7 +321,7 @@ LADDER = dict(sgd_steps=100, num_tangents=2, bins=4, train_realisations=2, learn
 def main(argv: Sequence[str]) -> None:
     from absl import flags
 
-    from analysis import cli, learn_problems
+    from analysis import cli
     from mlem import cli as mlem_cli
 
     cli.start(argv)
