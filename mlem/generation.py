@@ -31,10 +31,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlem import brownian, cost, parallel, schedules
+from mlem import brownian, cost, parallel, schedules, solvers
 from mlem import ladder as ladders
 from mlem.files import read_json, save_grid
 from mlem.ladder import Ladder
+from mlem.sde import check_grid
 
 Array = jax.Array
 METHODS = ("mlem", "em")
@@ -45,13 +46,15 @@ GRID_IMAGES = 64  # samples shown in samples.png
 
 # --- time grids and schedules -------------------------------------------------------------
 
-def time_grids(ladder: Ladder, steps: int, path_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ts, path_ts)``: the ``steps + 1`` solver times, a sub-grid of the path's fine grid."""
+def time_grids(ladder: Ladder, steps: int, path_steps: int, grid: str = "uniform"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(ts, path_ts)``: the ``steps + 1`` solver times, a sub-grid of the path's fine grid
+    of kind ``grid`` (``uniform``, ``quadratic`` or ``logsnr``: :meth:`VPSDE.time_grid`)."""
     if path_steps < 1 or steps < 1 or path_steps % steps:
         raise ValueError(f"steps={steps} must divide sampling.path_steps={path_steps} (the grid "
                          f"of the shared Brownian path); pick a divisor or set "
                          f"--config.sampling.path_steps to a multiple of {steps}")
-    path_ts = np.asarray(ladder.sde.time_grid(path_steps), np.float32)
+    path_ts = np.asarray(ladder.sde.time_grid(path_steps, check_grid(grid)), np.float32)
     return np.asarray(brownian.coarse_grid(path_ts, steps)), path_ts
 
 
@@ -159,8 +162,12 @@ def batch_inputs(seed: int, batch_index: int, batch_size: int, image_shape: tupl
 def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarray, *,
              num_samples: int, batch_size: int, seed: int, em_level: int = -1,
              path_ts: np.ndarray | None = None, mesh: Mesh | None = None,
-             progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+             progress: bool = False, solver: str = "sde") -> tuple[np.ndarray, dict[str, Any]]:
     """``num_samples`` samples with EM (level ``em_level``, 1-based, -1 = top) or ML-EM.
+
+    ``solver`` (:data:`mlem.solvers.SOLVERS`) is the update rule: ``sde`` (EM / ML-EM on the
+    reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim`` or ``ancestral``; ``em`` and
+    ``mlem`` then mean the single-level and the multilevel solve with that rule.
 
     Args:
       probs: ``(N, K)`` or ``(K,)`` ML-EM probabilities (ignored by EM).
@@ -174,6 +181,7 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     level = check_request(method, em_level, ladder.num_levels, num_samples, batch_size, mesh.size)
+    solvers.check_solver(solver)
     path_ts = np.asarray(ts if path_ts is None else path_ts, np.float32)
     num_steps = len(ts) - 1
     if not np.allclose(brownian.coarse_grid(path_ts, num_steps), ts, rtol=0, atol=1e-6):
@@ -183,13 +191,13 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
     with cost.compile_timer() as compile_seconds:
         start = time.perf_counter()
         batches = range(num_samples // batch_size)
-        for b in tqdm(batches, desc=f"{method} {num_steps} steps", disable=not progress):
+        for b in tqdm(batches, desc=f"{method} {solver} {num_steps} steps", disable=not progress):
             x0, path, key = batch_inputs(seed, b, batch_size, ladder.image_shape, path_ts, mesh)
             if level is None:
-                x, stats = ladders.mlem(sharded, probs, x0, ts, key, path=path)
+                x, stats = ladders.mlem(sharded, probs, x0, ts, key, path=path, solver=solver)
                 evals.append(np.asarray(stats["evals"]))
             else:
-                x, stats = ladders.em(sharded, level, x0, ts, key, path=path)
+                x, stats = ladders.em(sharded, level, x0, ts, key, path=path, solver=solver)
                 evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level - 1] * num_steps)
             samples.append(_to_host(x))
         wall = time.perf_counter() - start
@@ -234,10 +242,14 @@ def with_overrides(config: ml_collections.ConfigDict, **values: Any) -> ml_colle
 
 
 def default_out(workdir: str | Path, config: ml_collections.ConfigDict) -> Path:
-    """``<workdir>/samples/<mlem_<schedule>|em_level<k>>_<steps>steps_seed<seed>``."""
+    """``<workdir>/samples/<mlem_<schedule>|em_level<k>>[_<solver>][_<grid>]_<steps>steps_seed<seed>``
+    (solver and grid named only when they are not the defaults ``sde`` and ``uniform``)."""
     s = config.sampling
     level = s.em_level if s.em_level > 0 else len(config.levels)
     tag = f"mlem_{s.schedule}" if s.method == "mlem" else f"em_level{level}"
+    for name, default in (("solver", "sde"), ("grid", "uniform")):
+        if s.get(name, default) != default:
+            tag += f"_{s[name]}"
     return Path(workdir) / "samples" / f"{tag}_{s.steps}steps_seed{s.seed}"
 
 
@@ -252,8 +264,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     mesh = parallel.make_mesh()
     batch_size = min(s.batch_size, s.num_samples)
     check_request(s.method, s.em_level, len(config.levels), s.num_samples, batch_size, mesh.size)
+    solver = solvers.check_solver(s.get("solver", "sde"))
+    grid = check_grid(s.get("grid", "uniform"))
     ladder = ladders.load_ladder(config, workdir)
-    ts, path_ts = time_grids(ladder, s.steps, s.path_steps)
+    ts, path_ts = time_grids(ladder, s.steps, s.path_steps, grid)
     flops = ladders.measure_flops(ladder, batch_size)
     seconds = level_seconds(config, ladder, batch_size)
     probs = None
@@ -262,7 +276,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
         probs = build_schedule(config, tuple(config.levels), level_costs, ts)
     samples, gen = generate(ladder, s.method, probs, ts, num_samples=s.num_samples,
                             batch_size=batch_size, seed=s.seed, em_level=s.em_level,
-                            path_ts=path_ts, mesh=mesh, progress=progress)
+                            path_ts=path_ts, mesh=mesh, progress=progress, solver=solver)
     out = default_out(workdir, config) if out is None else Path(out)
     stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh),
              "level_seconds_per_call": None if seconds is None else seconds.tolist(),
@@ -293,7 +307,8 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
     evals = gen["evals_per_level"]
     device = mesh.devices.flat[0]
     return {
-        "method": s.method, "steps": s.steps, "path_steps": s.path_steps, "seed": s.seed,
+        "method": s.method, "solver": s.get("solver", "sde"), "grid": s.get("grid", "uniform"),
+        "steps": s.steps, "path_steps": s.path_steps, "seed": s.seed,
         "num_samples": s.num_samples, "batch_size": batch_size,
         "em_level": None if s.method == "mlem" else (s.em_level if s.em_level > 0
                                                      else ladder.num_levels),
