@@ -163,9 +163,8 @@ def test_deterministic_rules_need_no_key_but_multilevel_draws_do():
         sampling.solve(levels[0], solvers.Ancestral(SDE), x0, ts, None)
 
 
-def test_ladder_solves_take_a_solver():
-    """``ladder.em/mlem/switching(..., solver=)``: DDIM at the top level is the DDIM rule on
-    the top ε-network; the default stays EM on the reverse SDE; unknown names are refused."""
+def _gaussian_ladder():
+    """Two analytic Gaussian levels (different means) as a 4×4×1 ladder."""
     from mlem import ladder as ladders
     from mlem.models import gaussian
 
@@ -176,7 +175,16 @@ def test_ladder_solves_take_a_solver():
         p = model.init(jax.random.key(1), x0, jnp.full((2,), 0.5))["params"]
         models.append(model)
         params.append({**p, "mean": jax.random.normal(jax.random.key(2 + k), (4, 4, 1))})
-    ladder = ladders.Ladder(("a", "b"), tuple(models), tuple(params), (4, 4, 1), SDE)
+    return ladders.Ladder(("a", "b"), tuple(models), tuple(params), (4, 4, 1), SDE), x0
+
+
+def test_ladder_solves_take_a_solver():
+    """``ladder.em/mlem/switching(..., solver=)``: DDIM at the top level is the DDIM rule on
+    the top ε-network; the default stays EM on the reverse SDE; unknown names are refused."""
+    from mlem import ladder as ladders
+
+    ladder, x0 = _gaussian_ladder()
+    models, params = ladder.models, ladder.params
     ts, key = np.asarray(SDE.time_grid(8, "quadratic")), jax.random.key(2)
     x, _ = ladders.em(ladder, -1, x0, ts, key, solver="ddim")
     top = ladders.eps_fn(models[1], params[1])
@@ -193,3 +201,38 @@ def test_ladder_solves_take_a_solver():
         np.testing.assert_array_equal(stats["evals"], [4, 4])
     with pytest.raises(ValueError, match="solver"):
         ladders.em(ladder, -1, x0, ts, key, solver="dpm")
+
+
+def test_generation_takes_solver_and_grid_and_refuses_unknown_names(tmp_path):
+    """``generate(solver=)`` on a ``logsnr`` grid; the sample config's fields, their default
+    output directory and the one-line CLI error for an unknown solver."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from configs import mnist_sample
+    from mlem import generation
+
+    ladder, _ = _gaussian_ladder()
+    ts, path_ts = generation.time_grids(ladder, 4, 8, "logsnr")
+    np.testing.assert_array_equal(ts, np.asarray(SDE.time_grid(8, "logsnr"))[::2])
+    for method, probs in (("em", None), ("mlem", np.array([1.0, 0.5]))):
+        x, gen = generation.generate(ladder, method, probs, ts, num_samples=4, batch_size=4,
+                                     seed=0, path_ts=path_ts, solver="ancestral")
+        assert x.shape == (4, 4, 4, 1) and np.all(np.isfinite(x))
+        assert gen["evals_per_level"].shape == (2,)
+    config = mnist_sample.get_config()
+    assert (config.sampling.solver, config.sampling.grid) == ("sde", "uniform")
+    assert generation.default_out("w", config).name.startswith("mlem_")
+    ddim = generation.with_overrides(config, solver="ddim", grid="logsnr")
+    assert "_ddim_logsnr_" in generation.default_out("w", ddim).name
+    for name, bad in (("solver", "heun"), ("grid", "cosine")):
+        with pytest.raises(ValueError, match=f"{name}: must be one of"):
+            generation.run(generation.with_overrides(config, **{name: bad}), tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "sample", "--config", "configs/mnist_sample.py",
+                           "--workdir", str(tmp_path), "--solver", "heun"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: solver: must be one of sde, ode, ddim, ancestral, got 'heun'")
