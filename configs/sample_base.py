@@ -25,7 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.allow_older_checkpoints = False
 
     config.sampling = s = ml_collections.ConfigDict()
-    s.method = "mlem"  # 'mlem' | 'em'
+    s.method = "mlem"  # 'mlem' | 'em' | 'switch'
+    # --method switch: level switch_level (1-based) on the steps before switch_at of the solver
+    # time (high noise), the top level after (the deterministic baseline)
+    s.switch_level = 1
+    s.switch_at = 0.5
     # Update rule (docs/solvers.md): 'sde' (EM on the reverse SDE) | 'ode' (Euler on the
     # probability-flow ODE) | 'ddim' | 'ancestral'; time grid: 'uniform' | 'quadratic' | 'logsnr'.
     s.solver = "sde"

@@ -38,7 +38,7 @@ from mlem.ladder import Ladder
 from mlem.sde import check_grid
 
 Array = jax.Array
-METHODS = ("mlem", "em")
+METHODS = ("mlem", "em", "switch")
 SCHEDULES = ("constant", "variance", "file")
 COST_MODELS = ("time", "flops")
 GRID_IMAGES = 64  # samples shown in samples.png
@@ -162,12 +162,15 @@ def batch_inputs(seed: int, batch_index: int, batch_size: int, image_shape: tupl
 def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarray, *,
              num_samples: int, batch_size: int, seed: int, em_level: int = -1,
              path_ts: np.ndarray | None = None, mesh: Mesh | None = None,
-             progress: bool = False, solver: str = "sde") -> tuple[np.ndarray, dict[str, Any]]:
-    """``num_samples`` samples with EM (level ``em_level``, 1-based, -1 = top) or ML-EM.
+             progress: bool = False, solver: str = "sde", switch_at: float = 0.5
+             ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``num_samples`` samples with EM (level ``em_level``, 1-based, -1 = top), ML-EM, or
+    deterministic switching (``switch``: level ``em_level`` on the steps that start before
+    ``switch_at`` of the solver time, the top level after; :func:`switch_levels`).
 
     ``solver`` (:data:`mlem.solvers.SOLVERS`) is the update rule: ``sde`` (EM / ML-EM on the
-    reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim`` or ``ancestral``; ``em`` and
-    ``mlem`` then mean the single-level and the multilevel solve with that rule.
+    reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim`` or ``ancestral``; ``em``, ``mlem``
+    and ``switch`` then mean the single-level, multilevel and switching solves with that rule.
 
     Args:
       probs: ``(N, K)`` or ``(K,)`` ML-EM probabilities (ignored by EM).
@@ -196,6 +199,11 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
             if level is None:
                 x, stats = ladders.mlem(sharded, probs, x0, ts, key, path=path, solver=solver)
                 evals.append(np.asarray(stats["evals"]))
+            elif method == "switch":
+                x, stats = ladders.switching(
+                    sharded, switch_levels(level, switch_at, ts, ladder.num_levels), x0, ts, key,
+                    path=path, solver=solver)
+                evals.append(np.asarray(stats["evals"]))
             else:
                 x, stats = ladders.em(sharded, level, x0, ts, key, path=path, solver=solver)
                 evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level - 1] * num_steps)
@@ -214,9 +222,19 @@ def _to_host(x: Array) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
+def switch_levels(level: int, switch_at: float, ts: np.ndarray, num_levels: int) -> np.ndarray:
+    """``(N,)`` per-step levels of switching: ``level`` (1…K) on the steps that start before
+    ``switch_at`` of the solver time (high noise), the top level ``K`` after."""
+    if not 0.0 <= switch_at <= 1.0:
+        raise ValueError(f"switch_at: a fraction of the solver time in [0, 1], got {switch_at}")
+    early = np.asarray(ts[:-1]) < switch_at * float(ts[-1])
+    return np.where(early, level, num_levels).astype(np.int32)
+
+
 def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
                   batch_size: int, num_devices: int) -> int | None:
-    """Validate a request; return the EM level (1…K), or ``None`` for ML-EM."""
+    """Validate a request; return the EM level (1…K; for ``switch`` the early level, named
+    ``switch_level`` in errors), or ``None`` for ML-EM."""
     if method not in METHODS:
         raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
     if num_samples < 1 or batch_size < 1 or num_samples % batch_size:
@@ -225,7 +243,8 @@ def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
     parallel.check_batch_size(batch_size, num_devices, "sampling.batch_size")
     if method == "mlem":
         return None
-    return ladders.level_index(em_level, num_levels, "em_level") + 1
+    name = "switch_level" if method == "switch" else "em_level"
+    return ladders.level_index(em_level, num_levels, name) + 1
 
 
 # --- the whole run behind python -m sample ------------------------------------------------
@@ -247,6 +266,8 @@ def default_out(workdir: str | Path, config: ml_collections.ConfigDict) -> Path:
     s = config.sampling
     level = s.em_level if s.em_level > 0 else len(config.levels)
     tag = f"mlem_{s.schedule}" if s.method == "mlem" else f"em_level{level}"
+    if s.method == "switch":
+        tag = f"switch_level{_early_level(config)}_at{s.get('switch_at', 0.5):g}"
     for name, default in (("solver", "sde"), ("grid", "uniform")):
         if s.get(name, default) != default:
             tag += f"_{s[name]}"
@@ -263,7 +284,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     s = config.sampling
     mesh = parallel.make_mesh()
     batch_size = min(s.batch_size, s.num_samples)
-    check_request(s.method, s.em_level, len(config.levels), s.num_samples, batch_size, mesh.size)
+    check_request(s.method, _early_level(config) if s.method == "switch" else s.em_level,
+                  len(config.levels), s.num_samples, batch_size, mesh.size)
     solver = solvers.check_solver(s.get("solver", "sde"))
     grid = check_grid(s.get("grid", "uniform"))
     ladder = ladders.load_ladder(config, workdir)
@@ -275,7 +297,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
         level_costs = flops if seconds is None else seconds
         probs = build_schedule(config, tuple(config.levels), level_costs, ts)
     samples, gen = generate(ladder, s.method, probs, ts, num_samples=s.num_samples,
-                            batch_size=batch_size, seed=s.seed, em_level=s.em_level,
+                            batch_size=batch_size, seed=s.seed,
+                            em_level=_early_level(config) if s.method == "switch" else s.em_level,
+                            switch_at=float(s.get("switch_at", 0.5)),
                             path_ts=path_ts, mesh=mesh, progress=progress, solver=solver)
     out = default_out(workdir, config) if out is None else Path(out)
     stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh),
@@ -310,8 +334,10 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
         "method": s.method, "solver": s.get("solver", "sde"), "grid": s.get("grid", "uniform"),
         "steps": s.steps, "path_steps": s.path_steps, "seed": s.seed,
         "num_samples": s.num_samples, "batch_size": batch_size,
-        "em_level": None if s.method == "mlem" else (s.em_level if s.em_level > 0
-                                                     else ladder.num_levels),
+        "em_level": None if s.method != "em" else (s.em_level if s.em_level > 0
+                                                   else ladder.num_levels),
+        **({"switch_level": _early_level(config), "switch_at": float(s.get("switch_at", 0.5))}
+           if s.method == "switch" else {}),
         "schedule": s.schedule if s.method == "mlem" else None,
         "cost_model": s.get("cost_model", "time") if s.method == "mlem" else None,
         "levels": list(ladder.names), "level_flops": flops.tolist(),
@@ -329,6 +355,11 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
         "device": {"platform": device.platform, "kind": device.device_kind,
                    "count": int(mesh.size)},
     }
+
+
+def _early_level(config: ml_collections.ConfigDict) -> int:
+    """``sampling.switch_level``: the level of ``--method switch`` before ``switch_at``."""
+    return int(config.sampling.get("switch_level", 1))
 
 
 def write_outputs(out: Path, samples: np.ndarray, ts: np.ndarray, probs: np.ndarray | None,

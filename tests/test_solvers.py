@@ -203,9 +203,9 @@ def test_ladder_solves_take_a_solver():
         ladders.em(ladder, -1, x0, ts, key, solver="dpm")
 
 
-def test_generation_takes_solver_and_grid_and_refuses_unknown_names(tmp_path):
-    """``generate(solver=)`` on a ``logsnr`` grid; the sample config's fields, their default
-    output directory and the one-line CLI error for an unknown solver."""
+def test_generation_takes_solver_grid_and_switching_and_refuses_unknown_names(tmp_path):
+    """``generate(solver=)`` on a ``logsnr`` grid for em, mlem and switch; the sample config's
+    fields, their default output directory and the one-line CLI error for an unknown solver."""
     import subprocess
     import sys
     from pathlib import Path
@@ -216,16 +216,26 @@ def test_generation_takes_solver_and_grid_and_refuses_unknown_names(tmp_path):
     ladder, _ = _gaussian_ladder()
     ts, path_ts = generation.time_grids(ladder, 4, 8, "logsnr")
     np.testing.assert_array_equal(ts, np.asarray(SDE.time_grid(8, "logsnr"))[::2])
-    for method, probs in (("em", None), ("mlem", np.array([1.0, 0.5]))):
+    for method, probs in (("em", None), ("mlem", np.array([1.0, 0.5])), ("switch", None)):
         x, gen = generation.generate(ladder, method, probs, ts, num_samples=4, batch_size=4,
-                                     seed=0, path_ts=path_ts, solver="ancestral")
+                                     seed=0, path_ts=path_ts, solver="ancestral", em_level=1,
+                                     switch_at=0.5)
         assert x.shape == (4, 4, 4, 1) and np.all(np.isfinite(x))
         assert gen["evals_per_level"].shape == (2,)
+        if method != "mlem":  # em: 4 steps at level 1; switch: 2 early steps at 1, 2 at the top
+            np.testing.assert_array_equal(gen["evals_per_level"],
+                                          [4, 0] if method == "em" else [2, 2])
+    np.testing.assert_array_equal(generation.switch_levels(2, 0.5, np.linspace(0, 1, 5), 3),
+                                  [2, 2, 3, 3])
     config = mnist_sample.get_config()
     assert (config.sampling.solver, config.sampling.grid) == ("sde", "uniform")
     assert generation.default_out("w", config).name.startswith("mlem_")
     ddim = generation.with_overrides(config, solver="ddim", grid="logsnr")
     assert "_ddim_logsnr_" in generation.default_out("w", ddim).name
+    switch = generation.with_overrides(config, method="switch", switch_level=2, switch_at=0.25)
+    assert generation.default_out("w", switch).name.startswith("switch_level2_at0.25_")
+    with pytest.raises(ValueError, match="switch_level: must be in 1..4"):
+        generation.run(generation.with_overrides(switch, switch_level=7), tmp_path)
     for name, bad in (("solver", "heun"), ("grid", "cosine")):
         with pytest.raises(ValueError, match=f"{name}: must be one of"):
             generation.run(generation.with_overrides(config, **{name: bad}), tmp_path)
