@@ -147,6 +147,10 @@ def multilevel_solve(
       update: an update rule of :mod:`mlem.solvers`.
       probs, x0, ts, key, increments, path, costs, draws: as in
         :func:`multilevel_euler_maruyama`; a deterministic rule ignores ``increments``/``path``.
+
+    Returns:
+      ``x_N`` and ``stats`` with ``evals`` ``(K,)`` and ``draws`` ``(N, K)``, as in
+      :func:`multilevel_euler_maruyama`.
     """
     if draws is None:
         return _multilevel(levels, probs, check_probs, _bernoulli_weights, update, x0, ts,
