@@ -270,3 +270,21 @@ def test_synthetic_ode_sweep_uses_euler_and_draws_no_noise(tmp_path):
                            increments=brownian.increments(jax.random.key(k), ts, x0.shape))[0]
             for k in (1, 2)]
     np.testing.assert_array_equal(*runs)
+
+
+def test_cost_error_takes_the_solver_and_grid_of_the_analysis_config():
+    """``config.analysis.solver/grid``: defaults leave the stage settings and reference key
+    as they were; other values enter both; unknown names are refused."""
+    from analysis import cost_error
+    from configs import celeba64_sample, mnist_sample
+
+    config = mnist_sample.get_config()
+    assert cost_error.solver_settings(config) == ("sde", "uniform", {})
+    config.analysis.solver, config.analysis.grid = "ddim", "logsnr"
+    assert cost_error.solver_settings(config) == ("ddim", "logsnr",
+                                                  {"solver": "ddim", "grid": "logsnr"})
+    config.analysis.solver = "heun"
+    with pytest.raises(ValueError, match="solver: must be one of"):
+        cost_error.solver_settings(config)
+    for solver, grid in celeba64_sample.SOLVERS:
+        assert solvers.check_solver(solver) and grid in GRIDS
