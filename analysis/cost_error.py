@@ -250,18 +250,17 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
     Each compiled solver (EM at a level, ML-EM) is called once on realisation 0 before
     anything is timed; then realisations run one after another, every point on each.
     """
-    ts = coupling.grid(steps)
+    ts, rule = coupling.grid(steps), solver
 
     def solve(point, p, inputs):
         x0, path, key = inputs
         if point["method"] == "em":
-            return ladders.em(ladder, point["level"], x0, ts, key, path=path, solver=solver)
+            return ladders.em(ladder, point["level"], x0, ts, key, path=path, solver=rule)
         if point["method"] == "switch":
-            return ladders.switching(ladder, p, x0, ts, key, path=path, solver=solver)
+            return ladders.switching(ladder, p, x0, ts, key, path=path, solver=rule)
         if point["method"] == "pattern":
-            return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1],
-                                solver=solver)
-        return ladders.mlem(ladder, p, x0, ts, key, path=path, solver=solver)
+            return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1], solver=rule)
+        return ladders.mlem(ladder, p, x0, ts, key, path=path, solver=rule)
 
     first = coupling.inputs(0)
     warmed = set()
