@@ -13,10 +13,14 @@ the same noise and paths (coupled). Realisations ``0…R−1`` are the units of 
 error and bootstrap (:mod:`analysis.speedup`), never the samples inside one; realisations
 ``R…R+S−1`` are used only to choose (the best ML-EM variant that the headline reports), so
 nothing is selected on the realisations it is judged on (:mod:`analysis.comparison`).
-**Reference**: EM with the top level on the finest grid ``ref_steps`` (at least 4× the finest
-swept grid), per realisation, stored in ``reference.npy`` beside ``reference.json``, the key
-of everything it depends on (ladder steps and parameter digests, SDE, grid, seed,
-realisations, batch size); a different key recomputes it.
+**Solver**: ``config.analysis.solver`` (``sde``: EM / ML-EM on the reverse SDE; ``ode``,
+``ddim``, ``ancestral``: docs/solvers.md) and ``config.analysis.grid`` (``uniform``,
+``quadratic``, ``logsnr``) apply to every solve, the reference included; both are recorded in
+the stage settings and the reference key when they are not the defaults.
+**Reference**: the same solver with the top level on the finest grid ``ref_steps`` (at least
+4× the finest swept grid), per realisation, stored in ``reference.npy`` beside
+``reference.json``, the key of everything it depends on (ladder steps and parameter
+digests, SDE, grid, seed, realisations, batch size); a different key recomputes it.
 **Sweep**: EM at every level over ``em_steps``; ML-EM over ``schedules × cost_models ×
 mlem_steps × top_evals``, where ``top_evals`` is the expected number of top-level evaluations
 per solve (converted to the schedule constant ``c`` for each grid and cost model), for those
@@ -48,8 +52,9 @@ from tqdm import tqdm
 
 from analysis import common, comparison, plots, variance
 from analysis.comparison import config_key, curve_name, schedule_names
-from mlem import brownian, cost, generation, parallel, patterns, schedules
+from mlem import brownian, cost, generation, parallel, patterns, schedules, solvers
 from mlem import ladder as ladders
+from mlem import sde as sde_lib
 
 STAGE = "cost_error"
 COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "switch_at", "c",
@@ -101,9 +106,9 @@ def pattern_steps(config: Any) -> tuple[int, ...]:
 
 def switch_levels(point: dict, ts: np.ndarray, num_levels: int) -> np.ndarray:
     """``(N,)`` levels of a switching point: level ``point["level"]`` on the steps that start
-    before ``switch_at`` of the solver time (high noise), the top level after it."""
-    early = np.asarray(ts[:-1]) < point["switch_at"] * float(ts[-1])
-    return np.where(early, point["level"], num_levels).astype(np.int32)
+    before ``switch_at`` of the solver time (high noise), the top level after it
+    (:func:`mlem.generation.switch_levels`)."""
+    return generation.switch_levels(point["level"], point["switch_at"], ts, num_levels)
 
 
 def _swept(config: Any, top_evals: float, steps: int) -> bool:
@@ -193,6 +198,18 @@ class Coupling:
         return np.asarray(brownian.coarse_grid(self.path_ts, num_steps))
 
 
+def solver_settings(config: Any) -> tuple[str, str, dict]:
+    """``(solver, grid, record)`` of ``config.analysis``; ``record`` names them only when they
+    are not the defaults ``sde``/``uniform`` (so references stored before they existed stay
+    valid)."""
+    a = config.analysis
+    solver = solvers.check_solver(a.get("solver", "sde"))
+    grid = sde_lib.check_grid(a.get("grid", "uniform"))
+    record = {k: v for k, v, d in (("solver", solver, "sde"), ("grid", grid, "uniform"))
+              if v != d}
+    return solver, grid, record
+
+
 def referenceconfig_key(ctx: common.Context, coupling: Coupling, realisations: int) -> dict:
     """Everything the reference depends on."""
     ladder = ctx.ladder
@@ -200,7 +217,8 @@ def referenceconfig_key(ctx: common.Context, coupling: Coupling, realisations: i
             "param_sha256": list(ladder.digests), "sde": dict(vars(ladder.sde)),
             "ref_steps": len(coupling.path_ts) - 1, "seed": coupling.seed,
             "realisations": realisations, "batch_size": coupling.batch_size,
-            "paths": PATH_CONVENTION, "backend": jax.default_backend()}
+            "paths": PATH_CONVENTION, "backend": jax.default_backend(),
+            **solver_settings(ctx.config)[2]}
 
 
 def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
@@ -218,10 +236,10 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
             return np.load(array_file)
         print(f"[cost_error] the stored reference in {stage} was computed for another "
               f"ladder, grid or set of realisations: recomputing it", flush=True)
-    n_ref, out = len(coupling.path_ts) - 1, []
+    n_ref, out, solver = len(coupling.path_ts) - 1, [], solver_settings(ctx.config)[0]
     for r in tqdm(range(realisations), desc=f"reference ({n_ref} steps)"):
         x0, path, key_r = coupling.inputs(r)
-        x, _ = ladders.em(ladder, -1, x0, coupling.path_ts, key_r, path=path)
+        x, _ = ladders.em(ladder, -1, x0, coupling.path_ts, key_r, path=path, solver=solver)
         out.append(np.asarray(x, np.float32))
     ref = np.stack(out)
     stage.mkdir(parents=True, exist_ok=True)
@@ -234,24 +252,25 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
 # --- running the sweep ---------------------------------------------------------------------------
 
 def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
-              points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int
-              ) -> list[dict]:
-    """Every point with ``steps`` steps on every realisation; one row per (point, realisation).
+              points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int,
+              solver: str = "sde") -> list[dict]:
+    """Every point with ``steps`` steps on every realisation; one row per (point, realisation),
+    each solve with the update rule ``solver`` (docs/solvers.md).
 
     Each compiled solver (EM at a level, ML-EM) is called once on realisation 0 before
     anything is timed; then realisations run one after another, every point on each.
     """
-    ts = coupling.grid(steps)
+    ts, rule = coupling.grid(steps), solver
 
     def solve(point, p, inputs):
         x0, path, key = inputs
         if point["method"] == "em":
-            return ladders.em(ladder, point["level"], x0, ts, key, path=path)
+            return ladders.em(ladder, point["level"], x0, ts, key, path=path, solver=rule)
         if point["method"] == "switch":
-            return ladders.switching(ladder, p, x0, ts, key, path=path)
+            return ladders.switching(ladder, p, x0, ts, key, path=path, solver=rule)
         if point["method"] == "pattern":
-            return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1])
-        return ladders.mlem(ladder, p, x0, ts, key, path=path)
+            return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1], solver=rule)
+        return ladders.mlem(ladder, p, x0, ts, key, path=path, solver=rule)
 
     first = coupling.inputs(0)
     warmed = set()
@@ -333,7 +352,8 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                 "variances": common.digest(v) if v else None, "gamma": gamma,
                 "paths": PATH_CONVENTION, "pattern_search": int(a.get("pattern_search", 0)),
                 "learned_schedule": _file_digest(a.get("learned_schedule", ""))
-                if "learned" in names else None}
+                if "learned" in names else None,
+                **solver_settings(ctx.config)[2]}
     path = ctx.out / STAGE / "points.csv"
     fresh = common.load_stage(ctx.out, STAGE, settings, ctx.recompute) is None
     wanted = {config_key(p) for p in points}  # rows of configurations no longer swept are dropped
@@ -348,7 +368,9 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
         return rows, 0
     ladder = ladders.on_mesh(ctx.ladder, mesh)
     coupling = Coupling(int(ctx.config.sampling.seed),
-                        np.asarray(ctx.ladder.sde.time_grid(int(a.ref_steps)), np.float32),
+                        np.asarray(ctx.ladder.sde.time_grid(int(a.ref_steps),
+                                                            solver_settings(ctx.config)[1]),
+                                   np.float32),
                         batch, ctx.ladder.image_shape, mesh)
     ref = reference(ctx, ladder, coupling, realisations)
     pattern_path = ctx.out / STAGE / PATTERNS
@@ -369,7 +391,8 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                 p["c"] = float("nan")
                 probs.append(switch_levels(p, ts, ctx.ladder.num_levels)
                              if p["method"] == "switch" else None)
-        rows += run_group(ladder, ctx.flops, coupling, ref, group, probs, steps)
+        rows += run_group(ladder, ctx.flops, coupling, ref, group, probs, steps,
+                          solver_settings(ctx.config)[0])
         write_points(path, rows)
     return rows, len(todo) * realisations
 
@@ -388,19 +411,22 @@ def search_pattern(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupli
                                                 PATTERN_STREAM), len(ts) - 1)
     key = jax.random.fold_in(key, int(round(1000 * point["top_evals"])))
     candidates = patterns.draw(probs, int(a.pattern_search), key)
+    solver = solver_settings(ctx.config)[0]
     selection = range(evaluation, ref.shape[0])
     errors = np.zeros((len(candidates), len(selection)))
     for j, r in enumerate(selection):
         x0, path, key_r = coupling.inputs(r)
         for m, pattern in enumerate(candidates):
-            x, _ = ladders.mlem(ladder, probs, x0, ts, key_r, path=path, draws=pattern)
+            x, _ = ladders.mlem(ladder, probs, x0, ts, key_r, path=path, draws=pattern,
+                                solver=solver)
             errors[m, j] = np.mean((np.asarray(x, np.float64) - ref[r]) ** 2)
     index, _ = patterns.select(errors)
     chosen, evaluated, differences = candidates[index], [], []
     for r in range(evaluation):
         x0, path, key_r = coupling.inputs(r)
-        x, _ = ladders.mlem(ladder, probs, x0, ts, key_r, path=path, draws=chosen)
-        top, _ = ladders.em(ladder, -1, x0, ts, key_r, path=path)
+        x, _ = ladders.mlem(ladder, probs, x0, ts, key_r, path=path, draws=chosen,
+                            solver=solver)
+        top, _ = ladders.em(ladder, -1, x0, ts, key_r, path=path, solver=solver)
         evaluated.append(np.mean((np.asarray(x, np.float64) - ref[r]) ** 2))
         differences.append(np.asarray(x, np.float64) - np.asarray(top, np.float64))
     report = patterns.selection_report(errors, np.array(evaluated))

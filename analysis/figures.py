@@ -93,12 +93,13 @@ def sample_grid(ctx: common.Context, path: Path) -> None:
 
     a, seed = ctx.config.analysis, int(ctx.config.sampling.seed)
     em, ml = equal_cost_pair(ctx.out)
-    path_ts = np.asarray(ctx.ladder.sde.time_grid(int(a.ref_steps)), np.float32)
+    solver, grid_kind, _ = cost_error.solver_settings(ctx.config)  # those of the sweep
+    path_ts = np.asarray(ctx.ladder.sde.time_grid(int(a.ref_steps), grid_kind), np.float32)
     grid = lambda n: np.asarray(brownian.coarse_grid(path_ts, n))
     # Realisation 0 of the sweep, at the sweep's batch size: its reference is stored and its
     # solvers are compiled already.
     batch = min(GRID_SAMPLES, int(a.batch_size))
-    kwargs = dict(num_samples=batch, batch_size=batch, seed=seed, path_ts=path_ts)
+    kwargs = dict(num_samples=batch, batch_size=batch, seed=seed, path_ts=path_ts, solver=solver)
     ref = np.load(ctx.out / "cost_error" / "reference.npy", mmap_mode="r")[0, :batch]
     x_em, _ = generation.generate(ctx.ladder, "em", None, grid(em["steps"]),
                                   em_level=em["level"], **kwargs)

@@ -126,6 +126,10 @@ def image_rows(d: Path) -> list[str]:
     if s.get("variance_time_averaged") is not None:
         lines.append(f"| V_k time-averaged, levels 1–{len(s['variance_time_averaged'])} | "
                      f"{', '.join(fmt(v) for v in s['variance_time_averaged'])} | |")
+    if s.get("variance_time_averaged") is not None and s.get("level_flops") is not None:
+        vc = np.asarray(s["variance_time_averaged"]) * np.asarray(s["level_flops"]) / 1e6
+        lines.append(f"| V_k·c_k time-averaged (per MFLOP of level k), levels 1–{vc.size} | "
+                     f"{', '.join(fmt(v) for v in vc)} | |")
     if s.get("variance_time_averaged_without_gaussian") is not None:
         values = s["variance_time_averaged_without_gaussian"]
         lines.append(f"| V_k time-averaged without the Gaussian, levels 2–{len(values) + 1} | "
@@ -141,6 +145,32 @@ def image_rows(d: Path) -> list[str]:
                          f"{fmt_ci(c['at_operating_point_ci'])} | {fmt(c['max'])}× "
                          f"{fmt_ci(c['max_ci'])} | {fmt(c['max_at_error'])} |")
     return [*lines, "", wallclock_sentence(s)]
+
+
+def learn_rows(dirs: Sequence[Path]) -> list[str]:
+    """The learned-schedule table of ``analysis.learn_probs``: learned ÷ the best constant or
+    variance-optimal schedule at equal MSE, with 95% intervals over evaluation realisations."""
+    lines = ["| results | problem | runs (anchor, λ) | SGD steps | learned ÷ best constant, "
+             "maximum (at MSE) | at the operating point | learned ÷ constant, max | "
+             "learned ÷ variance-optimal, max | wall time |",
+             "|---|---|---|---:|---|---|---|---|---:|"]
+    for d in dirs:
+        s = json.loads((d / "summary.json").read_text())["learn_probs"]
+        runs = ", ".join(f"({fmt(r['anchor_top_evals'])}, {fmt(r['lam'])})"
+                         for r in s["per_lambda"])
+        lines.append(
+            f"| {d} | {s['problem']} | {runs} | {s['config']['sgd_steps']} | "
+            f"{fmt(s['speedup_learned_over_best_constant_max'])}× "
+            f"{fmt_ci(s['speedup_learned_over_best_constant_max_ci'])} "
+            f"({fmt(s['speedup_learned_over_best_constant_max_at_mse'])}) | "
+            f"{fmt(s['speedup_learned_over_best_constant_at_operating_point'])}× "
+            f"{fmt_ci(s['speedup_learned_over_best_constant_at_operating_point_ci'])} | "
+            f"{fmt(s['speedup_learned_over_constant_max'])}× "
+            f"{fmt_ci(s['speedup_learned_over_constant_max_ci'])} | "
+            f"{fmt(s['speedup_learned_over_variance_max'])}× "
+            f"{fmt_ci(s['speedup_learned_over_variance_max_ci'])} | "
+            f"{s.get('wall_time_s', float('nan')):.0f} s |")
+    return lines
 
 
 def poisson_rows(d: Path) -> list[str]:
@@ -167,8 +197,12 @@ def report(dirs: Sequence[str | Path]) -> str:
             raise FileNotFoundError(f"{d}: no summary.json; run the analysis that writes it")
     kinds = {d: json.loads((d / "summary.json").read_text()) for d in dirs}
     synthetic = [d for d in dirs if "exponent_em" in kinds[d]]
+    learned = [d for d in dirs if "learn_probs" in kinds[d] and "speedup_at_equal_mse"
+               not in kinds[d]]
     lines = synthetic_rows(synthetic) if synthetic else []
-    for d in (d for d in dirs if d not in synthetic):
+    if learned:
+        lines += ["", *learn_rows(learned)]
+    for d in (d for d in dirs if d not in synthetic and d not in learned):
         lines += ["", *(poisson_rows(d) if "correction_evals" in kinds[d] else image_rows(d))]
     return "\n".join(lines).strip() + "\n"
 

@@ -2,6 +2,12 @@
 
     python -m sample --method mlem --config configs/celeba64_sample.py --workdir runs/celeba64
 
+The solvers a GPU user would run (``SOLVERS``, docs/solvers.md), each with ``--solver`` and
+a grid (``--grid``): EM on the reverse SDE (``sde``, the paper's), Euler on the PF-ODE
+(``ode``), DDIM (``ddim``, usually with ``--grid logsnr`` or ``quadratic``) and DDPM
+ancestral (``ancestral``); the sweep takes ``--config.analysis.solver=...`` and
+``--config.analysis.grid=...``.
+
 Batches are split over all local devices (``sampling.batch_size`` and
 ``analysis.batch_size`` must be multiples of the device count). Defaults and the meaning of
 every field: ``configs/sample_base.py``.
@@ -12,6 +18,7 @@ import ml_collections
 from configs import sample_base
 
 REF_STEPS = 2048
+SOLVERS = (("sde", "uniform"), ("ode", "uniform"), ("ddim", "logsnr"), ("ancestral", "uniform"))
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -41,4 +48,5 @@ def get_config() -> ml_collections.ConfigDict:
     a.pattern_steps = (256,)
     a.batch_size = 64
     a.variance_samples = 2048
+    a.solver, a.grid = "sde", "uniform"  # one of SOLVERS per sweep
     return config

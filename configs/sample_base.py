@@ -25,7 +25,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.allow_older_checkpoints = False
 
     config.sampling = s = ml_collections.ConfigDict()
-    s.method = "mlem"  # 'mlem' | 'em'
+    s.method = "mlem"  # 'mlem' | 'em' | 'switch'
+    # --method switch: level switch_level (1-based) on the steps before switch_at of the solver
+    # time (high noise), the top level after (the deterministic baseline)
+    s.switch_level = 1
+    s.switch_at = 0.5
+    # Update rule (docs/solvers.md): 'sde' (EM on the reverse SDE) | 'ode' (Euler on the
+    # probability-flow ODE) | 'ddim' | 'ancestral'; time grid: 'uniform' | 'quadratic' | 'logsnr'.
+    s.solver = "sde"
+    s.grid = "uniform"
     s.steps = 32  # also the operating point of the sweep (EM at the top level, this many steps)
     s.path_steps = 256  # grid of the shared Brownian path; steps must divide it
     s.num_samples = 64
@@ -44,6 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.analysis = a = ml_collections.ConfigDict()
     a.ref_steps = 256  # N_ref: the reference grid, >= 4x the finest swept grid
+    # Update rule and time grid of every solve of the sweep, the reference included
+    # (docs/solvers.md): solver 'sde' | 'ode' | 'ddim' | 'ancestral'; grid 'uniform' |
+    # 'quadratic' | 'logsnr'.
+    a.solver = "sde"
+    a.grid = "uniform"
     a.em_steps = (4, 8, 16, 32, 64)  # each divides ref_steps
     a.mlem_steps = (8, 16, 32, 64)
     a.schedules = ("variance",)  # ML-EM schedules of the sweep: variance|constant|dyadic|learned

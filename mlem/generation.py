@@ -31,13 +31,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlem import brownian, cost, parallel, schedules
+from mlem import brownian, cost, parallel, schedules, solvers
 from mlem import ladder as ladders
 from mlem.files import read_json, save_grid
 from mlem.ladder import Ladder
+from mlem.sde import check_grid
 
 Array = jax.Array
-METHODS = ("mlem", "em")
+METHODS = ("mlem", "em", "switch")
 SCHEDULES = ("constant", "variance", "file")
 COST_MODELS = ("time", "flops")
 GRID_IMAGES = 64  # samples shown in samples.png
@@ -45,13 +46,15 @@ GRID_IMAGES = 64  # samples shown in samples.png
 
 # --- time grids and schedules -------------------------------------------------------------
 
-def time_grids(ladder: Ladder, steps: int, path_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ts, path_ts)``: the ``steps + 1`` solver times, a sub-grid of the path's fine grid."""
+def time_grids(ladder: Ladder, steps: int, path_steps: int, grid: str = "uniform"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(ts, path_ts)``: the ``steps + 1`` solver times, a sub-grid of the path's fine grid
+    of kind ``grid`` (``uniform``, ``quadratic`` or ``logsnr``: :meth:`VPSDE.time_grid`)."""
     if path_steps < 1 or steps < 1 or path_steps % steps:
         raise ValueError(f"steps={steps} must divide sampling.path_steps={path_steps} (the grid "
                          f"of the shared Brownian path); pick a divisor or set "
                          f"--config.sampling.path_steps to a multiple of {steps}")
-    path_ts = np.asarray(ladder.sde.time_grid(path_steps), np.float32)
+    path_ts = np.asarray(ladder.sde.time_grid(path_steps, check_grid(grid)), np.float32)
     return np.asarray(brownian.coarse_grid(path_ts, steps)), path_ts
 
 
@@ -159,8 +162,15 @@ def batch_inputs(seed: int, batch_index: int, batch_size: int, image_shape: tupl
 def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarray, *,
              num_samples: int, batch_size: int, seed: int, em_level: int = -1,
              path_ts: np.ndarray | None = None, mesh: Mesh | None = None,
-             progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-    """``num_samples`` samples with EM (level ``em_level``, 1-based, -1 = top) or ML-EM.
+             progress: bool = False, solver: str = "sde", switch_at: float = 0.5
+             ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``num_samples`` samples with EM (level ``em_level``, 1-based, -1 = top), ML-EM, or
+    deterministic switching (``switch``: level ``em_level`` on the steps that start before
+    ``switch_at`` of the solver time, the top level after; :func:`switch_levels`).
+
+    ``solver`` (:data:`mlem.solvers.SOLVERS`) is the update rule: ``sde`` (EM / ML-EM on the
+    reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim`` or ``ancestral``; ``em``, ``mlem``
+    and ``switch`` then mean the single-level, multilevel and switching solves with that rule.
 
     Args:
       probs: ``(N, K)`` or ``(K,)`` ML-EM probabilities (ignored by EM).
@@ -174,6 +184,7 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     level = check_request(method, em_level, ladder.num_levels, num_samples, batch_size, mesh.size)
+    solvers.check_solver(solver)
     path_ts = np.asarray(ts if path_ts is None else path_ts, np.float32)
     num_steps = len(ts) - 1
     if not np.allclose(brownian.coarse_grid(path_ts, num_steps), ts, rtol=0, atol=1e-6):
@@ -183,13 +194,18 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
     with cost.compile_timer() as compile_seconds:
         start = time.perf_counter()
         batches = range(num_samples // batch_size)
-        for b in tqdm(batches, desc=f"{method} {num_steps} steps", disable=not progress):
+        for b in tqdm(batches, desc=f"{method} {solver} {num_steps} steps", disable=not progress):
             x0, path, key = batch_inputs(seed, b, batch_size, ladder.image_shape, path_ts, mesh)
             if level is None:
-                x, stats = ladders.mlem(sharded, probs, x0, ts, key, path=path)
+                x, stats = ladders.mlem(sharded, probs, x0, ts, key, path=path, solver=solver)
+                evals.append(np.asarray(stats["evals"]))
+            elif method == "switch":
+                x, stats = ladders.switching(
+                    sharded, switch_levels(level, switch_at, ts, ladder.num_levels), x0, ts, key,
+                    path=path, solver=solver)
                 evals.append(np.asarray(stats["evals"]))
             else:
-                x, stats = ladders.em(sharded, level, x0, ts, key, path=path)
+                x, stats = ladders.em(sharded, level, x0, ts, key, path=path, solver=solver)
                 evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level - 1] * num_steps)
             samples.append(_to_host(x))
         wall = time.perf_counter() - start
@@ -206,9 +222,19 @@ def _to_host(x: Array) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
+def switch_levels(level: int, switch_at: float, ts: np.ndarray, num_levels: int) -> np.ndarray:
+    """``(N,)`` per-step levels of switching: ``level`` (1…K) on the steps that start before
+    ``switch_at`` of the solver time (high noise), the top level ``K`` after."""
+    if not 0.0 <= switch_at <= 1.0:
+        raise ValueError(f"switch_at: a fraction of the solver time in [0, 1], got {switch_at}")
+    early = np.asarray(ts[:-1]) < switch_at * float(ts[-1])
+    return np.where(early, level, num_levels).astype(np.int32)
+
+
 def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
                   batch_size: int, num_devices: int) -> int | None:
-    """Validate a request; return the EM level (1…K), or ``None`` for ML-EM."""
+    """Validate a request; return the EM level (1…K; for ``switch`` the early level, named
+    ``switch_level`` in errors), or ``None`` for ML-EM."""
     if method not in METHODS:
         raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
     if num_samples < 1 or batch_size < 1 or num_samples % batch_size:
@@ -217,7 +243,8 @@ def check_request(method: str, em_level: int, num_levels: int, num_samples: int,
     parallel.check_batch_size(batch_size, num_devices, "sampling.batch_size")
     if method == "mlem":
         return None
-    return ladders.level_index(em_level, num_levels, "em_level") + 1
+    name = "switch_level" if method == "switch" else "em_level"
+    return ladders.level_index(em_level, num_levels, name) + 1
 
 
 # --- the whole run behind python -m sample ------------------------------------------------
@@ -234,10 +261,16 @@ def with_overrides(config: ml_collections.ConfigDict, **values: Any) -> ml_colle
 
 
 def default_out(workdir: str | Path, config: ml_collections.ConfigDict) -> Path:
-    """``<workdir>/samples/<mlem_<schedule>|em_level<k>>_<steps>steps_seed<seed>``."""
+    """``<workdir>/samples/<mlem_<schedule>|em_level<k>>[_<solver>][_<grid>]_<steps>steps_seed<seed>``
+    (solver and grid named only when they are not the defaults ``sde`` and ``uniform``)."""
     s = config.sampling
     level = s.em_level if s.em_level > 0 else len(config.levels)
     tag = f"mlem_{s.schedule}" if s.method == "mlem" else f"em_level{level}"
+    if s.method == "switch":
+        tag = f"switch_level{_early_level(config)}_at{s.get('switch_at', 0.5):g}"
+    for name, default in (("solver", "sde"), ("grid", "uniform")):
+        if s.get(name, default) != default:
+            tag += f"_{s[name]}"
     return Path(workdir) / "samples" / f"{tag}_{s.steps}steps_seed{s.seed}"
 
 
@@ -251,9 +284,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     s = config.sampling
     mesh = parallel.make_mesh()
     batch_size = min(s.batch_size, s.num_samples)
-    check_request(s.method, s.em_level, len(config.levels), s.num_samples, batch_size, mesh.size)
+    check_request(s.method, _early_level(config) if s.method == "switch" else s.em_level,
+                  len(config.levels), s.num_samples, batch_size, mesh.size)
+    solver = solvers.check_solver(s.get("solver", "sde"))
+    grid = check_grid(s.get("grid", "uniform"))
     ladder = ladders.load_ladder(config, workdir)
-    ts, path_ts = time_grids(ladder, s.steps, s.path_steps)
+    ts, path_ts = time_grids(ladder, s.steps, s.path_steps, grid)
     flops = ladders.measure_flops(ladder, batch_size)
     seconds = level_seconds(config, ladder, batch_size)
     probs = None
@@ -261,8 +297,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
         level_costs = flops if seconds is None else seconds
         probs = build_schedule(config, tuple(config.levels), level_costs, ts)
     samples, gen = generate(ladder, s.method, probs, ts, num_samples=s.num_samples,
-                            batch_size=batch_size, seed=s.seed, em_level=s.em_level,
-                            path_ts=path_ts, mesh=mesh, progress=progress)
+                            batch_size=batch_size, seed=s.seed,
+                            em_level=_early_level(config) if s.method == "switch" else s.em_level,
+                            switch_at=float(s.get("switch_at", 0.5)),
+                            path_ts=path_ts, mesh=mesh, progress=progress, solver=solver)
     out = default_out(workdir, config) if out is None else Path(out)
     stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh),
              "level_seconds_per_call": None if seconds is None else seconds.tolist(),
@@ -293,10 +331,13 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
     evals = gen["evals_per_level"]
     device = mesh.devices.flat[0]
     return {
-        "method": s.method, "steps": s.steps, "path_steps": s.path_steps, "seed": s.seed,
+        "method": s.method, "solver": s.get("solver", "sde"), "grid": s.get("grid", "uniform"),
+        "steps": s.steps, "path_steps": s.path_steps, "seed": s.seed,
         "num_samples": s.num_samples, "batch_size": batch_size,
-        "em_level": None if s.method == "mlem" else (s.em_level if s.em_level > 0
-                                                     else ladder.num_levels),
+        "em_level": None if s.method != "em" else (s.em_level if s.em_level > 0
+                                                   else ladder.num_levels),
+        **({"switch_level": _early_level(config), "switch_at": float(s.get("switch_at", 0.5))}
+           if s.method == "switch" else {}),
         "schedule": s.schedule if s.method == "mlem" else None,
         "cost_model": s.get("cost_model", "time") if s.method == "mlem" else None,
         "levels": list(ladder.names), "level_flops": flops.tolist(),
@@ -314,6 +355,11 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
         "device": {"platform": device.platform, "kind": device.device_kind,
                    "count": int(mesh.size)},
     }
+
+
+def _early_level(config: ml_collections.ConfigDict) -> int:
+    """``sampling.switch_level``: the level of ``--method switch`` before ``switch_at``."""
+    return int(config.sampling.get("switch_level", 1))
 
 
 def write_outputs(out: Path, samples: np.ndarray, ts: np.ndarray, probs: np.ndarray | None,

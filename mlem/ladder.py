@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from mlem import brownian, checkpoint, cost, parallel, sampling
+from mlem import brownian, checkpoint, cost, parallel, sampling, solvers
 from mlem.models import registry
 from mlem.sde import VPSDE
 
@@ -133,6 +133,16 @@ def drifts(ladder: Ladder, params: Sequence[Params]) -> list[Callable[[Array, Ar
     return [ladder.sde.drift_from_eps(eps_fn(m, p)) for m, p in zip(ladder.models, params)]
 
 
+def levels_and_rule(ladder: Ladder, params: Sequence[Params], solver: str = "sde"):
+    """The level callables and update rule of ``solver`` (:func:`mlem.solvers.for_vpsde`):
+    reverse-SDE drifts (``sde``, exactly :func:`drifts`), PF-ODE drifts (``ode``) or the
+    ε-predictors themselves (``ddim``, ``ancestral``)."""
+    if solver == "sde":
+        return drifts(ladder, params), solvers.EulerMaruyama(ladder.sde.diffusion)
+    eps = [eps_fn(m, p) for m, p in zip(ladder.models, params)]
+    return solvers.for_vpsde(ladder.sde, solver, eps)
+
+
 def level_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
     """``(K,)`` FLOPs per sample of one forward pass of each level, from XLA."""
     x, t = _probe(ladder, batch_size)
@@ -183,49 +193,53 @@ def check_ordered(flops: Sequence[float], names: Sequence[str]) -> None:
 
 
 @functools.cache
-def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | str | None):
-    """The jitted solve: EM at 0-based ``level``, ML-EM (``None``; ``arg`` the probabilities)
-    or switching (``"switch"``; ``arg`` the per-step levels)."""
+def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | str | None,
+            solver: str = "sde"):
+    """The jitted solve with update rule ``solver``: one level at 0-based ``level``, the
+    multilevel estimator (``None``; ``arg`` the probabilities) or switching (``"switch"``;
+    ``arg`` the per-step levels). ``sde`` is EM / ML-EM on the reverse SDE."""
     ts = np.asarray(ts, np.float32)
 
     @jax.jit
     def solve(params, arg, x0, key, increments, path, draws=None):
-        fs, g = drifts(ladder, params), ladder.sde.diffusion
+        fs, rule = levels_and_rule(ladder, params, solver)
         if level == "switch":
-            return sampling.switching_euler_maruyama(fs, arg, g, x0, ts, key,
-                                                     increments=increments, path=path)
+            return sampling.switching_solve(fs, arg, rule, x0, ts, key, increments=increments,
+                                            path=path)
         if level is not None:
-            return sampling.euler_maruyama(fs[level], g, x0, ts, key, increments=increments,
-                                           path=path)
-        return sampling.multilevel_euler_maruyama(fs, arg, g, x0, ts, key,
-                                                  increments=increments, path=path,
-                                                  draws=draws)
+            return sampling.solve(fs[level], rule, x0, ts, key, increments=increments,
+                                  path=path)
+        return sampling.multilevel_solve(fs, arg, rule, x0, ts, key, increments=increments,
+                                         path=path, draws=draws)
 
     return solve
 
 
 def em(ladder: Ladder, level: int, x0: Array, ts: Array, key: Array,
-       increments: Array | None = None, path: sampling.Path | None = None
-       ) -> tuple[Array, dict[str, Array]]:
+       increments: Array | None = None, path: sampling.Path | None = None, *,
+       solver: str = "sde") -> tuple[Array, dict[str, Array]]:
     """EM with level ``level`` of the ladder (1…K, ``-1`` = the top level); compiled once per
-    (ladder, ts, level).
+    (ladder, ts, level, solver).
 
     The Brownian increments come from ``increments``, ``path`` or ``key`` as in
-    :func:`mlem.sampling.euler_maruyama`.
+    :func:`mlem.sampling.euler_maruyama`. ``solver`` (:data:`mlem.solvers.SOLVERS`) picks the
+    update rule: ``sde`` (EM on the reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim`` or
+    ``ancestral``; the deterministic ones draw no increments.
     """
     index = level_index(level, ladder.num_levels)
     ts = _checked(ts, x0, path)
-    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), index)
+    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), index, solvers.check_solver(solver))
     return solve(ladder.params, None, x0, key, increments, path)
 
 
 def switching(ladder: Ladder, levels: Array, x0: Array, ts: Array, key: Array,
-              increments: Array | None = None, path: sampling.Path | None = None
-              ) -> tuple[Array, dict[str, Array]]:
+              increments: Array | None = None, path: sampling.Path | None = None, *,
+              solver: str = "sde") -> tuple[Array, dict[str, Array]]:
     """EM switching between levels over time: step ``n`` uses level ``levels[n]`` (1…K);
-    compiled once per (ladder, ts)."""
+    compiled once per (ladder, ts, solver); ``solver`` as in :func:`em`."""
     ts = _checked(ts, x0, path)
-    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), "switch")
+    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), "switch",
+                    solvers.check_solver(solver))
     return solve(ladder.params, jnp.asarray(levels, jnp.int32), x0, key, increments, path)
 
 
@@ -240,19 +254,20 @@ def level_index(level: int, num_levels: int, name: str = "level") -> int:
 
 def mlem(ladder: Ladder, probs: Array, x0: Array, ts: Array, key: Array | None,
          increments: Array | None = None, path: sampling.Path | None = None, *,
-         draws: Array | None = None) -> tuple[Array, dict[str, Array]]:
+         draws: Array | None = None, solver: str = "sde") -> tuple[Array, dict[str, Array]]:
     """ML-EM over the whole ladder; ``probs`` ``(K,)`` or ``(N, K)`` (validated here).
 
     ``draws``: optional ``(N, K)`` boolean fixed evaluation pattern (docs/patterns.md), as in
     :func:`mlem.sampling.multilevel_euler_maruyama`; ``key`` then drives only the Brownian
-    path. The same compiled solver serves both (one trace each).
+    path. The same compiled solver serves both (one trace each). ``solver`` as in :func:`em`:
+    the multilevel estimator of :func:`mlem.sampling.multilevel_solve` with that update rule.
     """
     ts = _checked(ts, x0, path)
     num_steps = ts.shape[0] - 1
     probs = sampling.check_probs(probs, ladder.num_levels, num_steps)
     if draws is not None:
         draws = sampling.check_draws(draws, ladder.num_levels, num_steps)
-    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), None)
+    solve = _solver(ladder, tuple(np.asarray(ts).tolist()), None, solvers.check_solver(solver))
     return solve(ladder.params, probs, x0, key, increments, path, draws)
 
 

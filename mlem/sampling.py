@@ -21,6 +21,12 @@ Bernoulli key, so the same key gives the same draws whatever the source of the i
 ML-EM may instead be given its draws, a fixed ``(N, K)`` evaluation pattern (``draws=``,
 docs/patterns.md): the same scan, with weights ``B/p`` from those ``B``.
 
+The step itself is an *update rule* (:mod:`mlem.solvers`) fed the combined level output
+``Σ_j a_j uʲ``: EM on the reverse SDE (the functions above, whose levels are drifts), Euler on
+the probability-flow ODE, DDIM and DDPM ancestral sampling (levels ε̂). Every such rule is
+affine in ``u``, so the one multilevel scan is unbiased for the top level with any of them
+(:func:`multilevel_solve`, :func:`solve`, :func:`switching_solve`; docs/solvers.md).
+
 The solvers are pure: arrays and callables in, arrays out.
 """
 
@@ -35,9 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlem import brownian
+from mlem.solvers import EulerMaruyama, UpdateRule
 
 Array = jax.Array
 Drift = Callable[[Array, Array], Array]
+Level = Callable[[Array, Array], Array]  # a drift f(x, τ) or an ε-predictor ε̂(x, t)
 Diffusion = Callable[[Array], Array]
 Path = brownian.BatchPath | brownian.SamplePaths
 
@@ -63,8 +71,28 @@ def euler_maruyama(
     Returns:
       ``x_N`` of shape ``x0.shape`` and ``stats`` with ``evals`` of shape ``(1,)``.
     """
+    return solve(drift, EulerMaruyama(diffusion), x0, ts, key, increments=increments,
+                 path=path, cost=cost)
+
+
+def solve(
+    level: Level, update: UpdateRule, x0: Array, ts: Array, key: Array | None, *,
+    increments: Array | None = None, path: Path | None = None, cost: float | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """One level with any update rule: ``X_{n+1} = update(X_n, u(X_n, ·), τ_n, τ_{n+1}, ΔW_n)``.
+
+    Args:
+      level: ``u(x, s)`` called at ``s = update.level_time(τ_n)`` (a drift for EM and Euler,
+        an ε-predictor for DDIM and ancestral; :func:`mlem.solvers.for_vpsde`).
+      update: an update rule of :mod:`mlem.solvers`.
+      x0, ts, key, increments, path, cost: as in :func:`euler_maruyama`; a deterministic rule
+        (``update.stochastic`` false) draws no increments and ignores ``increments``/``path``.
+
+    Returns:
+      ``x_N`` and ``stats`` with ``evals`` of shape ``(1,)``.
+    """
     ts = check_ts(ts)
-    x = _em_scan(drift, diffusion, x0, ts, _noise(key, ts, x0, increments, path))
+    x = _em_scan(level, update, x0, ts, _noise(key, ts, x0, increments, path, update))
     stats = {"evals": jnp.full((1,), ts.shape[0] - 1, jnp.int32)}
     return x, _with_cost(stats, None if cost is None else [cost])
 
@@ -96,11 +124,39 @@ def multilevel_euler_maruyama(
     A level skipped because ``a_j = 0`` contributes nothing to the solve, nor to its
     pathwise derivative in ``probs`` at that step (``∂a_j/∂p`` times an unevaluated ``fʲ``).
     """
+    return multilevel_solve(drifts, probs, EulerMaruyama(diffusion), x0, ts, key,
+                            increments=increments, path=path, costs=costs, draws=draws)
+
+
+def multilevel_solve(
+    levels: Sequence[Level], probs: Array, update: UpdateRule, x0: Array, ts: Array,
+    key: Array | None, *, increments: Array | None = None, path: Path | None = None,
+    costs: Sequence[float] | None = None, draws: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """The multilevel estimator for any update rule that is affine in the level output.
+
+    Step ``n`` feeds ``update`` the randomised telescope ``Σ_k (B_k/p_k)(uᵏ − uᵏ⁻¹) =
+    Σ_j a_j uʲ`` of the levels at ``update.level_time(τ_n)`` in place of ``uᴷ``; given
+    ``X_n`` its mean is ``uᴷ``, so an affine step is unbiased for the top level's. Draws,
+    skipping (level ``j`` evaluated iff ``a_j ≠ 0``) and statistics are those of
+    :func:`multilevel_euler_maruyama`, which is this function with
+    ``update = EulerMaruyama(diffusion)``.
+
+    Args:
+      levels: ``K`` callables ``uᵏ(x, s)``, cheapest first (drifts or ε-predictors).
+      update: an update rule of :mod:`mlem.solvers`.
+      probs, x0, ts, key, increments, path, costs, draws: as in
+        :func:`multilevel_euler_maruyama`; a deterministic rule ignores ``increments``/``path``.
+
+    Returns:
+      ``x_N`` and ``stats`` with ``evals`` ``(K,)`` and ``draws`` ``(N, K)``, as in
+      :func:`multilevel_euler_maruyama`.
+    """
     if draws is None:
-        return _multilevel(drifts, probs, check_probs, _bernoulli_weights, diffusion, x0, ts,
+        return _multilevel(levels, probs, check_probs, _bernoulli_weights, update, x0, ts,
                            key, increments, path, costs)
     check = lambda p, k, n: (check_probs(p, k, n), check_draws(draws, k, n))
-    return _multilevel(drifts, probs, check, _fixed_weights, diffusion, x0, ts, key,
+    return _multilevel(levels, probs, check, _fixed_weights, update, x0, ts, key,
                        increments, path, costs)
 
 
@@ -127,11 +183,11 @@ def poisson_multilevel_euler_maruyama(
     Returns:
       ``x_N`` and ``stats`` with ``evals`` ``(K,)`` and ``draws`` ``(N, K)``: the event counts.
     """
-    return _multilevel(drifts, rates, check_rates, _poisson_weights, diffusion, x0, ts, key,
-                       increments, path, costs)
+    return _multilevel(drifts, rates, check_rates, _poisson_weights, EulerMaruyama(diffusion),
+                       x0, ts, key, increments, path, costs)
 
 
-def _multilevel(drifts, params, check, sample_weights, diffusion, x0, ts, key, increments, path,
+def _multilevel(drifts, params, check, sample_weights, update, x0, ts, key, increments, path,
                 costs):
     """Validate, then run :func:`_mlem_scan` with ``sample_weights``; ``params`` are the
     probabilities or rates (checked by ``check``), or the pair (probabilities, fixed draws).
@@ -141,10 +197,12 @@ def _multilevel(drifts, params, check, sample_weights, diffusion, x0, ts, key, i
         raise ValueError("drifts: need at least one drift level")
     ts = check_ts(ts)
     params = check(params, len(drifts), ts.shape[0] - 1)
-    noise = _noise(key, ts, x0, increments, path)
+    noise = _noise(key, ts, x0, increments, path, update)
+    if key is None and sample_weights is not _fixed_weights:
+        raise ValueError("key: needed for the level draws (give a key, or fixed draws=)")
     # Fixed draws (_fixed_weights) ignore the draw key; any key then stands in for it.
     draw_key = jax.random.split(key)[1] if key is not None else jax.random.key(0)
-    x, draws, needed = _mlem_scan(drifts, diffusion, x0, ts, params, draw_key, noise,
+    x, draws, needed = _mlem_scan(drifts, update, x0, ts, params, draw_key, noise,
                                   sample_weights)
     stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": draws}
     return x, _with_cost(stats, costs)
@@ -169,7 +227,17 @@ def switching_euler_maruyama(
     Returns:
       ``x_N`` and ``stats`` with ``evals`` ``(K,)``: steps spent at each level.
     """
-    drifts = tuple(drifts)
+    return switching_solve(drifts, levels, EulerMaruyama(diffusion), x0, ts, key,
+                           increments=increments, path=path, costs=costs)
+
+
+def switching_solve(
+    level_fns: Sequence[Level], levels: Array, update: UpdateRule, x0: Array, ts: Array,
+    key: Array | None, *, increments: Array | None = None, path: Path | None = None,
+    costs: Sequence[float] | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """:func:`switching_euler_maruyama` with any update rule (levels as in :func:`solve`)."""
+    drifts = tuple(level_fns)
     ts = check_ts(ts)
     levels = jnp.asarray(levels)
     if levels.shape != (ts.shape[0] - 1,):
@@ -178,21 +246,26 @@ def switching_euler_maruyama(
     if not isinstance(levels, jax.core.Tracer) and not np.all(
             (np.asarray(levels) >= 1) & (np.asarray(levels) <= len(drifts))):
         raise ValueError(f"levels: every level must lie in 1..{len(drifts)}")
-    noise = _noise(key, ts, x0, increments, path)
-    x = _switch_scan(drifts, diffusion, x0, ts, levels.astype(jnp.int32) - 1, noise)
+    noise = _noise(key, ts, x0, increments, path, update)
+    x = _switch_scan(drifts, update, x0, ts, levels.astype(jnp.int32) - 1, noise)
     stats = {"evals": jnp.bincount(levels - 1, length=len(drifts)).astype(jnp.int32)}
     return x, _with_cost(stats, costs)
 
 
-@functools.partial(jax.jit, static_argnames=("drifts", "diffusion"))
-def _switch_scan(drifts, diffusion, x0, ts, index, noise):
+def _increment(noise, update, n: Array, num_steps: int, like: Array) -> Array | None:
+    """``ΔW_n`` for a stochastic rule, ``None`` for a deterministic one."""
+    return noise.step(n, num_steps, like) if update.stochastic else None
+
+
+@functools.partial(jax.jit, static_argnames=("drifts", "update"))
+def _switch_scan(drifts, update, x0, ts, index, noise):
     num_steps = ts.shape[0] - 1
     branches = [lambda x, t, f=f: f(x, t) for f in drifts]
 
     def step(x, inputs):
         n, t0, t1, i = inputs
-        drift = jax.lax.switch(i, branches, x, t0)
-        return x + (t1 - t0) * drift + diffusion(t0) * noise.step(n, num_steps, x), None
+        drift = jax.lax.switch(i, branches, x, update.level_time(t0))
+        return update(x, drift, t0, t1, _increment(noise, update, n, num_steps, x)), None
 
     x, _ = jax.lax.scan(step, x0, (jnp.arange(num_steps), ts[:-1], ts[1:], index))
     return x
@@ -225,24 +298,25 @@ def _poisson_weights(key: Array, rate: Array, eta: Array) -> tuple[Array, Array]
     return (counts / mean).at[0].set(1.0).astype(rate.dtype), counts
 
 
-@functools.partial(jax.jit, static_argnames=("drift", "diffusion"))
-def _em_scan(drift, diffusion, x0, ts, noise):
+@functools.partial(jax.jit, static_argnames=("drift", "update"))
+def _em_scan(drift, update, x0, ts, noise):
     num_steps = ts.shape[0] - 1
 
     def step(x, inputs):
         n, t0, t1 = inputs
-        dw = noise.step(n, num_steps, x)
-        return x + (t1 - t0) * drift(x, t0) + diffusion(t0) * dw, None
+        dw = _increment(noise, update, n, num_steps, x)
+        return update(x, drift(x, update.level_time(t0)), t0, t1, dw), None
 
     x, _ = jax.lax.scan(step, x0, (jnp.arange(num_steps), ts[:-1], ts[1:]))
     return x
 
 
-@functools.partial(jax.jit, static_argnames=("drifts", "diffusion", "sample_weights"))
-def _mlem_scan(drifts, diffusion, x0, ts, probs, key, noise, sample_weights):
+@functools.partial(jax.jit, static_argnames=("drifts", "update", "sample_weights"))
+def _mlem_scan(drifts, update, x0, ts, probs, key, noise, sample_weights):
     """The multilevel scan; ``sample_weights(key, probs[n], η_n) → (w, draws)`` with
     ``E[w_k] = 1`` (Bernoulli: ``B/p``; Poisson: ``M/(λη)``; fixed draws: ``probs`` is the
-    pair ``(p, B)`` of ``(N, K)`` arrays and ``w = B/p``)."""
+    pair ``(p, B)`` of ``(N, K)`` arrays and ``w = B/p``). The combination ``Σ_j a_j uʲ`` of
+    the levels ``drifts`` (drifts or ε-predictors) goes to the update rule ``update``."""
     num_steps = ts.shape[0] - 1
 
     def step(x, inputs):
@@ -250,12 +324,12 @@ def _mlem_scan(drifts, diffusion, x0, ts, probs, key, noise, sample_weights):
         weights, draws = sample_weights(jax.random.fold_in(key, n), p, t1 - t0)
         coefs = level_coefficients(weights)  # a_j = w_j − w_{j+1}
         needed = coefs != 0  # B_j ∨ B_{j+1}, unless the two uses of fʲ cancel
-        drift = jnp.zeros_like(x)
+        drift, s = jnp.zeros_like(x), update.level_time(t0)
         for level, f in enumerate(drifts):
             drift = jax.lax.cond(
-                needed[level], functools.partial(_add_level, f, t0),
+                needed[level], functools.partial(_add_level, f, s),
                 lambda acc, x, coef: acc, drift, x, coefs[level])
-        x = x + (t1 - t0) * drift + diffusion(t0) * noise.step(n, num_steps, x)
+        x = update(x, drift, t0, t1, _increment(noise, update, n, num_steps, x))
         return x, (draws, needed)
 
     n = jnp.arange(num_steps)
@@ -338,8 +412,11 @@ class _Given:
 
 
 def _noise(key: Array | None, ts: Array, x0: Array, increments: Array | None,
-           path: Path | None) -> _Given | Path:
-    """The source of the Brownian increments: given, a path, or the batch path of ``key``."""
+           path: Path | None, update: UpdateRule) -> _Given | Path | None:
+    """The source of the Brownian increments: given, a path, or the batch path of ``key``;
+    ``None`` for a deterministic update rule."""
+    if not update.stochastic:
+        return None
     num_steps = ts.shape[0] - 1
     if increments is not None and path is not None:
         raise ValueError("increments, path: give at most one source of Brownian increments")

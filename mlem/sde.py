@@ -6,8 +6,15 @@ reverse SDE in solver time ``τ = 1 − t``, so ``τ`` increases from 0 to ``1 �
     forward:  dx = −½β(t) x dt + sqrt(β(t)) dW
     reverse:  dX = [½β(t) X + β(t) s(X, t)] dτ + sqrt(β(t)) dW,   t = 1 − τ
 
-with the score ``s = −ε̂/σ`` of an ε-predicting network. This file is the only place
-where that sign convention is written.
+with the score ``s = −ε̂/σ`` of an ε-predicting network. The probability-flow ODE has the
+same marginals and half the score term, and no noise::
+
+    PF-ODE:   dX = [½β(t) X + ½β(t) s(X, t)] dτ,   t = 1 − τ
+
+DDIM and DDPM ancestral sampling step between data times ``t_n > t_{n+1}`` through the
+prediction ``x̂₀ = (x − σ_n ε̂)/α_n``; each step is affine in ε̂
+(:meth:`VPSDE.ddim_coefficients`, :meth:`VPSDE.ancestral_coefficients`). This file is the
+only place where these sign and time conventions are written (docs/solvers.md).
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]  # ε̂(x_t, t): batch-first x, scalar or (B,) t
 DriftFn = Callable[[Array, Array], Array]  # f(x, τ): batch-first x, scalar τ
+GRIDS = ("uniform", "quadratic", "logsnr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +87,83 @@ class VPSDE:
 
         return drift
 
-    def time_grid(self, num_steps: int) -> Array:
-        """``num_steps + 1`` uniform solver times from ``0`` to ``1 − t_min``."""
+    def pf_ode_drift_from_eps(self, eps_fn: EpsFn) -> DriftFn:
+        """Probability-flow drift ``f(x, τ) = ½β(t) x − ½β(t) ε̂(x, t)/σ(t)`` with ``t = 1 − τ``."""
+
+        def drift(x: Array, tau: Array) -> Array:
+            t = self.data_time(tau)
+            return 0.5 * self.beta(t) * x - 0.5 * self.beta(t) / self.sigma(t) * eps_fn(x, t)
+
+        return drift
+
+    def log_snr(self, t: Array) -> Array:
+        """``λ(t) = log(α²/σ²)``, decreasing in ``t``."""
+        return 2.0 * self.log_alpha(t) - jnp.log(-jnp.expm1(2.0 * self.log_alpha(t)))
+
+    def time_of_log_snr(self, lam: Array) -> Array:
+        """The data time ``t`` with ``λ(t) = lam``: ``log α² = log sigmoid(λ)`` solved for ``t``."""
+        xp = np if isinstance(lam, (float, np.ndarray)) else jnp
+        log_a2 = -xp.logaddexp(0.0, -lam)  # log sigmoid(λ) = −(β_min t + ½ t² Δβ)
+        delta = self.beta_max - self.beta_min
+        if delta == 0:
+            return -log_a2 / self.beta_min
+        return (xp.sqrt(self.beta_min**2 - 2.0 * delta * log_a2) - self.beta_min) / delta
+
+    # --- Steps between data times t0 > t1 (DDIM, ancestral), affine in ε̂ -------------------
+
+    def ddim_coefficients(self, t0: Array, t1: Array) -> tuple[Array, Array]:
+        """``(a, b)`` of the DDIM step (η_DDIM = 0) ``x' = a x + b ε̂`` from ``t0`` to ``t1 < t0``.
+
+        ``x' = α₁ (x − σ₀ ε̂)/α₀ + σ₁ ε̂``: ``a = α₁/α₀``, ``b = σ₁ − α₁σ₀/α₀``. It is the
+        exponential integrator of the PF-ODE with ε̂ frozen over the step.
+        """
+        a0, s0, a1, s1 = self.alpha(t0), self.sigma(t0), self.alpha(t1), self.sigma(t1)
+        return a1 / a0, s1 - a1 * s0 / a0
+
+    def ancestral_coefficients(self, t0: Array, t1: Array) -> tuple[Array, Array, Array]:
+        """``(a, b, c)`` of the DDPM ancestral step ``x' = a x + b ε̂ + c ξ``, ``ξ ~ N(0, I)``.
+
+        DDIM with η = 1: ``x' = α₁ x̂₀ + sqrt(σ₁² − c²) ε̂ + c ξ`` with ``x̂₀ = (x − σ₀ ε̂)/α₀``
+        and ``c² = (σ₁²/σ₀²)(1 − α₀²/α₁²)``, the variance of the DDPM posterior
+        ``q(x_{t1} | x_{t0}, x₀)``; ``σ₁² − c² = σ₁² α₀² (1/α₁² − 1)/σ₀² ≥ 0``.
+        """
+        a0, s0, a1, s1 = self.alpha(t0), self.sigma(t0), self.alpha(t1), self.sigma(t1)
+        c = s1 / s0 * jnp.sqrt(-jnp.expm1(2.0 * (jnp.log(a0) - jnp.log(a1))))
+        return a1 / a0, jnp.sqrt(jnp.maximum(s1**2 - c**2, 0.0)) - a1 * s0 / a0, c
+
+    # --- Time grids ----------------------------------------------------------------------
+
+    def time_grid(self, num_steps: int, kind: str = "uniform") -> Array:
+        """``num_steps + 1`` increasing solver times from ``0`` to ``1 − t_min``.
+
+        ``kind``: ``uniform`` in τ; ``quadratic``, data time ``t_i = t_min + (1 − t_min)(1 −
+        i/N)²`` (steps shrink towards the data); ``logsnr``, uniform in ``λ(t)`` from ``λ(1)``
+        to ``λ(t_min)``. Each is ``φ(i/N)`` for a fixed ``φ``, so the grid of ``N`` steps is
+        every ``(P/N)``-th point of the grid of ``P`` steps of the same kind (nested grids:
+        coupled Brownian paths, :mod:`mlem.brownian`).
+        """
         if num_steps < 1:
             raise ValueError(f"num_steps: must be >= 1, got {num_steps}")
-        return jnp.linspace(0.0, 1.0 - self.t_min, num_steps + 1)
+        check_grid(kind)
+        u = np.arange(num_steps + 1, dtype=np.float64) / num_steps
+        end = 1.0 - self.t_min
+        if kind == "uniform":
+            return jnp.linspace(0.0, end, num_steps + 1)
+        if kind == "quadratic":
+            tau = end * (1.0 - (1.0 - u) ** 2)
+        else:
+            log_a2 = lambda t: -(self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min))
+            lam0, lam1 = (log_a2(t) - np.log(-np.expm1(log_a2(t))) for t in (1.0, self.t_min))
+            tau = 1.0 - np.asarray(self.time_of_log_snr(lam0 + u * (lam1 - lam0)), np.float64)
+            tau[0], tau[-1] = 0.0, end
+        return jnp.asarray(tau, jnp.float32)
+
+
+def check_grid(kind: str) -> str:
+    """``kind`` if it names a time grid, else a ``ValueError`` listing them."""
+    if kind not in GRIDS:
+        raise ValueError(f"grid: must be one of {', '.join(GRIDS)}, got {kind!r}")
+    return kind
 
 
 def _per_example(t: Array, x: Array) -> Array:

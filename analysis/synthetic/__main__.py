@@ -1,11 +1,14 @@
 """Cost–error sweep of EM and ML-EM on the synthetic testbed with exact drift.
 
     python -m analysis.synthetic --gamma 3 --out results/synthetic_gamma3 \\
-        [--quick] [--seeds 32] [--levels 13] [--schedule variance|dyadic]
+        [--quick] [--seeds 32] [--levels 13] [--schedule variance|dyadic] [--ode]
 
 Flags → :func:`analysis.synthetic.pipeline.run`, which writes ``summary.json``,
 ``points.csv``, ``runs.csv`` and ``cost_vs_error.png`` into ``--out``; the headline numbers
-are printed as JSON. Bad input (``--levels`` under 2, ``--seeds`` under 1, ``--gamma`` not
+are printed as JSON. ``--ode`` sets the noise to zero: Euler and multilevel Euler on the ODE
+``dX = f*(X) dτ`` against its exact-drift solution (docs/solvers.md).
+
+Bad input (``--levels`` under 2, ``--seeds`` under 1, ``--gamma`` not
 positive, a sweep whose envelopes share too short an error range) prints one ``error: ...``
 line and exits with status 1.
 """
@@ -28,6 +31,8 @@ _LEVELS = flags.DEFINE_integer("levels", None, "ladder depth K (default 13); ste
 _SCHEDULE = flags.DEFINE_enum("schedule", "variance", ["variance", "dyadic"],
                               "ML-EM probabilities: variance-optimal from measured V_k, or "
                               "dyadic p_k ∝ 2^{-(1+γ/2)k}")
+_ODE = flags.DEFINE_bool("ode", False, "zero diffusion: Euler and ML-Euler on the ODE "
+                         "dX = f*(X) dτ (docs/solvers.md)")
 flags.mark_flag_as_required("out")
 
 PRINTED_KEYS = (
@@ -46,7 +51,7 @@ def main(argv: list[str]) -> None:
     from analysis.synthetic import pipeline  # after flag parsing: a bad flag fails fast
     from analysis.synthetic.sweep import SweepConfig
 
-    overrides = {"schedule": _SCHEDULE.value}
+    overrides = {"schedule": _SCHEDULE.value, "noise": 0.0 if _ODE.value else 1.0}
     if _SEEDS.value is not None:
         overrides["seeds"] = _SEEDS.value
     make = SweepConfig.quick if _QUICK.value else SweepConfig.with_levels

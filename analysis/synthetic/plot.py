@@ -17,7 +17,9 @@ _STYLES = {"em": ("tab:blue", "EM", "exponent_em"),
 def _cost_error_panel(ax, points: Sequence[dict], summary: dict) -> None:
     """All points, both envelopes and the fitted ``cost ∝ error^{-s}`` over the fit range."""
     lo, hi = summary["fit_range"]
+    ode = summary.get("config", {}).get("noise", 1.0) == 0
     for method, (colour, label, key) in _STYLES.items():
+        label = label.replace("EM", "Euler") if ode else label
         pts = [p for p in points if p["method"] == method]
         ax.scatter([p["rmse"] for p in pts], [p["cost"] for p in pts], s=6, alpha=0.25,
                    color=colour)
@@ -31,7 +33,7 @@ def _cost_error_panel(ax, points: Sequence[dict], summary: dict) -> None:
     ax.axvspan(lo, hi, color="0.9", zorder=0, label="fit range")
     ax.set(xscale="log", yscale="log", xlabel="RMSE vs exact-drift reference",
            ylabel="cost per sample (declared FLOPs)",
-           title=f"Synthetic ladder: γ = {summary['gamma_target']:g} "
+           title=f"Synthetic {'ODE' if ode else 'ladder'}: γ = {summary['gamma_target']:g} "
                  f"(fitted {summary['gamma_fitted']:.2f})")
     ax.legend(fontsize=8)
 

@@ -11,6 +11,12 @@ solve on average (``m`` from 1/2 to 64, so ``1/p_top`` reaches ``~10^4``). Level
 highest saturated one (``p = 1``) get weight ``1 − 1 = 0``, and the sampler does not evaluate
 them (exactly as for any user of :mod:`mlem.sampling`).
 
+With ``noise = 0`` (``python -m analysis.synthetic --ode``) the SDE is the ODE
+``dX = f*(X) dτ``: EM is Euler (:class:`mlem.solvers.Euler`, no increments drawn), ML-EM is
+multilevel Euler (the same estimator fed to that rule) and the reference is Euler with the
+exact drift on ``ref_steps`` steps. The Bernoulli draws make the multilevel solve a random
+ODE whose randomisation variance the schedule controls exactly as for the SDE.
+
 Error = squared error over samples and dimensions (one MSE per seed); cost = declared level
 cost × the expected number of evaluations under the schedule (EM: exact; the realised cost is
 recorded beside it). A seed is one realisation (its own ``X_0``, Brownian path and Bernoulli
@@ -27,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mlem import brownian, cost, sampling, schedules, synthetic
+from mlem import brownian, cost, sampling, schedules, solvers, synthetic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +46,7 @@ class SweepConfig:
     perturbation_rms: float = 8.0  # RMS of e_k per dimension: level bias vs discretisation error
     perturbation_freq: float = 0.5  # frequency of the random-feature fields in e_k
     level_correlation: float = 1.0  # e_k = ρ u_0 + sqrt(1 − ρ²) u_k; 1: exact V_k ∝ 4^-k
+    noise: float = 1.0  # the diffusion g; 0: the ODE dX = f*(X) dτ, solved by (ML-)Euler
     batch_size: int = 32
     seeds: int = 32
     ref_steps: int = 2**15
@@ -102,7 +109,7 @@ class SweepConfig:
         return synthetic.dyadic_hierarchy(
             self.gamma, self.num_levels, self.dim, perturbation_rms=self.perturbation_rms,
             perturbation_freq=self.perturbation_freq, level_correlation=self.level_correlation,
-            seed=self.seed)
+            noise=self.noise, seed=self.seed)
 
 
 # --- The ML-EM plan --------------------------------------------------------------------------
@@ -132,12 +139,17 @@ def mlem_plan(cfg: SweepConfig, hierarchy, variances) -> list[dict]:
 # --- Solves ----------------------------------------------------------------------------------
 
 
+def update_rule(hierarchy) -> solvers.EulerMaruyama | solvers.Euler:
+    """EM for the SDE; Euler (no increments) when the hierarchy has zero noise (an ODE)."""
+    return solvers.Euler() if hierarchy.noise == 0 else solvers.EulerMaruyama(hierarchy.diffusion)
+
+
 @functools.partial(jax.jit, static_argnames=("hierarchy",))
 def _em_solve(hierarchy, level, x0, ts, increments):
     """EM at a traced ``level`` index: one compilation per step count."""
     drift = lambda x, t: jax.lax.switch(level, hierarchy.drifts, x, t)
-    return sampling.euler_maruyama(drift, hierarchy.diffusion, x0, ts, None,
-                                   increments=increments)[0]
+    return sampling.solve(drift, update_rule(hierarchy), x0, ts, None,
+                          increments=increments)[0]
 
 
 def _coarsen(fine: jax.Array, num_steps: int) -> jax.Array:
@@ -154,8 +166,8 @@ def _seed_paths(cfg: SweepConfig, hierarchy, ts_ref, seed: int):
     k_x0, k_path, k_bern = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), seed), 3)
     x0 = hierarchy.sample_x0(k_x0, cfg.batch_size)
     fine = brownian.increments(k_path, ts_ref, x0.shape)
-    ref, _ = sampling.euler_maruyama(hierarchy.exact_drift, hierarchy.diffusion, x0, ts_ref,
-                                     None, increments=fine)
+    ref, _ = sampling.solve(hierarchy.exact_drift, update_rule(hierarchy), x0, ts_ref, None,
+                            increments=fine)
     return x0, fine, ref, k_bern
 
 
@@ -178,8 +190,8 @@ def _mlem_rows(plan, hierarchy, seed: int, x0, ref, k_bern, paths, bar) -> list[
     for run in plan:
         top, steps = run["top"], run["steps"]
         ts, inc = paths[steps]
-        x, stats = sampling.multilevel_euler_maruyama(
-            hierarchy.drifts[:top], run["probs"], hierarchy.diffusion, x0, ts, k_bern,
+        x, stats = sampling.multilevel_solve(
+            hierarchy.drifts[:top], run["probs"], update_rule(hierarchy), x0, ts, k_bern,
             increments=inc)
         costs = hierarchy.costs[:top]
         rows.append(dict(method="mlem", level=top, steps=steps, top_evals=run["top_evals"],
