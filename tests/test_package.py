@@ -79,7 +79,10 @@ def test_no_import_cycles_and_dependencies_point_one_way():
     outward = {(m, d) for m, deps in graph.items() if m.startswith("mlem")
                for d in deps if not d.startswith("mlem")}
     assert not outward, f"the library imports analysis/experiments: {outward}"
-    assert graph["mlem.sampling"] <= {"mlem.brownian"} and not graph["mlem.brownian"]
+    # the sampler core: the scan, its Brownian paths and its update rules (which know the SDE)
+    assert graph["mlem.sampling"] <= {"mlem.brownian", "mlem.solvers"}
+    assert graph["mlem.solvers"] <= {"mlem.sde"} and not graph["mlem.sde"]
+    assert not graph["mlem.brownian"]
 
 
 def test_design_page_names_files_that_exist():
