@@ -126,8 +126,9 @@ def run(sample_config: ml_collections.ConfigDict, workdir: str | Path, out: str 
 def timing(summary: Mapping, seconds: float, train_seconds: dict, stage_seconds: dict) -> dict:
     """Timing fields of a run. ``total_wall_seconds`` belongs to the run that computed the
     results: a run that trained nothing and whose cost-error sweep had nothing left to do
-    keeps it and records its own time as ``last_run_wall_seconds``."""
-    computed = (bool(train_seconds) or "total_wall_seconds" not in summary
+    keeps it and records its own time as ``last_run_wall_seconds`` (and a run that only
+    finished the stages after a sweep computed by an interrupted run records no total)."""
+    computed = (bool(train_seconds)
                 or summary.get("cost_error_runs_computed_last_call", 0) > 0)
     record = {"last_run_wall_seconds": seconds, "last_run_train_seconds": train_seconds,
               "last_run_stage_seconds": stage_seconds}
