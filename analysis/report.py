@@ -137,6 +137,17 @@ def image_rows(d: Path) -> list[str]:
     if "total_wall_seconds" in s:
         lines.append(f"| wall time of the run that computed it | {s['total_wall_seconds']:.0f} s "
                      f"| |")
+    if s.get("pattern_search"):
+        lines += ["", "| pattern search: point | patterns | selection MSE (where it won) | "
+                  "evaluation MSE ± SE | FLOPs | squared bias vs top-level EM (noise) | "
+                  "bias share of the distance |", "|---|---:|---:|---|---:|---|---:|"]
+        for name, r in sorted(s["pattern_search"].items(),
+                              key=lambda kv: kv[1]["point"]["top_evals"]):
+            b = r["bias_against_top_level_em"]
+            lines.append(f"| {name} | {r['num_patterns']} | {fmt(r['selection_mse'])} | "
+                         f"{fmt(r['evaluation_mse'])} ± {fmt(r['evaluation_mse_se'], 2)} | "
+                         f"{fmt(r['expected_flops'])} | {fmt(b['bias_sq'])} "
+                         f"({fmt(b['bias_sq_noise'], 2)}) | {fmt(b['bias_share'], 2)} |")
     lines += ["", "| against EM: curve | ruler | at the operating point | maximum | at MSE |",
               "|---|---|---|---|---|"]
     for curve, by_ruler in sorted(detail["comparisons"].items()):
