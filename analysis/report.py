@@ -38,15 +38,16 @@ def fmt_ci(pair, digits: int = 3) -> str:
 
 def synthetic_rows(dirs: Sequence[Path]) -> list[str]:
     """The synthetic testbed's table: exponents and speedups with 95% intervals over seeds."""
-    lines = ["| γ target | γ fitted | levels | seeds | EM exponent (theory γ+1) | "
+    lines = ["| equation | γ target | γ fitted | levels | seeds | EM exponent (theory γ+1) | "
              "ML-EM exponent (theory γ) | finite-ladder prediction | fit range (RMSE) | "
              "speedup at the fit range's low end | max speedup | wall time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         s = json.loads((d / "summary.json").read_text())
         lo, hi = s["fit_range"]
+        equation = "ODE (Euler)" if s["config"].get("noise", 1.0) == 0 else "SDE"
         lines.append(
-            f"| {fmt(s['gamma_target'])} | {fmt(s['gamma_fitted'], 4)} | "
+            f"| {equation} | {fmt(s['gamma_target'])} | {fmt(s['gamma_fitted'], 4)} | "
             f"{s['config']['num_levels']} | {s['seeds']} | "
             f"{fmt(s['exponent_em'])} {fmt_ci(s.get('exponent_em_ci95'))} | "
             f"{fmt(s['exponent_mlem'])} {fmt_ci(s.get('exponent_mlem_ci95'))} | "
