@@ -59,7 +59,8 @@ def _cost_error_figure(configs, mse, cost, envs, result, ruler, xlabel, speed_la
                       and c["level"] == level and mse[i] > 0), key=lambda i: configs[i]["steps"])
         ax.plot(cost[idx], mse[idx], "o-", ms=3, lw=0.8, c=colour, label=f"EM level {level}")
     ml_colours = dict(zip(sorted(c for c in envs if c != "em"),
-                          ("tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown")))
+                          ("tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown",
+                           "tab:pink", "tab:olive", "tab:cyan", "black", "tab:gray")))
     for curve, colour in ml_colours.items():
         idx = [i for i, c in enumerate(configs) if c["curve"] == curve]
         ax.plot(cost[idx], mse[idx], "s", ms=3, c=colour, alpha=0.3)
