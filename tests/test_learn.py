@@ -228,3 +228,10 @@ def test_learn_probs_writes_schedules_and_summary(tmp_path):
     probs = schedules.load(row["schedule_file"], 3, problem.ts)
     assert probs.shape == (8, 3) and np.all(probs[:, 0] == 1) and np.all(probs[:, -1] < 1)
     assert (tmp_path / "learn" / "points.csv").exists()
+    from analysis import report
+
+    table = report.report([tmp_path]).splitlines()  # README's learned-schedule table
+    assert table[0].startswith("| results | problem |") and len(table) == 3
+    value = summary["speedup_learned_over_best_constant_max"]
+    assert table[2].startswith(f"| {tmp_path} |") and (
+        f"{value:.3g}×" in table[2] if np.isfinite(value) else "n/a×" in table[2])

@@ -176,7 +176,7 @@ def test_tiny_sweep_writes_summary_points_and_figure(tmp_path):
     from analysis import report
 
     row = report.report([tmp_path]).splitlines()[2]  # the table's one data row
-    assert row.startswith("| 3 | ") and f"{summary['exponent_mlem']:.3g}" in row
+    assert row.startswith("| SDE | 3 | ") and f"{summary['exponent_mlem']:.3g}" in row
 
 
 @pytest.mark.slow
