@@ -307,6 +307,11 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
         assert report["expected_flops"] == pytest.approx(mine[0]["expected_flops"])
         assert report["bias_against_top_level_em"]["difference_sq"] > 0
     assert "mlem-pattern" not in summary["best_method_selection"]["scores"]["flops"]["scores"]
+    from analysis import report
+
+    printed = report.report([ctx.out])  # README's table: the searched points and the headline
+    assert printed.count("| steps=2,top_evals=") == 2
+    assert f"variant {summary['best_method']}" in printed
     envs = json.loads((stage / "envelopes.json").read_text())
     configs, sweep = comparison.table(rows)
     mse, _ = sweep.means(np.arange(3))
