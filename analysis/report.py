@@ -112,18 +112,14 @@ def image_rows(d: Path) -> list[str]:
         t = s["top_level_evals_at_operating_point"]
         lines.append(f"| whole-solve FLOPs at the operating MSE, in top-level calls | "
                      f"{fmt(t['value'])} | {fmt_ci(t['ci'])} |")
-    if s.get("speedup_over_switching_at_equal_mse"):
-        v = s["speedup_over_switching_at_equal_mse"]
-        lines += [f"| speedup over switching at equal MSE, FLOPs, at the operating point | "
-                  f"{fmt(v['at_operating_point'])}× | {fmt_ci(v['at_operating_point_ci'])} |",
-                  f"| speedup over switching, FLOPs, maximum (at MSE {fmt(v['max_at_mse'])}) | "
-                  f"{fmt(v['max'])}× | {fmt_ci(v['max_ci'])} |"]
-    if s.get("wallclock_speedup_over_switching_at_equal_mse"):
-        v = s["wallclock_speedup_over_switching_at_equal_mse"]
-        lines += [f"| speedup over switching at equal MSE, seconds, at the operating point | "
-                  f"{fmt(v['at_operating_point'])}× | {fmt_ci(v['at_operating_point_ci'])} |",
-                  f"| speedup over switching, seconds, maximum (at MSE {fmt(v['max_at_mse'])}) | "
-                  f"{fmt(v['max'])}× | {fmt_ci(v['max_ci'])} |"]
+    for key, ruler in (("speedup_over_switching_at_equal_mse", "FLOPs"),
+                       ("wallclock_speedup_over_switching_at_equal_mse", "seconds")):
+        if s.get(key):
+            v = s[key]
+            lines += [f"| speedup over switching at equal MSE, {ruler}, at the operating point | "
+                      f"{fmt(v['at_operating_point'])}× | {fmt_ci(v['at_operating_point_ci'])} |",
+                      f"| speedup over switching, {ruler}, maximum (at MSE "
+                      f"{fmt(v['max_at_mse'])}) | {fmt(v['max'])}× | {fmt_ci(v['max_ci'])} |"]
     if s.get("variance_time_averaged") is not None:
         lines.append(f"| V_k time-averaged, levels 1–{len(s['variance_time_averaged'])} | "
                      f"{', '.join(fmt(v) for v in s['variance_time_averaged'])} | |")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlem import brownian, patterns, sampling
+from tests import helpers
 
 
 def _ladder():
@@ -59,13 +60,7 @@ def test_evaluations_follow_the_pattern_and_are_priced_exactly():
     of them is drawn (both drawn: the equal weights cancel); a host callback counts calls."""
     calls = np.zeros(3, int)
 
-    def counted(level, f):
-        def drift(x, t):
-            jax.debug.callback(lambda: calls.__setitem__(level, calls[level] + 1))
-            return f(x, t)
-        return drift
-
-    drifts = [counted(k, f) for k, f in enumerate(_ladder())]
+    drifts = [helpers.counted(calls, k, f) for k, f in enumerate(_ladder())]
     probs = jnp.array([1.0, 0.5, 0.5])
     pattern = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [1, 1, 1], [1, 1, 1], [1, 0, 0]], bool)
     expected = np.array([[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 1], [1, 0, 1], [1, 0, 0]], bool)
@@ -198,17 +193,9 @@ def test_ladder_mlem_passes_fixed_draws_to_the_same_solver():
     """Two analytic Gaussian levels (different means) as a ladder: the draws of a keyed
     solve reproduce it through ``ladder.mlem``."""
     from mlem import ladder as ladders
-    from mlem.models import gaussian
     from mlem.sde import VPSDE
 
-    x0 = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
-    models, params = [], []
-    for k in range(2):
-        model = gaussian.GaussianEps(rank=2)
-        p = model.init(jax.random.key(1), x0, jnp.full((2,), 0.5))["params"]
-        models.append(model)
-        params.append({**p, "mean": jax.random.normal(jax.random.key(2 + k), (4, 4, 1))})
-    ladder = ladders.Ladder(("a", "b"), tuple(models), tuple(params), (4, 4, 1), VPSDE())
+    ladder, x0 = helpers.gaussian_ladder(VPSDE())
     ts, probs, key = np.linspace(0.0, 0.99, 9), np.array([1.0, 0.5]), jax.random.key(2)
     x, stats = ladders.mlem(ladder, probs, x0, ts, key)
     x_fixed, s_fixed = ladders.mlem(ladder, probs, x0, ts, key, draws=stats["draws"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlem import brownian, cost, sampling
+from tests import helpers
 
 
 def _ladder():
@@ -99,13 +100,7 @@ def test_level_with_tiny_probability_is_not_computed():
     """Count real calls of each level with a host callback that only runs if executed."""
     calls = np.zeros(3, int)
 
-    def counted(level, f):
-        def drift(x, t):
-            jax.debug.callback(lambda: calls.__setitem__(level, calls[level] + 1))
-            return f(x, t)
-        return drift
-
-    drifts = [counted(k, f) for k, f in enumerate(_ladder())]
+    drifts = [helpers.counted(calls, k, f) for k, f in enumerate(_ladder())]
     ts = jnp.linspace(0.0, 1.0, 51)
     _, stats = sampling.multilevel_euler_maruyama(
         drifts, jnp.array([1.0, 0.5, 1e-9]), _zero, jnp.ones((3, 2)), ts, jax.random.key(6))

@@ -10,6 +10,7 @@ import pytest
 
 from mlem import brownian, sampling, solvers
 from mlem.sde import GRIDS, VPSDE, gaussian_eps
+from tests import helpers
 
 SDE = VPSDE()
 MEAN, STD = jnp.array([0.8, -0.5]), 0.4
@@ -163,27 +164,12 @@ def test_deterministic_rules_need_no_key_but_multilevel_draws_do():
         sampling.solve(levels[0], solvers.Ancestral(SDE), x0, ts, None)
 
 
-def _gaussian_ladder():
-    """Two analytic Gaussian levels (different means) as a 4×4×1 ladder."""
-    from mlem import ladder as ladders
-    from mlem.models import gaussian
-
-    x0 = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
-    models, params = [], []
-    for k in range(2):
-        model = gaussian.GaussianEps(rank=2)
-        p = model.init(jax.random.key(1), x0, jnp.full((2,), 0.5))["params"]
-        models.append(model)
-        params.append({**p, "mean": jax.random.normal(jax.random.key(2 + k), (4, 4, 1))})
-    return ladders.Ladder(("a", "b"), tuple(models), tuple(params), (4, 4, 1), SDE), x0
-
-
 def test_ladder_solves_take_a_solver():
     """``ladder.em/mlem/switching(..., solver=)``: DDIM at the top level is the DDIM rule on
     the top ε-network; the default stays EM on the reverse SDE; unknown names are refused."""
     from mlem import ladder as ladders
 
-    ladder, x0 = _gaussian_ladder()
+    ladder, x0 = helpers.gaussian_ladder(SDE)
     models, params = ladder.models, ladder.params
     ts, key = np.asarray(SDE.time_grid(8, "quadratic")), jax.random.key(2)
     x, _ = ladders.em(ladder, -1, x0, ts, key, solver="ddim")
@@ -213,7 +199,7 @@ def test_generation_takes_solver_grid_and_switching_and_refuses_unknown_names(tm
     from configs import mnist_sample
     from mlem import generation
 
-    ladder, _ = _gaussian_ladder()
+    ladder, _ = helpers.gaussian_ladder(SDE)
     ts, path_ts = generation.time_grids(ladder, 4, 8, "logsnr")
     np.testing.assert_array_equal(ts, np.asarray(SDE.time_grid(8, "logsnr"))[::2])
     for method, probs in (("em", None), ("mlem", np.array([1.0, 0.5])), ("switch", None)):
