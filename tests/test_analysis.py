@@ -327,6 +327,10 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
         head = summary[key]
         assert {"max", "max_ci", "max_at_mse", "at_operating_point", "at_operating_point_ci",
                 "operating_point_mse"} <= set(head)
+        if key == "wallclock_speedup_at_equal_mse" and head["max"] is None:
+            # the seconds' variant is chosen on measured times; on this tiny ladder it may
+            # share no MSE range with EM on the evaluation realisations (then undefined)
+            continue
         assert head["max"] > 0 and head["max_ci"][0] <= head["max"] <= head["max_ci"][1]
     assert summary["num_realisations"] == 3 and summary["num_selection_realisations"] == 2
     assert summary["best_method"] == summary["speedup_at_equal_mse"]["curve"]  # chosen on 3, 4
