@@ -21,6 +21,7 @@ original row from its within-set term, so resampling adds no duplicate bias.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):
+    """``sqrtm`` without its singular-matrix warning (dead ReLU features make Σ singular;
+    a non-finite result is handled by the caller)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         return scipy.linalg.sqrtm(a)
 
 
