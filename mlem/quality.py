@@ -1,0 +1,267 @@
+"""Sample-quality metrics on feature vectors: Fréchet distance and KID (docs/quality.md).
+
+Pure numpy/scipy. Features are float arrays ``(N, d)``, one row per image, from a fixed
+network (:mod:`mlem.features`).
+
+* **FD** between the Gaussian fits ``N(μ₁, Σ₁)``, ``N(μ₂, Σ₂)`` of two feature sets:
+  ``‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^½)`` (FID when the features are Inception pool3).
+  It is a plug-in estimate, biased upwards by ``O(d/N)``: compare FDs at equal ``N`` only.
+* **KID**: the unbiased estimate of MMD² with the cubic polynomial kernel
+  ``k(x, y) = (x·y/d + 1)³``, averaged over ``num_subsets`` random subsets of
+  ``subset_size`` rows of each set (Bińkowski et al. 2018). Unbiased: two independent
+  samples of one distribution give KID ≈ 0, possibly negative.
+
+Intervals (``*_with_ci``) are 95% percentile bootstrap intervals from resampling the units of
+the *generated* set with replacement, the reference held fixed (FD's interval is shifted by
+the bootstrap estimate of its bias). A unit is one row, or, when
+``generated`` is a sequence of per-realisation feature arrays, one realisation (the
+independent units of a sweep, docs/design.md §3). KID excludes pairs of copies of the same
+original row from its within-set term, so resampling adds no duplicate bias.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+
+Features = np.ndarray | Sequence[np.ndarray]
+# A (N, d) array (units: rows) or per-realisation arrays (n_r, d) (units: realisations).
+
+
+# --- Gaussian fits and the Fréchet distance ------------------------------------------------
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(μ (d,), Σ (d, d))`` float64 of ``features (N, d)``, ``N ≥ 2`` (unbiased covariance)."""
+    f = _as_features(features, "features")
+    if f.shape[0] < 2:
+        raise ValueError(f"features: need at least 2 rows, got {f.shape[0]}")
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """``‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^½)`` between two Gaussians in ``d`` dimensions.
+
+    ``(Σ₁Σ₂)^½`` by ``scipy.linalg.sqrtm``; if it is not finite (singular product) both
+    covariances get ``eps·I`` added. Its real part is used; an imaginary part larger than
+    ``1e-3`` of the largest diagonal entry raises ``ValueError`` (not a covariance).
+    """
+    mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
+    mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(f"frechet_distance: shapes differ: mu {mu1.shape} {mu2.shape}, "
+                         f"sigma {sigma1.shape} {sigma2.shape}")
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = eps * np.eye(d)
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        scale = max(np.abs(np.diag(covmean)).max(), 1e-12)
+        if np.abs(covmean.imag).max() > 1e-3 * scale:
+            raise ValueError(f"frechet_distance: sqrtm(Σ₁Σ₂) has an imaginary part "
+                             f"{np.abs(covmean.imag).max():.3g}; are both covariances PSD?")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """``sqrtm`` without its singular-matrix warning (dead ReLU features make Σ singular;
+    a non-finite result is handled by the caller)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        return scipy.linalg.sqrtm(a)
+
+
+def fd(features1: np.ndarray, features2: np.ndarray) -> float:
+    """Fréchet distance between the Gaussian fits of two feature sets ``(N₁, d)``, ``(N₂, d)``."""
+    return frechet_distance(*gaussian_stats(features1), *gaussian_stats(features2))
+
+
+# --- KID -----------------------------------------------------------------------------------
+
+def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``(x·y/d + 1)³``: ``(n, d), (m, d)`` → ``(n, m)``."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² with :func:`polynomial_kernel` of ``x (m, d)`` and ``y (n, d)``."""
+    return _mmd2(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y),
+                 np.arange(len(x)), None)
+
+
+def _mmd2(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray, x_ids: np.ndarray,
+          y_ids: np.ndarray | None) -> float:
+    """Unbiased MMD² from kernel blocks. ``x_ids (m,)``: the original sample of each ``x`` row
+    (bootstrap copies share one): pairs with equal ids are left out of the within-``x`` mean,
+    as the diagonal is. ``y_ids (n,)``, only when a set is compared with itself (ids in one
+    numbering): ``x``–``y`` pairs with equal ids are one sample, left out of the cross mean."""
+    keep = x_ids[:, None] != x_ids[None, :]
+    n = len(kyy)
+    within_x = (kxx * keep).sum() / keep.sum()
+    within_y = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+    if y_ids is None:
+        cross = kxy.mean()
+    else:
+        keep_xy = x_ids[:, None] != y_ids[None, :]
+        cross = (kxy * keep_xy).sum() / keep_xy.sum()
+    return float(within_x + within_y - 2.0 * cross)
+
+
+GRAM_LIMIT = 30_000_000  # kernel entries precomputed at most (240 MB); beyond, per subset
+
+
+def kid_subsets(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100,
+                subset_size: int = 1000, seed: int = 0, same_rows: bool = False,
+                rows1: np.ndarray | None = None) -> np.ndarray:
+    """``(num_subsets,)`` unbiased MMD² estimates, each on ``m = min(subset_size, N₁, N₂)``
+    rows of each set drawn without replacement.
+
+    ``same_rows``: the two sets are the same samples, row for row (a self-comparison); a row
+    paired with itself is left out of the cross term, so the estimate stays unbiased for 0.
+    Without it a set against itself gives about ``−2(k̄(x,x) − k̄(x,y))/N``.
+    ``rows1``: the set 1 to use is ``features1[rows1]`` (a bootstrap resample; copies of one
+    row are not paired with each other).
+
+    The kernel matrices are computed once when they have at most :data:`GRAM_LIMIT` entries
+    (large matrix products; small ones are slow in a threaded BLAS), else per subset.
+    """
+    f1, f2 = _as_features(features1, "features1"), _as_features(features2, "features2")
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"kid: feature sizes differ: {f1.shape[1]} and {f2.shape[1]}")
+    rows1 = np.arange(len(f1)) if rows1 is None else np.asarray(rows1)
+    m = min(subset_size, len(rows1), len(f2))
+    if m < 2 or num_subsets < 1:
+        raise ValueError(f"kid: need subsets of >= 2 rows and >= 1 subset, got {m}, "
+                         f"{num_subsets}")
+    k11, k22, k12 = _kernel_blocks(f1, f2)
+    rng = np.random.default_rng(seed)
+    out = np.empty(num_subsets)
+    for s in range(num_subsets):
+        i = rows1[rng.choice(len(rows1), m, replace=False)]
+        j = rng.choice(len(f2), m, replace=False)
+        out[s] = _mmd2(k11(i, i), k22(j, j), k12(i, j), i, j if same_rows else None)
+    return out
+
+
+def _kernel_blocks(f1: np.ndarray, f2: np.ndarray):
+    """Three functions ``(rows, rows) → kernel block`` for set 1×1, 2×2, 1×2."""
+    n1, n2 = len(f1), len(f2)
+    if n1 * n1 + n2 * n2 + n1 * n2 <= GRAM_LIMIT:
+        grams = polynomial_kernel(f1, f1), polynomial_kernel(f2, f2), polynomial_kernel(f1, f2)
+        return tuple(lambda i, j, g=g: g[np.ix_(i, j)] for g in grams)
+    return (lambda i, j: polynomial_kernel(f1[i], f1[j]),
+            lambda i, j: polynomial_kernel(f2[i], f2[j]),
+            lambda i, j: polynomial_kernel(f1[i], f2[j]))
+
+
+def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100,
+        subset_size: int = 1000, seed: int = 0, same_rows: bool = False) -> float:
+    """KID: the mean of :func:`kid_subsets`."""
+    return float(kid_subsets(features1, features2, num_subsets, subset_size, seed,
+                             same_rows=same_rows).mean())
+
+
+# --- bootstrap intervals -------------------------------------------------------------------
+
+def fd_with_ci(generated: Features, reference: np.ndarray | tuple[np.ndarray, np.ndarray],
+               num_resamples: int = 200, seed: int = 0, level: float = 0.95
+               ) -> dict[str, float]:
+    """FD of ``generated`` against ``reference`` (features ``(N, d)`` or saved ``(μ, Σ)``),
+    with a percentile bootstrap interval over the units of ``generated``.
+
+    FD is biased upwards, and a resample (with repeated rows) more so: the percentile
+    interval is shifted by the bootstrap's estimate of that bias, ``mean(FD*) − FD``, so it
+    sits around ``value`` (reported as ``"bias"``). Returns ``{"value", "lo", "hi", "bias"}``.
+    Each resample costs one ``d×d`` ``sqrtm`` (about a
+    second at ``d = 2048``): use tens of resamples for Inception features.
+    """
+    mu_r, sigma_r = reference if isinstance(reference, tuple) else gaussian_stats(reference)
+    units = _units(generated)
+    value = frechet_distance(*gaussian_stats(np.concatenate(units)), mu_r, sigma_r)
+    rng = np.random.default_rng(seed)
+    boot = [frechet_distance(*gaussian_stats(_resample(units, rng)[0]), mu_r, sigma_r)
+            for _ in range(num_resamples)]
+    bias = float(np.mean(boot) - value)
+    out = _with_interval(value, np.asarray(boot) - bias, level)
+    return {**out, "bias": bias}
+
+
+def kid_with_ci(generated: Features, reference: np.ndarray, num_subsets: int = 100,
+                subset_size: int = 1000, num_resamples: int = 100, seed: int = 0,
+                level: float = 0.95, same_rows: bool = False) -> dict[str, float]:
+    """KID of ``generated`` against reference features ``(N, d)``, with a percentile bootstrap
+    interval over the units of ``generated`` (``{"value", "lo", "hi"}``); ``same_rows``: see
+    :func:`kid_subsets`. Costs ``num_resamples × num_subsets`` kernel evaluations of
+    ``subset_size²`` pairs."""
+    units = _units(generated)
+    f1 = np.concatenate(units)
+    value = kid(f1, reference, num_subsets, subset_size, seed, same_rows)
+    rng = np.random.default_rng(seed + 1)
+    boot = [kid_subsets(f1, reference, num_subsets, subset_size, seed + 2 + r, same_rows,
+                        rows1=_resample(units, rng)[1]).mean()
+            for r in range(num_resamples)]
+    return _with_interval(value, boot, level)
+
+
+def _units(generated: Features) -> list[np.ndarray]:
+    if isinstance(generated, np.ndarray):
+        f = _as_features(generated, "generated")
+        return [f[i:i + 1] for i in range(len(f))]
+    units = [_as_features(g, "generated[r]") for g in generated]
+    if len(units) < 2:
+        raise ValueError(f"generated: need >= 2 realisations to resample, got {len(units)}")
+    return units
+
+
+def _resample(units: list[np.ndarray], rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Units drawn with replacement, concatenated; and each row's original row id."""
+    starts = np.cumsum([0] + [len(u) for u in units])
+    pick = rng.integers(0, len(units), len(units))
+    rows = np.concatenate([units[p] for p in pick])
+    ids = np.concatenate([np.arange(starts[p], starts[p + 1]) for p in pick])
+    return rows, ids
+
+
+def _with_interval(value: float, boot: Sequence[float], level: float) -> dict[str, float]:
+    boot = np.asarray(boot, np.float64)
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(boot[np.isfinite(boot)], [tail, 100.0 - tail])
+    return {"value": float(value), "lo": float(lo), "hi": float(hi)}
+
+
+def _as_features(features: np.ndarray, name: str) -> np.ndarray:
+    f = np.asarray(features, np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"{name}: need (N, d) features, got shape {f.shape}")
+    return f
+
+
+# --- reference statistics on disk ----------------------------------------------------------
+
+def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Write ``mu (d,)`` and ``sigma (d, d)`` to an npz file ``path``."""
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    if sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"save_stats: mu {mu.shape} and sigma {sigma.shape} disagree")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, mu=mu, sigma=sigma)
+
+
+def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` from an npz file written by :func:`save_stats` (or pytorch-fid's)."""
+    with np.load(path) as data:
+        missing = {"mu", "sigma"} - set(data.files)
+        if missing:
+            raise ValueError(f"{path}: reference statistics need keys mu and sigma; "
+                             f"missing {sorted(missing)} (has {data.files})")
+        return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
