@@ -76,6 +76,26 @@ def test_intervals_resample_realisations_when_given_groups():
         quality.fd_with_ci(groups[:1], ref)
 
 
+def test_paired_kid_difference_cancels_shared_noise_and_detects_a_shift():
+    """Two samplers on the same 8 realisations: b = a + small independent noise. Their KIDs
+    move together across realisations, so the paired interval of KID(a) − KID(b) is much
+    narrower than either KID's own; a shift of b is detected; mismatched realisations raise."""
+    rng = np.random.default_rng(5)
+    reference = _gaussian(rng, 300, 6)
+    a = [rng.normal(size=(20, 6)) * 1.2 for _ in range(8)]
+    b = [u + 0.05 * rng.normal(size=u.shape) for u in a]
+    d = quality.kid_difference_with_ci(a, b, reference, 10, 200, 60)
+    own = quality.kid_with_ci(a, reference, 10, 200, 60)
+    assert d["lo"] <= d["value"] <= d["hi"]
+    assert d["hi"] - d["lo"] < 0.2 * (own["hi"] - own["lo"])
+    shifted = [u + 1.0 for u in b]
+    assert quality.kid_difference_with_ci(shifted, a, reference, 10, 200, 60)["lo"] > 0
+    assert quality.kid_difference_with_ci(a, a, reference, 10, 200, 20) == {
+        "value": 0.0, "lo": 0.0, "hi": 0.0}
+    with pytest.raises(ValueError, match="same ones"):
+        quality.kid_difference_with_ci(a, b[:7], reference)
+
+
 def test_stats_round_trip_and_streamed_reference_stats(tmp_path):
     rng = np.random.default_rng(5)
     images = rng.normal(size=(70, 4, 4, 3))
