@@ -50,7 +50,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from analysis import common, comparison, plots, variance
+from analysis import common, comparison, plots, quality, variance
 from analysis.comparison import config_key, curve_name, schedule_names
 from mlem import brownian, cost, generation, parallel, patterns, schedules, solvers
 from mlem import ladder as ladders
@@ -253,12 +253,15 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
 
 def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
               points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int,
-              solver: str = "sde") -> list[dict]:
+              solver: str = "sde", feats: quality.Features | None = None,
+              store: dict | None = None) -> list[dict]:
     """Every point with ``steps`` steps on every realisation; one row per (point, realisation),
     each solve with the update rule ``solver`` (docs/solvers.md).
 
     Each compiled solver (EM at a level, ML-EM) is called once on realisation 0 before
-    anything is timed; then realisations run one after another, every point on each.
+    anything is timed; then realisations run one after another, every point on each. With
+    ``feats``, the features of each solve's samples go into ``store`` under
+    :func:`analysis.quality.row_id` (computed after the timed call).
     """
     ts, rule = coupling.grid(steps), solver
 
@@ -288,6 +291,8 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
             seconds = time.perf_counter() - start
             evals = np.asarray(stats["evals"], np.float64)
             rows.append(_row(flops, point, r, np.asarray(x, np.float64), ref[r], seconds, evals, p))
+            if feats is not None:
+                store[quality.row_id(rows[-1])] = feats.fn(np.asarray(x))
     return rows
 
 
@@ -328,9 +333,11 @@ def fitted_gamma(out: Path) -> float | None:
     return json.loads(path.read_text()).get("gamma") if path.exists() else None
 
 
-def sweep(ctx: common.Context) -> tuple[list[dict], int]:
+def sweep(ctx: common.Context, feats: quality.Features | None = None
+          ) -> tuple[list[dict], int]:
     """Run (or resume) the sweep; returns every row of ``points.csv`` and how many of them
-    this call computed."""
+    this call computed. With ``feats``, the features of every solve are kept in
+    ``features.npz`` (:mod:`analysis.quality`); a row without them is computed again."""
     a, mesh = ctx.config.analysis, parallel.make_mesh()
     evaluation, batch = int(a.realisations), int(a.batch_size)
     selection = int(a.get("selection_realisations", 0))
@@ -354,11 +361,16 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                 "learned_schedule": _file_digest(a.get("learned_schedule", ""))
                 if "learned" in names else None,
                 **solver_settings(ctx.config)[2]}
-    path = ctx.out / STAGE / "points.csv"
+    if feats is not None:  # rows computed with other features (or none) are stale
+        settings["quality"] = common.digest(feats.record)
+    path, features_path = ctx.out / STAGE / "points.csv", ctx.out / STAGE / quality.FEATURES_FILE
     fresh = common.load_stage(ctx.out, STAGE, settings, ctx.recompute) is None
     wanted = {config_key(p) for p in points}  # rows of configurations no longer swept are dropped
     rows = [] if fresh or not path.exists() else [r for r in read_points(path)
                                                   if config_key(r) in wanted]
+    store = {} if fresh or feats is None else quality.load_row_features(features_path)
+    if feats is not None:
+        rows = [r for r in rows if quality.row_id(r) in store]
     done = {config_key(r) for r in rows if r["realisation"] == realisations - 1}
     rows = [r for r in rows if config_key(r) in done]  # a group cut short is run again whole
     todo = [p for p in points if config_key(p) not in done]
@@ -392,7 +404,9 @@ def sweep(ctx: common.Context) -> tuple[list[dict], int]:
                 probs.append(switch_levels(p, ts, ctx.ladder.num_levels)
                              if p["method"] == "switch" else None)
         rows += run_group(ladder, ctx.flops, coupling, ref, group, probs, steps,
-                          solver_settings(ctx.config)[0])
+                          solver_settings(ctx.config)[0], feats, store)
+        if feats is not None:  # features first: a row is kept only with its features
+            quality.save_row_features(features_path, rows, store)
         write_points(path, rows)
     return rows, len(todo) * realisations
 
@@ -480,8 +494,10 @@ def run(config: Any, workdir: str | Path, out: str | Path, recompute: bool = Fal
 
 
 def stage(ctx: common.Context) -> dict:
-    """Sweep (resuming), then the statistics and figures; merge the summary and return it."""
-    rows, computed = sweep(ctx)
+    """Sweep (resuming), then the statistics and figures (with KID and FD when
+    ``config.analysis.quality`` names features); merge the summary and return it."""
+    feats = quality.features_for(ctx)
+    rows, computed = sweep(ctx, feats)
     result = common.jsonable(comparison.analyse(rows, ctx.config, ctx.ladder.num_levels))
     stage_dir, envs = ctx.out / STAGE, result.pop("envelopes")
     (stage_dir / "envelopes.json").write_text(json.dumps(envs, indent=1) + "\n")
@@ -492,7 +508,24 @@ def stage(ctx: common.Context) -> dict:
     if (stage_dir / PATTERNS).exists():  # selection vs evaluation MSE, bias of the chosen
         summary["pattern_search"] = json.loads((stage_dir / PATTERNS).read_text())
     summary["cost_error_runs_computed_last_call"] = computed
+    if feats is not None:
+        summary.update(quality_stage(ctx, rows, feats, result["best_method"]))
     return common.merge_summary(ctx.out, summary)
+
+
+def quality_stage(ctx: common.Context, rows: Sequence[dict], feats: quality.Features,
+                  best_method: str) -> dict:
+    """KID and FD of the sweep (:func:`analysis.quality.analyse`) into ``quality.json`` and
+    the quality figures; returns the summary fields."""
+    stage_dir = ctx.out / STAGE
+    ref = np.load(stage_dir / "reference.npy", mmap_mode="r")
+    ref_features = [feats.fn(np.asarray(ref[r]))
+                    for r in range(int(ctx.config.analysis.realisations))]
+    result = quality.analyse(rows, quality.load_row_features(stage_dir / quality.FEATURES_FILE),
+                             ref_features, feats, ctx.config, ctx.ladder.num_levels, best_method)
+    quality.write(stage_dir / "quality.json", result)
+    plots.quality(common.jsonable(result), stage_dir)
+    return quality.summary_fields(common.jsonable(result))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ paper-style log–log cost vs MSE with the envelopes, and the speedup at equal M
 95% band, in FLOPs and in seconds), ``gamma.png`` (both γ fits), ``variance.png``
 (``V_k(τ)``), ``heldout_loss.png`` (held-out loss of each level against training FLOPs) and
 ``samples_equal_cost.png`` (reference, EM and ML-EM from the same noise and Brownian path,
-EM and ML-EM at about equal FLOPs). A figure whose stage has not run is skipped and named.
+EM and ML-EM at about equal FLOPs) and, when ``config.analysis.quality`` names features,
+``quality.png/pdf`` and ``quality_seconds.png/pdf`` (KID and FD against cost). A figure
+whose stage has not run is skipped and named.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import common, comparison, cost_error, plots
+from analysis import common, comparison, cost_error, plots, quality
 
 STAGE = "figures"
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward ≈ 3 forward passes (standard estimate)
@@ -185,13 +187,17 @@ def stage(ctx: common.Context) -> dict:
         "samples_equal_cost.png": (cost_stage / "speedup.json",
                                    lambda p: _reused_sample_grid(ctx, p)),
     }
+    if quality.settings(config)["features"]:  # KID and FD against cost (docs/quality.md)
+        jobs["quality.png"] = (cost_stage / "quality.json", lambda p: plots.quality(
+            json.loads((cost_stage / "quality.json").read_text()), fig_dir))
     for name, (needs, draw) in jobs.items():
         if needs is not None and not needs.exists():
             skipped.append(f"{name} (run the stage that writes {needs.relative_to(ctx.out)})")
             continue
         draw(fig_dir / name)
         written.append(str(fig_dir / name))
-    for extra in ("cost_error.pdf", "cost_error_seconds.png", "cost_error_seconds.pdf"):
+    for extra in ("cost_error.pdf", "cost_error_seconds.png", "cost_error_seconds.pdf",
+                  "quality.pdf", "quality_seconds.png", "quality_seconds.pdf"):
         if (fig_dir / extra).exists():
             written.append(str(fig_dir / extra))
     return common.merge_summary(ctx.out, {"figures": written, "figures_skipped": skipped})

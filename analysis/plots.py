@@ -2,6 +2,7 @@
 
 ``cost_error``: the paper-style log–log cost vs MSE with each method's envelope and the
 speedup at equal MSE with its 95% bootstrap band, once in FLOPs and once in seconds.
+``quality``: KID and FD against cost on the same sweep (:mod:`analysis.quality`).
 """
 
 from __future__ import annotations
@@ -91,3 +92,61 @@ def _cost_error_figure(configs, mse, cost, envs, result, ruler, xlabel, speed_la
     ax_s.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+QUALITY_RULERS = {"flops": ("FLOPs per sample (ML-EM: expected)", ""),
+                  "seconds": ("seconds per solve of a realisation's batch", "_seconds")}
+
+
+def quality(result: dict, out_dir: Path) -> list[Path]:
+    """KID (95% interval over realisations) and FD against cost, for each method's envelope
+    (chosen on the selection realisations), the top level's own KID as a band and the
+    operating cost as a line; ``quality.png/pdf`` (FLOPs) and ``quality_seconds.png/pdf``.
+
+    ``result``: :func:`analysis.quality.analyse`'s (``quality.json``)."""
+    plt_ = plt()
+    paths = []
+    methods = result["methods"]
+    levels = sorted(m for m in methods if m.startswith("em-level"))
+    others = [m for m in methods if m != "em" and m not in levels]
+    colours = {**dict(zip(levels, plt_.cm.Blues(np.linspace(0.35, 0.8, len(levels))))),
+               "em": "tab:blue",
+               **dict(zip(others, ("tab:red", "tab:orange", "tab:purple", "tab:green",
+                                   "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black")))}
+    for ruler, (xlabel, suffix) in QUALITY_RULERS.items():
+        fig, (ax_k, ax_f) = plt_.subplots(1, 2, figsize=(12, 4.6))
+        top = result["top_level"]
+        ax_k.axhspan(top["kid"]["lo"], top["kid"]["hi"], color="gray", alpha=0.2, lw=0,
+                     label="top level, finest grid (95% CI)")
+        ax_f.axhline(top["fd"]["value"], c="gray", ls="--", label="top level, finest grid")
+        for method in [*levels, "em", *others]:
+            points = methods[method][ruler]["envelope"]
+            if not points:
+                continue
+            x = [p["cost"] for p in points]
+            k = np.array([[p["kid"]["value"], p["kid"]["lo"], p["kid"]["hi"]] for p in points])
+            thin = method in levels
+            style = dict(c=colours[method], lw=0.8 if thin else 1.6, ms=3,
+                         alpha=0.6 if thin else 1.0, label=method)
+            if thin:
+                ax_k.plot(x, k[:, 0], "o-", **style)
+            else:
+                ax_k.errorbar(x, k[:, 0], yerr=[k[:, 0] - k[:, 1], k[:, 2] - k[:, 0]],
+                              fmt="o-", capsize=2, **style)
+            ax_f.plot(x, [p["fd"] for p in points], "o-", **style)
+        for ax in (ax_k, ax_f):
+            ax.axvline(result["operating_cost"][ruler], c="gray", ls=":",
+                       label="operating cost")
+            ax.set(xscale="log", xlabel=xlabel)
+            ax.legend(fontsize=7)
+        n = result["num_realisations"]
+        ax_k.set(ylabel=f"KID vs {result['features']['data']}",
+                 title=f"KID ({n} realisations, {result['samples_per_point']} samples a point)")
+        ax_f.set(yscale="log", ylabel="FD (plug-in; biased up at small N)",
+                 title=f"FD ({result['features']['features']} features)")
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            paths.append(out_dir / f"quality{suffix}.{ext}")
+            fig.savefig(paths[-1], dpi=130)
+        plt_.close(fig)
+    return paths

@@ -145,6 +145,8 @@ def image_rows(d: Path) -> list[str]:
                          f"{fmt(r['evaluation_mse'])} ± {fmt(r['evaluation_mse_se'], 2)} | "
                          f"{fmt(r['expected_flops'])} | {fmt(b['bias_sq'])} "
                          f"({fmt(b['bias_sq_noise'], 2)}) | {fmt(b['bias_share'], 2)} |")
+    if s.get("kid_at_operating_cost"):
+        lines += ["", *quality_rows(s)]
     lines += ["", "| against EM: curve | ruler | at the operating point | maximum | at MSE |",
               "|---|---|---|---|---|"]
     for curve, by_ruler in sorted(detail["comparisons"].items()):
@@ -153,6 +155,37 @@ def image_rows(d: Path) -> list[str]:
                          f"{fmt_ci(c['at_operating_point_ci'])} | {fmt(c['max'])}× "
                          f"{fmt_ci(c['max_ci'])} | {fmt(c['max_at_error'])} |")
     return [*lines, "", wallclock_sentence(s)]
+
+
+def quality_rows(s: dict) -> list[str]:
+    """Sample quality at equal cost (docs/quality.md): per method, KID and FD at the operating
+    FLOPs and the cost at which it first reaches the top level's KID; the paired verdict."""
+    top, feats = s["top_level_kid"], s["quality_features"]
+    lines = [f"KID and FD of {feats['features']} features against {feats['data']}; the top "
+             f"level on the finest grid: KID {fmt(top['value'])} {fmt_ci([top['lo'], top['hi']])},"
+             f" FD {fmt(s['top_level_fd']['value'])}. Points on each method's envelope chosen "
+             f"on the selection realisations' MSE.", "",
+             "| method | point at the operating FLOPs | KID [95% CI] | FD | first reaches the "
+             "top level's KID at (FLOPs; top-level calls; seconds) |", "|---|---|---|---:|---|"]
+    for method, p in s["kid_at_operating_cost"].items():
+        reach = s["cost_to_reach_top_level_kid"][method]
+        where = ("never in the sweep" if reach["flops"] is None else
+                 f"{fmt(reach['flops'])}; {fmt(reach['top_level_evals'])}; "
+                 f"{fmt(reach['seconds'])} s")
+        if p is None:
+            lines.append(f"| {method} | none within the cost | | | {where} |")
+            continue
+        point = (f"level {p['level']}, {p['steps']} steps" + (
+            f", {fmt(p['top_evals'])} top-level calls" if p["top_evals"] else "") + (
+            f", switch at {fmt(p['switch_at'])}" if p["switch_at"] else ""))
+        lines.append(f"| {method} | {point} | {fmt(p['kid']['value'])} "
+                     f"{fmt_ci([p['kid']['lo'], p['kid']['hi']])} | {fmt(p['fd'])} | {where} |")
+    d = s.get("kid_best_minus_em_at_operating_cost")
+    if d:
+        lines += ["", f"At the operating FLOPs, KID({d['methods'][0]}) − KID(EM) = "
+                      f"{fmt(d['value'])}, 95% CI {fmt_ci([d['lo'], d['hi']])} (paired over "
+                      f"realisations): {d['verdict']}."]
+    return lines
 
 
 def learn_rows(dirs: Sequence[Path]) -> list[str]:

@@ -49,4 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     a.batch_size = 64
     a.variance_samples = 2048
     a.solver, a.grid = "sde", "uniform"  # one of SOLVERS per sweep
+    # FID/KID features (docs/quality.md): set inception_weights (pytorch-fid's weights as an
+    # npz) and reference (python -m analysis.reference_stats), or features = '' to skip.
+    a.quality.features = "inception"
+    a.quality.kid_subsets = 100
+    a.quality.bootstrap = 100
     return config

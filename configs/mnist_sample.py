@@ -41,4 +41,5 @@ def get_config() -> ml_collections.ConfigDict:
     a.pattern_search = 15  # the paper's best-of-15 patterns, on the operating grid
     a.pattern_steps = (32,)
     a.batch_size = 6
+    a.quality.features = "classifier"  # KID/FD against the 500 held-out digits
     return config

@@ -82,4 +82,13 @@ def get_config() -> ml_collections.ConfigDict:
     a.variance_samples = 256
     a.gamma_bootstrap = 1000
     a.operating_point = "auto"  # an MSE value, or 'auto' (EM, top level, sampling.steps steps)
+    # Sample quality beside MSE (docs/quality.md): KID and FD of every solve of the sweep.
+    a.quality = q = ml_collections.ConfigDict()
+    q.features = ""  # '' (off) | 'classifier' (MNIST-5k) | 'inception' (FID Inception-v3)
+    q.classifier_steps = 1500  # 'classifier': trained once, cached in <workdir>/classifier
+    q.inception_weights = ""  # 'inception': pytorch-fid's weights as an npz (docs/quality.md)
+    q.reference = ""  # 'inception': npz of python -m analysis.reference_stats (mu, sigma, features)
+    q.kid_subsets = 50  # KID: the mean over this many subsets ...
+    q.kid_subset_size = 1000  # ... of min(this, samples, data) rows of each set
+    q.bootstrap = 200  # resamples of the realisations for every KID/FD interval
     return config

@@ -138,9 +138,16 @@ def timing(summary: Mapping, seconds: float, train_seconds: dict, stage_seconds:
     return record
 
 
+# ... and, when config.analysis.quality names features, sample quality (docs/quality.md)
+QUALITY_HEADLINE = ("top_level_kid", "kid_best_minus_em_at_operating_cost")
+
+
 def headline(summary: Mapping) -> str:
-    """The promised summary numbers and the total wall time, as indented JSON."""
-    return json.dumps({k: summary.get(k) for k in (*HEADLINE, "total_wall_seconds")}, indent=1)
+    """The promised summary numbers (with KID when measured) and the total wall time, as
+    indented JSON."""
+    quality = tuple(k for k in QUALITY_HEADLINE if k in summary)
+    return json.dumps({k: summary.get(k) for k in (*HEADLINE, *quality, "total_wall_seconds")},
+                      indent=1)
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: object) -> None:

@@ -8,7 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from analysis import common, comparison, cost_error, fit_gamma, speedup
+from analysis import common, comparison, cost_error, fit_gamma, quality, speedup
+from mlem import quality as mlem_quality
+
+_REAL_FEATURES_FOR = quality.features_for  # the tiny fixture patches it
 
 # The tests that use the session's tiny trained ladder share one xdist worker (it is
 # trained once): tests/conftest.py.
@@ -216,14 +219,27 @@ def _tiny_config():
     return config
 
 
+def _projection_features() -> quality.Features:
+    """Quality features for the tiny (synthetic 8×8×3) ladder: a fixed random projection of
+    the pixels, judged against projected noise images (the plumbing, not the values)."""
+    w = np.random.default_rng(0).normal(size=(8 * 8 * 3, 6)).astype(np.float32) / 8.0
+    fn = lambda x: np.asarray(x, np.float32).reshape(len(x), -1) @ w
+    data = fn(np.random.default_rng(1).uniform(-1, 1, (40, 8, 8, 3)))
+    return quality.Features("projection", fn, data, mlem_quality.gaussian_stats(data),
+                            {"features": "projection", "data": "40 noise images"})
+
+
 @pytest.fixture(scope="module")
 def tiny_results(tiny_ladder, tmp_path_factory):
-    """variance + cost_error on the tiny ladder, sharing one loaded ladder (and its compiles)."""
+    """variance + cost_error (with KID/FD on projection features) on the tiny ladder, sharing
+    one loaded ladder (and its compiles)."""
     from analysis import variance
 
     ctx = common.prepare(_tiny_config(), tiny_ladder, tmp_path_factory.mktemp("results"), False)
     variance.stage(ctx)
-    return ctx, cost_error.stage(ctx)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quality, "features_for", lambda ctx: _projection_features())
+        yield ctx, cost_error.stage(ctx)
 
 
 def test_fit_gamma_on_two_levels_reports_why_there_is_no_gamma(tiny_results):
@@ -413,6 +429,117 @@ def test_report_prints_the_tables_from_the_results_dir(tiny_results, capsys):
     with pytest.raises(SystemExit):
         report.main([str(ctx.out / "missing")])
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_tiny_sweep_keeps_features_of_every_solve_and_reports_kid(tiny_results):
+    from analysis import report
+
+    ctx, summary = tiny_results
+    stage = ctx.out / "cost_error"
+    rows = cost_error.read_points(stage / "points.csv")
+    store = quality.load_row_features(stage / quality.FEATURES_FILE)
+    assert set(store) == {quality.row_id(r) for r in rows}  # one (B, d) array per solve
+    assert all(v.shape == (4, 6) for v in store.values())
+    methods = {"em", "em-level1", "em-level2", "mlem-variance-flops", "mlem-variance-time",
+               "switch", "mlem-pattern"}
+    assert set(summary["kid_at_operating_cost"]) == methods
+    assert set(summary["cost_to_reach_top_level_kid"]) == methods
+    top = summary["top_level_kid"]
+    assert top["lo"] <= top["value"] <= top["hi"]
+    em = summary["kid_at_operating_cost"]["em-level2"]  # the operating point itself: 2 steps
+    assert em["steps"] == 2 and em["flops"] == pytest.approx(2 * ctx.flops[-1])
+    # the features of that point's evaluation realisations give its KID
+    f = [store[quality.row_id({"curve": "em", "level": 2, "top_evals": 0, "switch_at": 0,
+                               "steps": 2, "realisation": r})] for r in range(3)]
+    data = quality.features_for(ctx).data
+    assert em["kid"]["value"] == pytest.approx(mlem_quality.kid(np.concatenate(f), data, 50,
+                                                                1000))
+    for ruler in ("", "_seconds"):
+        assert (stage / f"quality{ruler}.png").is_file()
+    assert "first reaches the top level's KID" in report.report([ctx.out])
+
+
+def test_tiny_sweep_recomputes_a_solve_whose_features_are_missing(tiny_results):
+    ctx, summary = tiny_results
+    path = ctx.out / "cost_error" / quality.FEATURES_FILE
+    store = quality.load_row_features(path)
+    dropped = "|".join(comparison.config_key({"curve": "em", "level": 1, "top_evals": 0,
+                                              "switch_at": 0, "steps": 1})) + "|r4"
+    np.savez(path, **{k: v for k, v in store.items() if k != dropped})
+    again = cost_error.stage(ctx)
+    assert again["cost_error_runs_computed_last_call"] == 5  # that configuration, 5 realisations
+    assert set(quality.load_row_features(path)) == set(store)
+    assert again["speedup_at_equal_mse"] == summary["speedup_at_equal_mse"]
+
+
+def test_quality_features_say_what_to_set(tiny_results, tmp_path):
+    ctx, _ = tiny_results
+    config = ctx.config.copy_and_resolve_references()
+    features_for = _REAL_FEATURES_FOR
+    for kind, error, message in (
+            ("classifier", ValueError, "the ladder is trained on synthetic"),
+            ("inception", FileNotFoundError, "inception_weights: Inception weights file"),
+            ("pixels", ValueError, "choose '', classifier, inception")):
+        config.analysis.quality.features = kind
+        with pytest.raises(error, match=message):
+            features_for(dataclasses.replace(ctx, config=config))
+    weights = tmp_path / "w.npz"
+    np.savez(weights, x=np.zeros(1))
+    config.analysis.quality.features, config.analysis.quality.inception_weights = (
+        "inception", str(weights))
+    with pytest.raises(FileNotFoundError, match="python -m analysis.reference_stats"):
+        features_for(dataclasses.replace(ctx, config=config))
+    config.analysis.quality.features = ""
+    assert features_for(dataclasses.replace(ctx, config=config)) is None
+
+
+def _quality_rows(shift_b: float):
+    """Rows and features of EM (2 grids) and one ML-EM curve (2 points) on 4 evaluation and 2
+    selection realisations; ML-EM's features are the data's shifted by ``shift_b``."""
+    rng = np.random.default_rng(0)
+    rows, store = [], {}
+    points = [("em", "em", 2, 4, 0.0, 4e6, (1e-2, 1e-2)),
+              ("em", "em", 2, 8, 0.0, 8e6, (1e-3, 1e-3)),
+              ("mlem-variance-flops", "mlem", 2, 8, 1.0, 3e6, (2e-3, 9e-3)),
+              ("mlem-variance-flops", "mlem", 2, 16, 2.0, 3.5e6, (5e-3, 1e-3))]
+    for curve, method, level, steps, top, flops, (mse_eval, mse_select) in points:
+        for r in range(6):
+            row = {"curve": curve, "method": method, "level": level, "top_evals": top,
+                   "switch_at": 0.0, "steps": steps, "realisation": r, "c": 1.0,
+                   "mse": mse_eval if r < 4 else mse_select, "expected_flops": flops,
+                   "flops": flops, "seconds": flops * 1e-9}
+            rows.append(row)
+            store[quality.row_id(row)] = rng.normal(size=(30, 5)) + (
+                shift_b if method == "mlem" else 0.0)
+    data = rng.normal(size=(200, 5))
+    feats = quality.Features("test", lambda x: x, data, mlem_quality.gaussian_stats(data),
+                             {"features": "test", "data": "normal"})
+    # the reference solves: EM's 4-step samples (so its KID is the top level's exactly)
+    reference = [store[quality.row_id({**rows[0], "realisation": r})] for r in range(4)]
+    return rows, store, reference, feats
+
+
+def test_quality_envelope_is_chosen_on_selection_realisations_and_the_verdict_is_paired():
+    config = _tiny_config()
+    config.analysis.realisations, config.analysis.selection_realisations = 4, 2
+    config.sampling.steps = 8
+    config.analysis.quality.bootstrap = 100
+    rows, store, reference, feats = _quality_rows(shift_b=1.5)
+    result = quality.analyse(rows, store, reference, feats, config, 2, "mlem-variance-flops")
+    ml = result["methods"]["mlem-variance-flops"]["flops"]
+    # on the evaluation MSE the 8-step point would be the better one; the selection MSE (9e-3
+    # vs 1e-3) keeps both, in cost order, and the operating FLOPs (8e6) take the costlier
+    assert [p["steps"] for p in ml["envelope"]] == [8, 16]
+    assert ml["at_operating_cost"]["steps"] == 16
+    assert result["methods"]["em"]["flops"]["at_operating_cost"]["steps"] == 8
+    worse = result["best_minus_em_at_operating_cost"]
+    assert worse["lo"] > 0 and "is worse than EM in KID" in worse["verdict"]
+    assert ml["reaches_top_level_kid_at"] is None  # shifted: never as good as the top level
+    assert result["methods"]["em"]["flops"]["reaches_top_level_kid_at"]["steps"] == 4
+    rows, store, reference, feats = _quality_rows(shift_b=0.0)
+    same = quality.analyse(rows, store, reference, feats, config, 2, "mlem-variance-flops")
+    d = same["best_minus_em_at_operating_cost"]
+    assert d["lo"] < 0 < d["hi"] and "equal to EM within the interval" in d["verdict"]
 
 
 def test_pattern_search_needs_selection_realisations_and_swept_grids():
