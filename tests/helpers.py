@@ -65,3 +65,21 @@ def fake_celeba(root: Path) -> Path:
             if with_partition:
                 zf.writestr("list_eval_partition.txt", celeba_partition_text())
     return root
+
+
+def inception_state_dict(variables) -> dict[str, np.ndarray]:
+    """Inception variables as pytorch-fid's state dict (PyTorch names and layouts, with the
+    ``fc`` and ``num_batches_tracked`` entries a real one has), for ``np.savez``."""
+    arrays = {"fc.weight": np.zeros((1008, 2048), np.float32)}
+    names = {("params", "kernel"): "weight", ("params", "scale"): "weight",
+             ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
+             ("batch_stats", "var"): "running_var"}
+    for path, value in jax.tree_util.tree_leaves_with_path(variables):
+        keys = [str(getattr(k, "key", k)) for k in path]
+        value = np.asarray(value)
+        if keys[-1] == "kernel":
+            value = value.transpose(3, 2, 0, 1)  # HWIO → OIHW
+        arrays[".".join(keys[1:-1] + [names[keys[0], keys[-1]]])] = value
+        if keys[-1] == "var":
+            arrays[".".join(keys[1:-1] + ["num_batches_tracked"])] = np.zeros((), np.int64)
+    return arrays
