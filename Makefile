@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: setup test test-all lint demo demo-synthetic bench-sampler bench-train clean
+.PHONY: setup test test-all lint demo demo-synthetic celeba-reference bench-sampler bench-train clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,13 @@ demo: setup
 # The synthetic HTMC testbed: exact drift, controllable γ (the exact check of the theory).
 demo-synthetic: setup
 	$(PY) -m analysis.synthetic --gamma 3 --quick --out results/synthetic_quick
+
+# FID/KID reference statistics of the CelebA 64×64 train split (docs/quality.md); hours on a
+# CPU. INCEPTION_WEIGHTS: pytorch-fid's weights as an npz; CELEBA: img_align_celeba.zip.
+celeba-reference: setup
+	$(PY) -m analysis.reference_stats --config configs/celeba64_sample.py \
+		--inception_weights "$(INCEPTION_WEIGHTS)" --local_path "$(CELEBA)" \
+		--out runs/celeba64/celeba64_train_inception.npz
 
 bench-sampler: setup
 	$(PY) -m benchmarks.sampler

@@ -173,13 +173,20 @@ def inception_feature_fn(variables: Any, resize_to: int | None = 299
 
 
 def reference_stats(feature_fn: Callable[[np.ndarray], np.ndarray],
-                    images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                    images: Iterable[np.ndarray],
+                    on_features: Callable[[np.ndarray], None] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(μ (d,), Σ (d, d))`` float64 of ``feature_fn`` over batches of ``images``, streamed
     (sums of features and outer products in float64), equal to
-    :func:`mlem.quality.gaussian_stats` of all the features at once."""
+    :func:`mlem.quality.gaussian_stats` of all the features at once. ``on_features``, if
+    given, is called with each batch's features ``(B, d)`` as ``feature_fn`` returned them
+    (to keep some rows, :mod:`analysis.reference_stats`)."""
     count, total, outer = 0, None, None
     for batch in images:
-        f = np.asarray(feature_fn(batch), np.float64)
+        f = feature_fn(batch)
+        if on_features is not None:
+            on_features(f)
+        f = np.asarray(f, np.float64)
         if total is None:
             total, outer = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
         count, total, outer = count + len(f), total + f.sum(0), outer + f.T @ f

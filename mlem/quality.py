@@ -21,6 +21,8 @@ original row from its within-set term, so resampling adds no duplicate bias.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -278,13 +280,24 @@ def _as_features(features: np.ndarray, name: str) -> np.ndarray:
 
 # --- reference statistics on disk ----------------------------------------------------------
 
-def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write ``mu (d,)`` and ``sigma (d, d)`` to an npz file ``path``."""
+def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, **arrays: np.ndarray
+               ) -> None:
+    """Write ``mu (d,)``, ``sigma (d, d)`` and any further named ``arrays`` to the npz file
+    ``path`` (that exact name), atomically: a temporary file in the same folder, renamed when
+    complete, so an interrupted write never leaves a partial file at ``path``."""
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     if sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"save_stats: mu {mu.shape} and sigma {sigma.shape} disagree")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, mu=mu, sigma=sigma)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,10 @@ from PIL import Image
 
 from mlem import data
 from mlem.data import celeba, mnist, pipeline
+from tests import helpers
 
-SPLIT_OF = [0] * 20 + [1] * 8 + [2] * 4  # 32 fake images: 20 train, 8 validation, 4 test
+SPLIT_OF = helpers.CELEBA_SPLIT_OF  # 32 fake images: 20 train, 8 validation, 4 test
+_partition_text = helpers.celeba_partition_text
 
 
 def _config(name="celeba64", **kw):
@@ -21,35 +23,11 @@ def _config(name="celeba64", **kw):
     return ConfigDict(base)
 
 
-def _partition_text():
-    return "".join(f"{i + 1:06d}.jpg {p}\n" for i, p in enumerate(SPLIT_OF))
-
-
-def _fake_faces(folder, rng):
-    folder.mkdir(parents=True)
-    for i in range(len(SPLIT_OF)):
-        coarse = rng.integers(0, 256, size=(9, 7, 3), dtype=np.uint8)  # smooth, face-sized
-        img = Image.fromarray(coarse).resize((178, 218), Image.BILINEAR)
-        img.save(folder / f"{i + 1:06d}.jpg", quality=90)
-
-
 @pytest.fixture(scope="module")
 def celeba_dirs(tmp_path_factory):
     """A fake CelebA: extracted folder, zip with the partition file beside it, zip with it
-    inside (the Google Drive layout and two common workarounds)."""
-    root = tmp_path_factory.mktemp("celeba")
-    _fake_faces(root / "folder" / "img_align_celeba", np.random.default_rng(0))
-    (root / "folder" / "list_eval_partition.txt").write_text(_partition_text())
-    (root / "zip").mkdir()
-    (root / "zip" / "list_eval_partition.txt").write_text(_partition_text())
-    for target, with_partition in ((root / "zip" / "img_align_celeba.zip", False),
-                                   (root / "inside.zip", True)):
-        with zipfile.ZipFile(target, "w") as zf:
-            for jpg in sorted((root / "folder" / "img_align_celeba").iterdir()):
-                zf.write(jpg, f"img_align_celeba/{jpg.name}")
-            if with_partition:
-                zf.writestr("list_eval_partition.txt", _partition_text())
-    return root
+    inside (:func:`tests.helpers.fake_celeba`)."""
+    return helpers.fake_celeba(tmp_path_factory.mktemp("celeba"))
 
 
 # ----------------------------------------------------------------------------- preprocessing

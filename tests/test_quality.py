@@ -9,6 +9,7 @@ import pytest
 
 from mlem import features, quality
 from mlem.models import inception
+from tests import helpers
 
 
 def _gaussian(rng, n=400, d=8):
@@ -149,19 +150,7 @@ def test_inception_gives_2048_deterministic_features_on_a_tiny_input(inception_v
 
 def test_inception_weights_load_from_a_state_dict_npz(tmp_path, inception_variables):
     """Write random variables as pytorch-fid state-dict names in PyTorch layouts, load back."""
-    arrays = {"fc.weight": np.zeros((1008, 2048), np.float32)}
-    leaves = jax.tree_util.tree_leaves_with_path(inception_variables)
-    names = {("params", "kernel"): "weight", ("params", "scale"): "weight",
-             ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
-             ("batch_stats", "var"): "running_var"}
-    for path, value in leaves:
-        keys = [str(getattr(k, "key", k)) for k in path]
-        value = np.asarray(value)
-        if keys[-1] == "kernel":
-            value = value.transpose(3, 2, 0, 1)  # HWIO → OIHW
-        arrays[".".join(keys[1:-1] + [names[keys[0], keys[-1]]])] = value
-        if keys[-1] == "var":
-            arrays[".".join(keys[1:-1] + ["num_batches_tracked"])] = np.zeros((), np.int64)
+    arrays = helpers.inception_state_dict(inception_variables)
     assert "Mixed_7c.branch_pool.conv.weight" in arrays
     np.savez(tmp_path / "inception.npz", **arrays)
     loaded = inception.load_inception_params(tmp_path / "inception.npz")
