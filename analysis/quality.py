@@ -106,9 +106,12 @@ def _classifier(ctx: common.Context, q: dict) -> Features:
                      "data": f"the {len(heldout)} held-out MNIST-5k digits"})
 
 
-def _inception(ctx: common.Context, q: dict) -> Features:
-    from mlem.models.inception import load_inception_params
-
+def check_files(config: Any) -> dict:
+    """``settings(config)``, after checking that the files the features need exist (the
+    pipelines call it before training, so a missing file stops a run at once)."""
+    q = settings(config)
+    if q["features"] != "inception":
+        return q
     weights, reference = q.get("inception_weights", ""), q.get("reference", "")
     if not weights or not Path(weights).is_file():
         raise FileNotFoundError(
@@ -119,6 +122,14 @@ def _inception(ctx: common.Context, q: dict) -> Features:
         raise FileNotFoundError(
             f"config.analysis.quality.reference: reference statistics {reference!r} not found; "
             f"write them with python -m analysis.reference_stats (docs/quality.md)")
+    return q
+
+
+def _inception(ctx: common.Context, q: dict) -> Features:
+    from mlem.models.inception import load_inception_params
+
+    check_files(ctx.config)
+    weights, reference = q["inception_weights"], q["reference"]
     with np.load(reference) as saved:
         if "features" not in saved.files:
             raise ValueError(f"{reference}: no 'features' array for KID; rewrite it with "

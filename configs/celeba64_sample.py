@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     # FID/KID features (docs/quality.md): set inception_weights (pytorch-fid's weights as an
     # npz) and reference (python -m analysis.reference_stats), or features = '' to skip.
     a.quality.features = "inception"
+    a.quality.reference = "runs/celeba64/celeba64_train_inception.npz"  # make celeba-reference
     a.quality.kid_subsets = 100
     a.quality.bootstrap = 100
     return config

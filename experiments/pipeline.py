@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ml_collections
 
-from analysis import common, cost_error, figures, fit_gamma, variance
+from analysis import common, cost_error, figures, fit_gamma, quality, variance
 from mlem import checkpoint, train_loop
 from mlem.config_files import load_config
 
@@ -112,6 +112,7 @@ def run(sample_config: ml_collections.ConfigDict, workdir: str | Path, out: str 
     """
     start = time.perf_counter()
     workdir, out = Path(workdir), Path(out)
+    quality.check_files(sample_config)  # before hours of training, not after
     configs = level_configs(sample_config) if train_configs is None else train_configs
     train_seconds = train_ladder(configs, workdir)
     stage_seconds = analyse(sample_config, workdir, out, recompute)

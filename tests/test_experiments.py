@@ -42,3 +42,13 @@ def test_override_of_an_unknown_field_is_refused():
     config = load_config("configs/mnist_level1.py")
     with pytest.raises(ValueError, match="no such config field"):
         pipeline.set_field(config, "training.num_stepz", 3)
+
+
+def test_celeba64_without_inception_weights_stops_before_training(tmp_path, capsys):
+    """The FID/KID files are checked first: a missing one is one error line, nothing trained."""
+    with pytest.raises(SystemExit) as exit_:
+        celeba64.main(["--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code != 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "inception_weights" in last and "features=''" in last
+    assert not (tmp_path / "runs").exists()

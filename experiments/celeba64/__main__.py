@@ -42,7 +42,8 @@ SMOKE_SAMPLE = {"sampling.steps": 2, "sampling.path_steps": 8, "sampling.num_sam
                 "analysis.pattern_search": 2, "analysis.pattern_steps": (2,),
                 "analysis.batch_size": 4,
                 "analysis.speedup_bootstrap": 20, "analysis.num_time_bins": 2,
-                "analysis.variance_samples": 8, "analysis.gamma_bootstrap": 20}
+                "analysis.variance_samples": 8, "analysis.gamma_bootstrap": 20,
+                "analysis.quality.features": ""}  # no Inception weights offline
 
 
 def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
