@@ -96,34 +96,37 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD² with :func:`polynomial_kernel` of ``x (m, d)`` and ``y (n, d)``."""
-    return _mmd2(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y),
-                 np.arange(len(x)), None)
+    return float(_mmd2(polynomial_kernel(x, x)[None], polynomial_kernel(y, y)[None],
+                       polynomial_kernel(x, y)[None], np.arange(len(x))[None], None)[0])
 
 
 def _mmd2(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray, x_ids: np.ndarray,
-          y_ids: np.ndarray | None) -> float:
-    """Unbiased MMD² from kernel blocks. ``x_ids (m,)``: the original sample of each ``x`` row
-    (bootstrap copies share one): pairs with equal ids are left out of the within-``x`` mean,
-    as the diagonal is. ``y_ids (n,)``, only when a set is compared with itself (ids in one
-    numbering): ``x``–``y`` pairs with equal ids are one sample, left out of the cross mean."""
-    keep = x_ids[:, None] != x_ids[None, :]
-    n = len(kyy)
-    within_x = (kxx * keep).sum() / keep.sum()
-    within_y = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+          y_ids: np.ndarray | None) -> np.ndarray:
+    """``(S,)`` unbiased MMD² from ``S`` stacked kernel blocks ``(S, m, m)``, ``(S, n, n)``,
+    ``(S, m, n)``. ``x_ids (S, m)``: the original sample of each ``x`` row (bootstrap copies
+    share one): pairs with equal ids are left out of the within-``x`` mean, as the diagonal
+    is. ``y_ids (S, n)``, only when a set is compared with itself (ids in one numbering):
+    ``x``–``y`` pairs with equal ids are one sample, left out of the cross mean."""
+    keep = x_ids[:, :, None] != x_ids[:, None, :]
+    n = kyy.shape[-1]
+    within_x = (kxx * keep).sum((1, 2)) / keep.sum((1, 2))
+    within_y = (kyy.sum((1, 2)) - np.trace(kyy, axis1=1, axis2=2)) / (n * (n - 1))
     if y_ids is None:
-        cross = kxy.mean()
+        cross = kxy.mean((1, 2))
     else:
-        keep_xy = x_ids[:, None] != y_ids[None, :]
-        cross = (kxy * keep_xy).sum() / keep_xy.sum()
-    return float(within_x + within_y - 2.0 * cross)
+        keep_xy = x_ids[:, :, None] != y_ids[:, None, :]
+        cross = (kxy * keep_xy).sum((1, 2)) / keep_xy.sum((1, 2))
+    return within_x + within_y - 2.0 * cross
 
 
 GRAM_LIMIT = 30_000_000  # kernel entries precomputed at most (240 MB); beyond, per subset
+BLOCK_LIMIT = 4_000_000  # kernel entries gathered at once when subsets are stacked
 
 
 def kid_subsets(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100,
                 subset_size: int = 1000, seed: int = 0, same_rows: bool = False,
-                rows1: np.ndarray | None = None) -> np.ndarray:
+                rows1: np.ndarray | None = None, kernels: Kernels | None = None
+                ) -> np.ndarray:
     """``(num_subsets,)`` unbiased MMD² estimates, each on ``m = min(subset_size, N₁, N₂)``
     rows of each set drawn without replacement.
 
@@ -131,10 +134,8 @@ def kid_subsets(features1: np.ndarray, features2: np.ndarray, num_subsets: int =
     paired with itself is left out of the cross term, so the estimate stays unbiased for 0.
     Without it a set against itself gives about ``−2(k̄(x,x) − k̄(x,y))/N``.
     ``rows1``: the set 1 to use is ``features1[rows1]`` (a bootstrap resample; copies of one
-    row are not paired with each other).
-
-    The kernel matrices are computed once when they have at most :data:`GRAM_LIMIT` entries
-    (large matrix products; small ones are slow in a threaded BLAS), else per subset.
+    row are not paired with each other). ``kernels``: :class:`Kernels` of the same two sets,
+    when the caller reuses them (a bootstrap).
     """
     f1, f2 = _as_features(features1, "features1"), _as_features(features2, "features2")
     if f1.shape[1] != f2.shape[1]:
@@ -144,25 +145,42 @@ def kid_subsets(features1: np.ndarray, features2: np.ndarray, num_subsets: int =
     if m < 2 or num_subsets < 1:
         raise ValueError(f"kid: need subsets of >= 2 rows and >= 1 subset, got {m}, "
                          f"{num_subsets}")
-    k11, k22, k12 = _kernel_blocks(f1, f2)
     rng = np.random.default_rng(seed)
-    out = np.empty(num_subsets)
-    for s in range(num_subsets):
-        i = rows1[rng.choice(len(rows1), m, replace=False)]
-        j = rng.choice(len(f2), m, replace=False)
-        out[s] = _mmd2(k11(i, i), k22(j, j), k12(i, j), i, j if same_rows else None)
-    return out
+    picks = [(rows1[rng.choice(len(rows1), m, replace=False)],
+              rng.choice(len(f2), m, replace=False)) for _ in range(num_subsets)]
+    return (kernels or Kernels(f1, f2)).mmd2(picks, same_rows)
 
 
-def _kernel_blocks(f1: np.ndarray, f2: np.ndarray):
-    """Three functions ``(rows, rows) → kernel block`` for set 1×1, 2×2, 1×2."""
-    n1, n2 = len(f1), len(f2)
-    if n1 * n1 + n2 * n2 + n1 * n2 <= GRAM_LIMIT:
-        grams = polynomial_kernel(f1, f1), polynomial_kernel(f2, f2), polynomial_kernel(f1, f2)
-        return tuple(lambda i, j, g=g: g[np.ix_(i, j)] for g in grams)
-    return (lambda i, j: polynomial_kernel(f1[i], f1[j]),
-            lambda i, j: polynomial_kernel(f2[i], f2[j]),
-            lambda i, j: polynomial_kernel(f1[i], f2[j]))
+class Kernels:
+    """The kernel blocks of two feature sets: the three Gram matrices, computed once when
+    they have at most :data:`GRAM_LIMIT` entries (large matrix products; small ones are slow
+    in a threaded BLAS), else each subset's blocks when it is evaluated."""
+
+    def __init__(self, f1: np.ndarray, f2: np.ndarray):
+        self.f1, self.f2 = f1, f2
+        n1, n2 = len(f1), len(f2)
+        self.grams = ((polynomial_kernel(f1, f1), polynomial_kernel(f2, f2),
+                       polynomial_kernel(f1, f2))
+                      if n1 * n1 + n2 * n2 + n1 * n2 <= GRAM_LIMIT else None)
+
+    def mmd2(self, picks: Sequence[tuple[np.ndarray, np.ndarray]], same_rows: bool
+             ) -> np.ndarray:
+        """``(len(picks),)`` MMD² of the subsets ``picks`` (``(i, j)`` rows of each set)."""
+        if self.grams is None:
+            f1, f2 = self.f1, self.f2
+            return np.concatenate([_mmd2(polynomial_kernel(f1[i], f1[i])[None],
+                                         polynomial_kernel(f2[j], f2[j])[None],
+                                         polynomial_kernel(f1[i], f2[j])[None], i[None],
+                                         j[None] if same_rows else None) for i, j in picks])
+        g11, g22, g12 = self.grams
+        m = len(picks[0][0])
+        chunk, out = max(1, BLOCK_LIMIT // (3 * m * m)), []
+        for c in range(0, len(picks), chunk):
+            i = np.stack([p[0] for p in picks[c:c + chunk]])
+            j = np.stack([p[1] for p in picks[c:c + chunk]])
+            out.append(_mmd2(g11[i[:, :, None], i[:, None, :]], g22[j[:, :, None], j[:, None, :]],
+                             g12[i[:, :, None], j[:, None, :]], i, j if same_rows else None))
+        return np.concatenate(out)
 
 
 def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100,
@@ -205,11 +223,13 @@ def kid_with_ci(generated: Features, reference: np.ndarray, num_subsets: int = 1
     :func:`kid_subsets`. Costs ``num_resamples × num_subsets`` kernel evaluations of
     ``subset_size²`` pairs."""
     units = _units(generated)
-    f1 = np.concatenate(units)
-    value = kid(f1, reference, num_subsets, subset_size, seed, same_rows)
+    f1, f2 = np.concatenate(units), _as_features(reference, "reference")
+    kernels = Kernels(_as_features(f1, "generated"), f2)
+    value = kid_subsets(f1, f2, num_subsets, subset_size, seed, same_rows,
+                        kernels=kernels).mean()
     rng = np.random.default_rng(seed + 1)
-    boot = [kid_subsets(f1, reference, num_subsets, subset_size, seed + 2 + r, same_rows,
-                        rows1=_resample(units, rng)[1]).mean()
+    boot = [kid_subsets(f1, f2, num_subsets, subset_size, seed + 2 + r, same_rows,
+                        rows1=_resample(units, rng)[1], kernels=kernels).mean()
             for r in range(num_resamples)]
     return _with_interval(value, boot, level)
 
@@ -228,16 +248,17 @@ def kid_difference_with_ci(generated_a: Sequence[np.ndarray], generated_b: Seque
         raise ValueError(f"kid_difference: {len(units_a)} and {len(units_b)} realisations; "
                          f"a paired comparison needs the same ones")
     f_a, f_b = np.concatenate(units_a), np.concatenate(units_b)
-    value = (kid(f_a, reference, num_subsets, subset_size, seed)
-             - kid(f_b, reference, num_subsets, subset_size, seed))
+    reference = _as_features(reference, "reference")
+    k_a, k_b = Kernels(f_a, reference), Kernels(f_b, reference)
+    kid_of = lambda f, k, s, rows=None: kid_subsets(f, reference, num_subsets, subset_size, s,
+                                                    rows1=rows, kernels=k).mean()
+    value = kid_of(f_a, k_a, seed) - kid_of(f_b, k_b, seed)
     rng = np.random.default_rng(seed + 1)
     boot = []
     for r in range(num_resamples):
         pick = rng.integers(0, len(units_a), len(units_a))
-        boot.append(kid_subsets(f_a, reference, num_subsets, subset_size, seed + 2 + r,
-                                rows1=_rows_of(units_a, pick)).mean()
-                    - kid_subsets(f_b, reference, num_subsets, subset_size, seed + 2 + r,
-                                  rows1=_rows_of(units_b, pick)).mean())
+        boot.append(kid_of(f_a, k_a, seed + 2 + r, _rows_of(units_a, pick))
+                    - kid_of(f_b, k_b, seed + 2 + r, _rows_of(units_b, pick)))
     return _with_interval(value, boot, level)
 
 
