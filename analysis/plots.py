@@ -105,6 +105,7 @@ def quality(result: dict, out_dir: Path) -> list[Path]:
 
     ``result``: :func:`analysis.quality.analyse`'s (``quality.json``)."""
     plt_ = plt()
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     methods = result["methods"]
     levels = sorted(m for m in methods if m.startswith("em-level"))
@@ -140,6 +141,10 @@ def quality(result: dict, out_dir: Path) -> list[Path]:
             ax.set(xscale="log", xlabel=xlabel)
             ax.legend(fontsize=7)
         n = result["num_realisations"]
+        ax_k.set_yscale("symlog", linthresh=1e-2)  # KID spans decades and may be negative
+        lowest = min([top["kid"]["lo"]] + [p["kid"]["lo"] for m in methods.values()
+                                           for p in m[ruler]["envelope"]])
+        ax_k.set_ylim(bottom=min(0.0, 1.2 * lowest))
         ax_k.set(ylabel=f"KID vs {result['features']['data']}",
                  title=f"KID ({n} realisations, {result['samples_per_point']} samples a point)")
         ax_f.set(yscale="log", ylabel="FD (plug-in; biased up at small N)",
