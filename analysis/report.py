@@ -175,9 +175,10 @@ def quality_rows(s: dict) -> list[str]:
         if p is None:
             lines.append(f"| {method} | none within the cost | | | {where} |")
             continue
-        point = (f"level {p['level']}, {p['steps']} steps" + (
-            f", {fmt(p['top_evals'])} top-level calls" if p["top_evals"] else "") + (
-            f", switch at {fmt(p['switch_at'])}" if p["switch_at"] else ""))
+        point = (f"{p['steps']} steps, {fmt(p['top_evals'])} top-level calls" if p["top_evals"]
+                 else f"level {p['level']} before {fmt(p['switch_at'])}, then the top; "
+                      f"{p['steps']} steps" if p["switch_at"]
+                 else f"level {p['level']}, {p['steps']} steps")
         lines.append(f"| {method} | {point} | {fmt(p['kid']['value'])} "
                      f"{fmt_ci([p['kid']['lo'], p['kid']['hi']])} | {fmt(p['fd'])} | {where} |")
     d = s.get("kid_best_minus_em_at_operating_cost")
