@@ -523,7 +523,7 @@ def test_quality_envelope_is_chosen_on_selection_realisations_and_the_verdict_is
     config = _tiny_config()
     config.analysis.realisations, config.analysis.selection_realisations = 4, 2
     config.sampling.steps = 8
-    config.analysis.quality.bootstrap = 100
+    config.analysis.quality.bootstrap, config.analysis.quality.kid_subsets = 40, 10
     rows, store, reference, feats = _quality_rows(shift_b=1.5)
     result = quality.analyse(rows, store, reference, feats, config, 2, "mlem-variance-flops")
     ml = result["methods"]["mlem-variance-flops"]["flops"]
