@@ -39,7 +39,6 @@ written group by group: an interrupted sweep resumes), ``envelopes.json``, ``spe
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -52,7 +51,7 @@ from tqdm import tqdm
 
 from analysis import common, comparison, plots, quality, variance
 from analysis.comparison import config_key, curve_name, schedule_names
-from mlem import brownian, cost, generation, parallel, patterns, schedules, solvers
+from mlem import brownian, cost, files, generation, parallel, patterns, schedules, solvers
 from mlem import ladder as ladders
 from mlem import sde as sde_lib
 
@@ -452,7 +451,7 @@ def search_pattern(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupli
 
 def _file_digest(path: str) -> str | None:
     """sha256 of a file's bytes (a learned schedule: rows computed with another are stale)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() \
+    return files.file_sha256(path) if path and Path(path).is_file() \
         else None
 
 
@@ -521,11 +520,12 @@ def quality_stage(ctx: common.Context, rows: Sequence[dict], feats: quality.Feat
     ref = np.load(stage_dir / "reference.npy", mmap_mode="r")
     ref_features = [feats.fn(np.asarray(ref[r]))
                     for r in range(int(ctx.config.analysis.realisations))]
-    result = quality.analyse(rows, quality.load_row_features(stage_dir / quality.FEATURES_FILE),
-                             ref_features, feats, ctx.config, ctx.ladder.num_levels, best_method)
-    quality.write(stage_dir / "quality.json", result)
-    plots.quality(common.jsonable(result), stage_dir)
-    return quality.summary_fields(common.jsonable(result))
+    result = common.jsonable(quality.analyse(
+        rows, quality.load_row_features(stage_dir / quality.FEATURES_FILE), ref_features, feats,
+        ctx.config, ctx.ladder.num_levels, best_method))
+    (stage_dir / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
+    plots.quality(result, stage_dir)
+    return quality.summary_fields(result)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,6 @@ and the best ML-EM variant's KID minus EM's at the operating cost, paired over r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ import numpy as np
 
 from analysis import common, comparison
 from mlem import features as feature_nets
+from mlem import files
 from mlem import quality as metrics
 
 FEATURES = ("classifier", "inception")
@@ -126,29 +125,24 @@ def check_files(config: Any) -> dict:
 
 
 def _inception(ctx: common.Context, q: dict) -> Features:
+    from analysis import reference_stats
     from mlem.models.inception import load_inception_params
 
     check_files(ctx.config)
     weights, reference = q["inception_weights"], q["reference"]
-    with np.load(reference) as saved:
-        if "features" not in saved.files:
-            raise ValueError(f"{reference}: no 'features' array for KID; rewrite it with "
-                             f"python -m analysis.reference_stats")
-        data = saved["features"].astype(np.float32)
+    saved = reference_stats.load_reference(reference)
     fn = feature_nets.inception_feature_fn(load_inception_params(weights))
-    return Features("inception", lambda x: fn(_clipped(x)), data, metrics.load_stats(reference),
-                    {"features": "inception", "input": INPUT, "weights_sha256": _sha256(weights),
-                     "reference_sha256": _sha256(reference), "data": reference})
+    return Features("inception", lambda x: fn(_clipped(x)),
+                    saved["features"].astype(np.float32), (saved["mu"], saved["sigma"]),
+                    {"features": "inception", "input": INPUT,
+                     "weights_sha256": files.file_sha256(weights),
+                     "reference_sha256": files.file_sha256(reference), "data": reference})
 
 
 def _clipped(images: np.ndarray) -> np.ndarray:
     """Samples as an image file would hold them: clipped to the data range ``[-1, 1]`` (MSE
     is measured on the unclipped samples)."""
     return np.clip(np.asarray(images, np.float32), -1.0, 1.0)
-
-
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # --- the features of the sweep's rows ----------------------------------------------------
@@ -242,13 +236,10 @@ def analyse(rows: Sequence[dict], row_features: Mapping[str, np.ndarray],
 
 
 def _selection_mse(selection: Sequence[dict], configs: Sequence[dict]) -> np.ndarray:
-    """``(P,)`` mean MSE of each configuration over the selection realisations."""
-    total, count = np.zeros(len(configs)), np.zeros(len(configs))
-    index = {comparison.config_key(c): i for i, c in enumerate(configs)}
-    for r in selection:
-        i = index[comparison.config_key(r)]
-        total[i], count[i] = total[i] + r["mse"], count[i] + 1
-    return total / np.maximum(count, 1)
+    """``(P,)`` mean MSE of each of ``configs`` over the selection realisations."""
+    chosen, sweep_ = comparison.table(selection)
+    mean = dict(zip(map(comparison.config_key, chosen), sweep_.error.mean(1)))
+    return np.array([mean[comparison.config_key(c)] for c in configs])
 
 
 def _methods(configs: Sequence[dict]) -> dict[str, list[int]]:
@@ -316,7 +307,3 @@ def summary_fields(result: Mapping) -> dict:
             "top_level_fd": result["top_level"]["fd"],
             "kid_best_minus_em_at_operating_cost": result["best_minus_em_at_operating_cost"],
             "quality_features": result["features"]}
-
-
-def write(path: Path, result: Mapping) -> None:
-    path.write_text(json.dumps(common.jsonable(result), indent=1) + "\n")

@@ -23,7 +23,6 @@ split) and ``record``: a JSON string with the provenance (:func:`compute` lists 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import zipfile
@@ -39,7 +38,7 @@ from tqdm import tqdm
 
 from analysis import cli
 from mlem import cli as mlem_cli
-from mlem import data, features, quality
+from mlem import data, features, files, quality
 from mlem.config_files import load_config
 from mlem.data.pipeline import BatchIterator
 from mlem.models.inception import load_inception_params
@@ -99,15 +98,6 @@ def split_stats(source: data.Source, feature_fn: Callable[[np.ndarray], np.ndarr
     if seen != num_images:  # the reader stopped early
         raise RuntimeError(f"reference statistics: read {seen} of {num_images} images")
     return ReferenceStats(mu, sigma, rows, np.concatenate(kept), num_images)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_reference(path: str | Path, stats: ReferenceStats, record: dict[str, Any]) -> None:
@@ -199,7 +189,7 @@ def compute(sample_config, config_path: str, weights: str, out: str, split: str 
               "image_size": data_cfg.image_size, "train_config": train_config,
               "config": config_path, "kid_rows": len(stats.rows), "seed": seed,
               "max_images": max_images, "inception_weights": Path(weights).name,
-              "inception_weights_sha256": file_sha256(weights), "resize_to": resize_to,
+              "inception_weights_sha256": files.file_sha256(weights), "resize_to": resize_to,
               "feature_net": FEATURE_NET, "seconds": round(seconds, 2),
               "seconds_per_image": seconds / stats.num_images,
               "device": jax.devices()[0].device_kind}

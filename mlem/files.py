@@ -1,7 +1,9 @@
-"""The project's files: reading JSON with errors that name the file, and PNG image grids."""
+"""The project's files: reading JSON with errors that name the file, file digests, and PNG
+image grids."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -19,6 +21,15 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     except json.JSONDecodeError as err:
         raise ValueError(f"{what} {path} is not valid JSON ({err}); fix or regenerate it"
                          ) from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_grid(images: np.ndarray, path: Path) -> None:

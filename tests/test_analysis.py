@@ -493,6 +493,30 @@ def test_quality_features_say_what_to_set(tiny_results, tmp_path):
     assert features_for(dataclasses.replace(ctx, config=config)) is None
 
 
+def test_inception_features_read_the_reference_file(tiny_results, tmp_path):
+    """'inception' features: the weights and the file of analysis.reference_stats, read once
+    (its KID rows and saved (μ, Σ)); the record pins both files by digest."""
+    from analysis import reference_stats
+    from mlem import files
+    from mlem.models import inception
+    from tests import helpers
+
+    ctx, _ = tiny_results
+    weights, reference = tmp_path / "w.npz", tmp_path / "ref.npz"
+    np.savez(weights, **helpers.inception_state_dict(inception.random_variables(seed=0)))
+    rows = np.random.default_rng(0).normal(size=(5, inception.FEATURES))
+    mu, sigma = mlem_quality.gaussian_stats(rows)
+    reference_stats.save_reference(reference, reference_stats.ReferenceStats(
+        mu, sigma, np.arange(5), rows.astype(np.float32), 5), {"num_images": 5})
+    config = ctx.config.copy_and_resolve_references()
+    q = config.analysis.quality
+    q.features, q.inception_weights, q.reference = "inception", str(weights), str(reference)
+    feats = _REAL_FEATURES_FOR(dataclasses.replace(ctx, config=config))
+    np.testing.assert_array_equal(feats.data, rows.astype(np.float32))
+    np.testing.assert_array_equal(feats.data_stats[1], sigma)
+    assert feats.record["reference_sha256"] == files.file_sha256(reference)
+
+
 def _quality_rows(shift_b: float):
     """Rows and features of EM (2 grids) and one ML-EM curve (2 points) on 4 evaluation and 2
     selection realisations; ML-EM's features are the data's shifted by ``shift_b``."""
