@@ -119,7 +119,8 @@ def merge_summary(out: Path, updates: Mapping) -> dict:
 
 
 def jsonable(value: Any) -> Any:
-    """Nested dicts/lists of numpy values → plain JSON values (NaN → None)."""
+    """Nested dicts/lists of numpy values → plain JSON values (NaN → None; ±inf kept, written
+    as ``Infinity`` by :mod:`json`: a bound that a failing method puts at infinity)."""
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -127,7 +128,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return jsonable(value.tolist())
     if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
+        return None if np.isnan(value) else float(value)
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.bool_):
@@ -146,7 +147,7 @@ class Context:
     out: Path
     recompute: bool
     ladder: Any  # mlem.ladder.Ladder
-    flops: np.ndarray  # (K,) FLOPs per sample of one forward pass, at the sampling batch size
+    flops: np.ndarray  # (K,) FLOPs per sample of one forward pass, at the timing batch size
     level_configs: tuple[Any, ...]
     seconds: np.ndarray  # (K,) seconds per call of each level at that batch size, this device
 
@@ -154,10 +155,10 @@ class Context:
 def prepare(config: Any, workdir: str | Path, out: str | Path, recompute: bool) -> Context:
     """Check/claim ``out`` (refusing to mix), load the ladder and measure its FLOPs.
 
-    The FLOPs and seconds per call are measured together (one compilation per level), stored
-    in ``DIR/level_costs/`` and reused while the ladder, the batch size and the device are
-    the same. Stages that take a context share one loaded ladder, so
-    their compiled solvers are reused within a process.
+    The FLOPs and seconds per call are measured together (one compilation per level) at the
+    deployed batch ``config.analysis.timing_batch_size``, stored in ``DIR/level_costs/`` and
+    reused while the ladder, the batch size and the device are the same. Stages that take a
+    context share one loaded ladder, so their compiled solvers are reused within a process.
     """
     import jax
 
@@ -167,7 +168,8 @@ def prepare(config: Any, workdir: str | Path, out: str | Path, recompute: bool) 
     ladder = ladders.load_ladder(config, workdir)
     out = open_results(out, make_manifest(config, workdir, ladder), recompute)
     paths = level_workdirs(config, workdir)
-    settings = {"batch_size": int(config.analysis.batch_size), "backend": jax.default_backend(),
+    settings = {"batch_size": int(config.analysis.get("timing_batch_size", 64)),
+                "backend": jax.default_backend(),
                 "device": jax.devices()[0].device_kind}
     cached = load_stage(out, "level_costs", settings)
     if cached is None:

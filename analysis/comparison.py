@@ -1,10 +1,11 @@
 """From the sweep's rows to its statistics: every ML-EM curve against EM at equal MSE, in
-FLOPs and in seconds, with 95% bootstrap intervals over realisations (docs/design.md §3).
+FLOPs and in seconds, with 95% intervals over realisations (docs/design.md §3).
 
 :func:`analyse` turns the rows of ``points.csv`` (one per configuration and realisation,
 written by :mod:`analysis.cost_error`) into the headline numbers, the envelopes and the
-curves for the figures; the mathematics (envelopes, interpolation, bootstrap) is in
-:mod:`analysis.speedup`.
+exploratory curves for the figures. The rules (targets and paths from the selection
+realisations, failures counted, expanded percentile intervals) are those of
+:mod:`analysis.speedup`, the only place a number is produced.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from analysis import speedup
-from mlem import generation
 
 CONFIG_KEY = ("curve", "level", "top_evals", "switch_at", "steps")  # identifies a configuration
 COSTS = {"flops": "expected_flops", "seconds": "seconds"}  # the two rulers and their columns
@@ -89,17 +89,16 @@ def operating_point(config: Any, configs: Sequence[dict], sweep_: speedup.Sweep,
     return best, f"EM at the top level with {configs[best]['steps']} steps"
 
 
-def headline_curves(curves: Sequence[str], config: Any) -> dict[str, str]:
-    """The predeclared ML-EM curve of each ruler (used when there are no selection
-    realisations): FLOPs → ``config.analysis.schedules[0]`` priced in FLOPs, seconds → the
-    same schedule priced in time (each falls back to the other when only one was swept)."""
-    schedule = schedule_names(config)[0]
-    named = {m: curve_name(schedule, m) for m in generation.COST_MODELS}
-    present = [c for c in (named["flops"], named["time"]) if c in curves]
-    if not present:
-        raise ValueError("the sweep has no ML-EM point of config.analysis.schedules[0]")
-    pick = lambda m: named[m] if named[m] in curves else present[0]
-    return {"flops": pick("flops"), "seconds": pick("time")}
+def targets(config: Any, operating_mse: float) -> dict[str, float]:
+    """The predeclared targets: ``config.analysis.target_ratios`` × the operating MSE (which
+    is measured on the selection realisations), named ``operating point`` (ratio 1) and
+    ``<r>x operating MSE``."""
+    ratios = tuple(float(r) for r in config.analysis.get("target_ratios", (1.0,)))
+    if not ratios or min(ratios) <= 0 or 1.0 not in ratios:
+        raise ValueError(f"config.analysis.target_ratios: positive multiples of the operating "
+                         f"MSE that include 1.0, got {ratios}")
+    return {("operating point" if r == 1.0 else f"{r:g}x operating MSE"): r * operating_mse
+            for r in ratios}
 
 
 def candidate_curves(curves: Sequence[str]) -> list[str]:
@@ -109,99 +108,109 @@ def candidate_curves(curves: Sequence[str]) -> list[str]:
     return [c for c in curves if c.startswith("mlem-") and not c.startswith("mlem-pattern")]
 
 
-def select_best(selection_rows: Sequence[dict], config: Any, num_levels: int) -> dict:
-    """Per ruler, the ML-EM variant with the largest speedup over EM at the operating point on
-    the *selection* realisations (the maximum speedup where no variant reaches the operating
-    MSE), with every candidate's score: ``{ruler: {"curve", "scores"}}``."""
-    configs, sweep_ = table(selection_rows)
-    op, _ = operating_point(config, configs, sweep_, num_levels)
-    idx = np.arange(sweep_.num_realisations)
+def select_best(selection: speedup.Sweep, operating_mse: float) -> dict:
+    """Per ruler, the ML-EM variant with the largest speedup over EM at the operating MSE on
+    the *selection* realisations (paths and means both), with every candidate's score:
+    ``{ruler: {"curve", "scores"}}``. An unreached target scores 0."""
     out = {}
     for ruler in COSTS:
-        scores = {}
-        for curve in candidate_curves(sorted(set(sweep_.curve))):
-            stats = speedup.compare(sweep_, "em", curve, ruler, idx, op)
-            scores[curve] = (stats["at_operating_point"], stats["max"])
+        scores = {c: speedup.score_at_target(selection, "em", c, ruler, operating_mse)
+                  for c in candidate_curves(sorted(set(selection.curve)))}
         if not scores:
             raise ValueError("the sweep has no ML-EM curve to choose from")
-        ranks = {c: tuple(v if np.isfinite(v) else -np.inf for v in s) for c, s in scores.items()}
-        out[ruler] = {"curve": max(ranks, key=ranks.get),
-                      "scores": {c: {"at_operating_point": a, "max": m}
-                                 for c, (a, m) in scores.items()}}
+        rank = {c: v if np.isfinite(v) else (np.inf if v > 0 else -1.0)
+                for c, v in scores.items()}
+        out[ruler] = {"curve": max(rank, key=rank.get), "scores": scores}
     return out
 
 
 def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
-    """Every comparison (each ML-EM curve against EM, in FLOPs and in seconds) with 95%
-    bootstrap intervals over the evaluation realisations, the headline numbers of
-    docs/design.md §3 for the best ML-EM variant (chosen on the selection realisations, or
-    predeclared by ``config.analysis.schedules[0]`` when there are none), envelopes and
-    curves for the figures."""
-    evaluation, selection = split_rows(rows, config)
-    configs, sweep_ = table(evaluation)
-    op, op_text = operating_point(config, configs, sweep_, num_levels)
-    resamples = int(config.analysis.get("speedup_bootstrap", 1000))
-    curves = sorted(set(sweep_.curve) - {"em"})
-    comparisons = {c: {ruler: speedup.bootstrap_compare(sweep_, "em", c, ruler, op, resamples)
-                       for ruler in COSTS} for c in curves}
-    if selection:
-        chosen = select_best(selection, config, num_levels)
-        heads = {ruler: chosen[ruler]["curve"] for ruler in COSTS}
-        how = (f"chosen on {len({r['realisation'] for r in selection})} selection realisations "
-               f"(largest speedup over EM at the operating point), evaluated on the others")
-    else:
-        chosen, heads = None, headline_curves(curves, config)
-        how = "predeclared (config.analysis.schedules[0]); no selection realisations"
+    """Every ML-EM curve (and switching) against EM in FLOPs and in seconds by the rules of
+    :mod:`analysis.speedup`: targets and paths from the selection realisations, costs and
+    intervals from the evaluation realisations; the headline numbers of docs/design.md §3 for
+    the best ML-EM variant (chosen on the selection realisations); envelopes and the
+    exploratory curves for the figures."""
+    evaluation_rows, selection_rows = split_rows(rows, config)
+    if not selection_rows:
+        raise ValueError("config.analysis.selection_realisations: must be >= 1 (targets and "
+                         "each method's configurations are chosen on them)")
+    configs, evaluation = table(evaluation_rows)
+    chosen, selection = table(selection_rows)
+    if [config_key(c) for c in chosen] != [config_key(c) for c in configs]:
+        raise ValueError("points.csv: the selection realisations lack some configuration; "
+                         "rerun the sweep")
+    op, op_text = operating_point(config, configs, evaluation, num_levels)
+    op_mse = float(selection.error[op].mean())
+    goals = targets(config, op_mse)
+    mean_costs = evaluation.means(np.arange(evaluation.num_realisations))[1]
+    budget = {ruler: float(mean_costs[ruler][op]) for ruler in COSTS}
+    resamples = int(config.analysis.get("speedup_bootstrap", 2000))
+    curves = sorted(set(evaluation.curve) - {"em"})
+    run = lambda base, other, ruler: speedup.compare_at_targets(
+        evaluation, selection, base, other, ruler, goals, budget[ruler], resamples)
+    comparisons = {c: {ruler: run("em", c, ruler) for ruler in COSTS} for c in curves}
+    best = select_best(selection, op_mse)
+    heads = {ruler: best[ruler]["curve"] for ruler in COSTS}
+    num_sel = selection.num_realisations
+    how = (f"chosen on {num_sel} selection realisations (largest speedup over EM at the "
+           f"operating MSE), evaluated on the {evaluation.num_realisations} others")
     flop_head = comparisons[heads["flops"]]["flops"]
-    wall_head = comparisons[heads["seconds"]]["seconds"]
-    top_flops = float(sweep_.costs["flops"][op] / configs[op]["steps"])  # one top-level call
+    top_flops = float(budget["flops"] / configs[op]["steps"])  # one top-level call
     extra = {}
     if "switch" in curves:  # the baseline a user would pick instead: the best variant over it
-        extra["speedup_over_switching_at_equal_mse"] = _headline(speedup.bootstrap_compare(
-            sweep_, "switch", heads["flops"], "flops", op, resamples), heads["flops"])
-        extra["wallclock_speedup_over_switching_at_equal_mse"] = _headline(
-            speedup.bootstrap_compare(sweep_, "switch", heads["seconds"], "seconds", op,
-                                      resamples), heads["seconds"])
+        for ruler, key in (("flops", "speedup_over_switching_at_equal_mse"),
+                           ("seconds", "wallclock_speedup_over_switching_at_equal_mse")):
+            extra[key] = _headline(run("switch", heads[ruler], ruler), how)
+    cost_op = flop_head["targets"]["operating point"]["cost_other"]
+    ratio = flop_head["error_ratio_at_budget"]
     return {
         **extra,
         "best_method": heads["flops"],
         "best_method_seconds": heads["seconds"],
-        "best_method_selection": {"how": how, "scores": chosen},
-        "speedup_at_equal_mse": _headline(flop_head, heads["flops"]),
-        "wallclock_speedup_at_equal_mse": _headline(wall_head, heads["seconds"]),
+        "best_method_selection": {"how": how, "scores": best},
+        "speedup_at_equal_mse": _headline(flop_head, how),
+        "wallclock_speedup_at_equal_mse": _headline(comparisons[heads["seconds"]]["seconds"],
+                                                    how),
         "mse_ratio_at_equal_cost": {
-            "value": flop_head["error_ratio_at_equal_cost"],
-            "ci": flop_head["error_ratio_at_equal_cost_ci"],
-            "at_cost_flops": flop_head["equal_cost"],
-            "at_cost_flops_ci": flop_head["equal_cost_ci"],
-            "max": flop_head["error_ratio_max"], "max_ci": flop_head["error_ratio_max_ci"],
-            "max_at_cost_flops": flop_head["error_ratio_max_at_cost"],
+            "value": ratio["value"], "ci": ratio["ci"], "at_cost_flops": budget["flops"],
+            "zero_fraction": ratio["zero_fraction"], "interval": ratio["interval"],
             "curve": heads["flops"],
-            "definition": "EM's MSE at the FLOPs ML-EM pays for the operating MSE, divided by "
-                          "the operating MSE; max: the largest EM ÷ ML-EM MSE ratio at equal "
-                          "FLOPs over the cost range both envelopes cover"},
+            "definition": "EM's MSE at the operating point's FLOPs (its operating "
+                          "configuration) ÷ the best variant's MSE at the same FLOPs, "
+                          "interpolated along its path chosen on the selection realisations"},
         "top_level_evals_at_operating_point": {
-            "value": flop_head["equal_cost"] / top_flops,
-            "ci": [v / top_flops for v in flop_head["equal_cost_ci"]],
+            "value": None if cost_op["value"] is None else cost_op["value"] / top_flops,
+            "ci": [v / top_flops for v in cost_op["ci"]],
+            "not_reached_fraction": cost_op["inf_fraction"], "interval": cost_op["interval"],
             "curve": heads["flops"],
             "definition": "FLOPs of the best variant's whole solve at the operating MSE, in "
                           "evaluations of the top level (EM there pays its step count)"},
-        "operating_point": op_text, "num_realisations": sweep_.num_realisations,
-        "num_selection_realisations": len({r["realisation"] for r in selection}),
+        "operating_point": op_text, "operating_point_mse": op_mse,
+        "targets": goals,
+        "num_realisations": evaluation.num_realisations,
+        "num_selection_realisations": num_sel,
         "comparisons": comparisons,
-        "envelopes": envelopes(configs, sweep_),
-        "curves": {c: {ruler: _curve_band(sweep_, c, ruler, resamples) for ruler in COSTS}
-                   for c in curves},
+        "envelopes": envelopes(configs, evaluation),
+        "curves": {c: {ruler: _curve_band(evaluation, c, ruler, min(resamples, 1000))
+                       for ruler in COSTS} for c in curves},
     }
 
 
-def _headline(stats: dict, curve: str) -> dict:
-    return {"max": stats["max"], "max_ci": stats["max_ci"], "max_at_mse": stats["max_at_error"],
-            "at_operating_point": stats["at_operating_point"],
-            "at_operating_point_ci": stats["at_operating_point_ci"],
-            "operating_point_mse": stats["operating_point_error"],
-            "undefined_fraction_at_operating_point": stats["at_operating_point_undefined"],
-            "curve": curve}
+def _headline(stats: dict, how: str) -> dict:
+    """A comparison's headline fields: the value at the operating point with its interval,
+    the fractions of resamples where either method fails, every predeclared target, and how
+    the compared configurations were chosen."""
+    at = stats["targets"]["operating point"]
+    return {"at_operating_point": at["speedup"]["value"],
+            "at_operating_point_ci": at["speedup"]["ci"],
+            "operating_point_mse": at["target_error"],
+            "not_reached_fraction": at["not_reached"],
+            "undefined_fraction": at["speedup"]["undefined_fraction"],
+            "interval": at["speedup"]["interval"],
+            "targets": {name: {"target_mse": t["target_error"], "value": t["speedup"]["value"],
+                               "ci": t["speedup"]["ci"], "not_reached": t["not_reached"]}
+                        for name, t in stats["targets"].items()},
+            "curve": stats["other"], "against": stats["base"], "chosen_on": how}
 
 
 def envelopes(configs: Sequence[dict], sweep_: speedup.Sweep) -> dict:
@@ -224,7 +233,8 @@ def envelopes(configs: Sequence[dict], sweep_: speedup.Sweep) -> dict:
 
 def _curve_band(sweep_: speedup.Sweep, curve: str, ruler: str, resamples: int,
                 num: int = 60) -> dict:
-    """The speedup curve on all realisations and its pointwise 95% bootstrap band."""
+    """Exploratory: the speedup curve along the evaluation envelopes and its pointwise 95%
+    percentile band (a picture; its maximum is never reported)."""
     mse, costs = sweep_.means(np.arange(sweep_.num_realisations))
     em, ml = (sweep_.envelope(c, mse, costs[ruler]) for c in ("em", curve))
     grid, values = speedup.speedup_curve(em, ml, num)

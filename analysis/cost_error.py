@@ -27,18 +27,22 @@ per solve (converted to the schedule constant ``c`` for each grid and cost model
 pairs whose mean top-level probability ``top_evals / steps`` lies in ``top_prob_range``.
 **Error** = MSE over the samples and pixels of a realisation against the reference.
 **Cost**: FLOPs per sample (EM exact; ML-EM at the expected cost of its schedule, realised
-FLOPs recorded beside) and seconds per solve of a realisation's batch, measured on every
-realisation after one warm-up call of each compiled solver (compilation excluded); a point's
-seconds are the mean over its realisations (the expected time, like the expected FLOPs).
+FLOPs recorded beside) and seconds per solve *as deployed* (:func:`time_deployed`): a batch of
+``config.analysis.timing_batch_size`` samples whose Brownian increments are drawn on the
+solve's own grid (no fine-grid coupling), the median of ``timing_repeats`` calls after a
+warm-up (compilation excluded), each call with its own draws; the spread, batch and device
+are recorded in ``timings.json``. The coupled solves measure the error only.
 
 Outputs in ``DIR/cost_error/``: ``points.csv`` (one row per configuration and realisation,
-written group by group: an interrupted sweep resumes), ``envelopes.json``, ``speedup.json``
+written group by group: an interrupted sweep resumes), ``timings.json``, ``envelopes.json``,
+``speedup.json``
 (every comparison, in FLOPs and in seconds, with 95% intervals) and the figures.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -60,6 +64,7 @@ COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "s
            "steps", "realisation", "mse", "expected_flops", "flops", "seconds", "evals")
 PATH_CONVENTION = "per-sample keys fold_in(fold_in(key(seed), 0), i), SamplePaths"
 PATTERNS = "patterns.json"  # the pattern search's selection reports, one per searched point
+TIMINGS = "timings.json"  # each configuration's deployed timing: median, spread, batch, device
 PATTERN_STREAM = 2  # patterns of a point: fold_in(fold_in(key(seed), 2), steps), top_evals
 
 
@@ -253,14 +258,15 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
 def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
               points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int,
               solver: str = "sde", feats: quality.Features | None = None,
-              store: dict | None = None) -> list[dict]:
+              store: dict | None = None, timing: Timing | None = None) -> list[dict]:
     """Every point with ``steps`` steps on every realisation; one row per (point, realisation),
     each solve with the update rule ``solver`` (docs/solvers.md).
 
-    Each compiled solver (EM at a level, ML-EM) is called once on realisation 0 before
-    anything is timed; then realisations run one after another, every point on each. With
-    ``feats``, the features of each solve's samples go into ``store`` under
-    :func:`analysis.quality.row_id` (computed after the timed call).
+    The coupled solves measure the error only. The seconds of a row are those of its
+    configuration *as deployed* (:func:`time_deployed`: its own grid's increments, the timing
+    batch, the median of repeated calls), the same on every realisation; with ``timing`` the
+    records of those timings go into ``timing.records``. With ``feats``, the features of each
+    solve's samples go into ``store`` under :func:`analysis.quality.row_id`.
     """
     ts, rule = coupling.grid(steps), solver
 
@@ -274,25 +280,70 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
             return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1], solver=rule)
         return ladders.mlem(ladder, p, x0, ts, key, path=path, solver=rule)
 
-    first = coupling.inputs(0)
-    warmed = set()
+    timing = timing or Timing()
+    seconds = {}
     for point, p in zip(points, probs):
-        solver = (point["method"], point["level"])
-        if solver not in warmed:
-            jax.block_until_ready(solve(point, p, first))
-            warmed.add(solver)
+        record = time_deployed(lambda inputs, point=point, p=p: solve(point, p, inputs),
+                               coupling, timing)
+        seconds[config_key(point)] = record["seconds"]
+        timing.records["|".join(config_key(point))] = record
     rows = []
     for r in tqdm(range(ref.shape[0]), desc=f"{steps} steps x {len(points)} runs", leave=False):
-        inputs = first if r == 0 else coupling.inputs(r)
+        inputs = coupling.inputs(r)
         for point, p in zip(points, probs):
-            start = time.perf_counter()
-            x, stats = jax.block_until_ready(solve(point, p, inputs))
-            seconds = time.perf_counter() - start
+            x, stats = solve(point, p, inputs)
             evals = np.asarray(stats["evals"], np.float64)
-            rows.append(_row(flops, point, r, np.asarray(x, np.float64), ref[r], seconds, evals, p))
+            rows.append(_row(flops, point, r, np.asarray(x, np.float64), ref[r],
+                             seconds[config_key(point)], evals, p))
             if feats is not None:
                 store[quality.row_id(rows[-1])] = feats.fn(np.asarray(x))
     return rows
+
+
+@dataclasses.dataclass
+class Timing:
+    """How configurations are timed as deployed (docs/design.md §3): ``batch_size`` samples a
+    call, the median of ``repeats`` calls after one warm-up call, each call with its own key
+    (its own noise, Brownian increments drawn on the solve's own grid and Bernoulli draws).
+    ``records`` collects one record per configuration."""
+
+    batch_size: int = 64
+    repeats: int = 3
+    seed: int = 0
+    records: dict = dataclasses.field(default_factory=dict)
+
+    def settings(self) -> dict:
+        return {"batch_size": self.batch_size, "repeats": self.repeats, "seed": self.seed,
+                "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+                "increments": "drawn from a key on the solve's own grid"}
+
+
+def time_deployed(solve, coupling: Coupling, timing: Timing) -> dict:
+    """Seconds of ``solve((x0, None, key))`` as a user runs it: ``x0`` of ``timing.batch_size``
+    samples, no fine-grid path (the increments come from the key, on the solve's own grid),
+    the median of ``timing.repeats`` calls after a warm-up call (compilation excluded); each
+    call draws its own noise, increments and Bernoulli draws. Returns the median, the spread
+    and the realised evaluations per level of each timed call."""
+    shape = (timing.batch_size, *coupling.image_shape)
+    sharding = parallel.batch_sharded(coupling.mesh)
+
+    def inputs(i):
+        key = jax.random.fold_in(jax.random.key(timing.seed), i)
+        x0 = jax.device_put(jax.random.normal(jax.random.fold_in(key, 0), shape), sharding)
+        return x0, None, jax.random.fold_in(key, 1)
+
+    jax.block_until_ready(solve(inputs(0)))
+    seconds, evals = [], []
+    for i in range(1, timing.repeats + 1):
+        args = inputs(i)
+        jax.block_until_ready(args)
+        start = time.perf_counter()
+        _, stats = jax.block_until_ready(solve(args))
+        seconds.append(time.perf_counter() - start)
+        evals.append(np.asarray(stats["evals"], np.float64).tolist())
+    return {"seconds": float(np.median(seconds)), "seconds_min": float(np.min(seconds)),
+            "seconds_max": float(np.max(seconds)), "calls": seconds, "evals": evals,
+            **timing.settings()}
 
 
 def _row(flops, point, realisation, x, ref, seconds, evals, probs) -> dict:
@@ -313,7 +364,7 @@ def _row(flops, point, realisation, x, ref, seconds, evals, probs) -> dict:
 
 def level_costs(ctx: common.Context, cost_model: str) -> np.ndarray:
     """Per-level costs the schedules are priced in: FLOPs per sample, or seconds per call at
-    ``config.analysis.batch_size`` on this device (``ctx.seconds``)."""
+    the deployed batch ``config.analysis.timing_batch_size`` on this device (``ctx.seconds``)."""
     return ctx.flops if cost_model == "flops" else ctx.seconds
 
 
@@ -324,6 +375,17 @@ def variances_for(ctx: common.Context) -> dict:
         return variance.write_variances(ctx)
     edges, v = generation.load_variances(given, ctx.config.levels)
     return {"bin_edges": edges.tolist(), "variances": v.tolist()}
+
+
+def timing_of(config: Any) -> Timing:
+    """The deployed timing of ``config.analysis`` (``timing_batch_size``, ``timing_repeats``)."""
+    a = config.analysis
+    timing = Timing(int(a.get("timing_batch_size", 64)), int(a.get("timing_repeats", 3)),
+                    int(config.sampling.seed))
+    if timing.batch_size < 1 or timing.repeats < 3:
+        raise ValueError(f"config.analysis.timing_batch_size ({timing.batch_size}) must be >= 1 "
+                         f"and timing_repeats ({timing.repeats}) >= 3 (a median of >= 3 calls)")
+    return timing
 
 
 def fitted_gamma(out: Path) -> float | None:
@@ -346,6 +408,8 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
                          f"batch_size ({batch}) >= 1")
     realisations = evaluation + selection
     parallel.check_batch_size(batch, mesh.size, "analysis.batch_size")
+    timing = timing_of(ctx.config)
+    parallel.check_batch_size(timing.batch_size, mesh.size, "analysis.timing_batch_size")
     points = configurations(ctx.config, ctx.ladder.num_levels)
     names = schedule_names(ctx.config)
     v = variances_for(ctx) if {"variance", "constant"} & set(names) else None
@@ -357,6 +421,7 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
                 "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},
                 "variances": common.digest(v) if v else None, "gamma": gamma,
                 "paths": PATH_CONVENTION, "pattern_search": int(a.get("pattern_search", 0)),
+                "timing": {k: v for k, v in timing.settings().items()},
                 "learned_schedule": _file_digest(a.get("learned_schedule", ""))
                 if "learned" in names else None,
                 **solver_settings(ctx.config)[2]}
@@ -368,6 +433,9 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
     rows = [] if fresh or not path.exists() else [r for r in read_points(path)
                                                   if config_key(r) in wanted]
     store = {} if fresh or feats is None else quality.load_row_features(features_path)
+    timings_path = ctx.out / STAGE / TIMINGS
+    if not fresh and timings_path.exists():
+        timing.records.update(json.loads(timings_path.read_text()))
     if feats is not None:
         rows = [r for r in rows if quality.row_id(r) in store]
     done = {config_key(r) for r in rows if r["realisation"] == realisations - 1}
@@ -403,7 +471,8 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
                 probs.append(switch_levels(p, ts, ctx.ladder.num_levels)
                              if p["method"] == "switch" else None)
         rows += run_group(ladder, ctx.flops, coupling, ref, group, probs, steps,
-                          solver_settings(ctx.config)[0], feats, store)
+                          solver_settings(ctx.config)[0], feats, store, timing)
+        write_json(timings_path, timing.records)
         if feats is not None:  # features first: a row is kept only with its features
             quality.save_row_features(features_path, rows, store)
         write_points(path, rows)
@@ -507,6 +576,10 @@ def stage(ctx: common.Context) -> dict:
     if (stage_dir / PATTERNS).exists():  # selection vs evaluation MSE, bias of the chosen
         summary["pattern_search"] = json.loads((stage_dir / PATTERNS).read_text())
     summary["cost_error_runs_computed_last_call"] = computed
+    t = timing_of(ctx.config).settings()
+    summary["timing_record"] = (f"batch {t['batch_size']}, median of {t['repeats']} calls after "
+                                f"a warm-up, increments on each solve's own grid, "
+                                f"{t['backend']} ({t['device']})")
     if feats is not None:
         summary.update(quality_stage(ctx, rows, feats, result["best_method"]))
     return common.merge_summary(ctx.out, summary)

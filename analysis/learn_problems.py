@@ -49,7 +49,9 @@ class Problem:
 
     ``solve_loss(probs, realisation, key, context) -> (MSE, draws)`` (pure JAX);
     ``train_batch(step, R) -> (realisations, keys (R, M))`` from training realisations;
-    ``evaluate(probs (N, K)) -> (R_eval,)`` MSE on each evaluation realisation.
+    ``evaluate(probs (N, K)) -> (R_eval + R_sel,)`` MSE on each evaluation realisation, then
+    on each of the ``num_selection`` selection realisations (the last columns), on which
+    :func:`analysis.learn_probs.statistics` chooses and never judges.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Problem:
     evaluate: Callable[[np.ndarray], np.ndarray]
     context: Any = None
     meta: dict = dataclasses.field(default_factory=dict)
+    num_selection: int = 0
 
     @property
     def num_levels(self) -> int:
@@ -75,7 +78,8 @@ def _mse(x: jax.Array, ref: jax.Array) -> jax.Array:
 # --- the synthetic testbed ---------------------------------------------------------------------
 
 def synthetic_problem(cfg: LearnConfig, gamma: float, *, num_levels: int = 6, steps: int = 64,
-                      ref_steps: int = 256, batch_size: int = 32, eval_realisations: int = 32,
+                      ref_steps: int = 256, batch_size: int = 32, eval_realisations: int = 16,
+                      selection_realisations: int = 16,
                       variance_bins: int = 8, seed: int = 0) -> Problem:
     """The dyadic ladder (:func:`mlem.synthetic.dyadic_hierarchy`, declared costs
     ``c_k = 2^{γk}``) on ``steps`` steps; reference: EM with the top level on ``ref_steps``.
@@ -109,7 +113,8 @@ def synthetic_problem(cfg: LearnConfig, gamma: float, *, num_levels: int = 6, st
         reals, k_bern = make(train_root, jnp.arange(num) + (step + 1) * num)
         return reals, jax.vmap(lambda k: jax.random.split(k, cfg.draws))(k_bern)
 
-    eval_reals, eval_keys = make(jax.random.key(seed), jnp.arange(eval_realisations))
+    total = eval_realisations + selection_realisations
+    eval_reals, eval_keys = make(jax.random.key(seed), jnp.arange(total))
 
     @jax.jit
     def evaluate(probs):
@@ -119,11 +124,12 @@ def synthetic_problem(cfg: LearnConfig, gamma: float, *, num_levels: int = 6, st
     meta = {"gamma": gamma, "num_levels": num_levels, "steps": steps, "ref_steps": ref_steps,
             "batch_size": batch_size,
             "evaluation_seeds": f"fold_in(key({seed}), 0..{eval_realisations - 1})",
+            "selection_seeds": f"fold_in(key({seed}), {eval_realisations}..{total - 1})",
             "training_seeds": f"fold_in(key({seed + cfg.train_seed_offset}), i)",
             "level_costs": h.costs.tolist(), "reference": f"EM, top level, {ref_steps} steps"}
     return Problem(f"synthetic dyadic ladder, gamma={gamma:g}", h.costs, ts, variances,
                    solve_loss, train_batch, lambda p: np.asarray(evaluate(jnp.asarray(p))),
-                   meta=meta)
+                   meta=meta, num_selection=selection_realisations)
 
 
 def _synthetic_variances(h: synthetic.Hierarchy, root: jax.Array, bins: int,
@@ -165,7 +171,8 @@ def ladder_problem(config: Any, workdir: str | Path, out: str | Path, recompute:
     seed = int(config.sampling.seed)
     coupling = cost_error.Coupling(seed, path_ts, int(a.batch_size), ladder.image_shape, mesh)
     ts = coupling.grid(int(config.sampling.steps))
-    ref = cost_error.reference(ctx, ladder, coupling, int(a.realisations))
+    selection = int(a.get("selection_realisations", 0))
+    ref = cost_error.reference(ctx, ladder, coupling, int(a.realisations) + selection)
     inputs = [coupling.inputs(r) for r in range(ref.shape[0])]
 
     def evaluate(probs):
@@ -191,13 +198,14 @@ def ladder_problem(config: Any, workdir: str | Path, out: str | Path, recompute:
             "ref_steps": int(a.ref_steps), "level_costs": ctx.flops.tolist(),
             "cost": "FLOPs per sample (XLA)", "evaluation_seed": seed,
             "evaluation_realisations": int(a.realisations),
+            "selection_realisations": selection,
             "evaluation_batch_size": int(a.batch_size),
             "training_seed": seed + cfg.train_seed_offset, "training_pool": train_pool,
             "training_batch_size": train_batch_size,
             "checkpoint_steps": list(ctx.ladder.steps), "param_sha256": list(ctx.ladder.digests)}
     return Problem(f"ladder {','.join(config.levels)}", ctx.flops, ts,
                    cost_error.variances_for(ctx), solve_loss, train_batch, evaluate,
-                   context=ladder.params, meta=meta)
+                   context=ladder.params, meta=meta, num_selection=selection)
 
 
 def _ladder_solve_loss(ladder, ts, path_ts, probs, real, key, params):

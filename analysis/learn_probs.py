@@ -15,10 +15,12 @@ per λ. Training realisations never meet the evaluation ones: synthetic seeds
 (:func:`analysis.cost_error.make_probs`) and each learned shape rescaled,
 ``min(1, c·p_learned)``, each with its knob ``c`` set for every ``top_evals`` target, plus
 each learned schedule as trained. MSE per realisation, cost = expected cost of the schedule.
-**Statistics** (:mod:`analysis.speedup`): the learned envelope (all λ) against the envelope of
-``constant`` ∪ ``variance`` (the best of them at every MSE), maximum speedup at equal MSE with
-a 95% bootstrap interval over evaluation realisations; the same per λ and against each
-baseline alone. Nothing is tuned on the evaluation realisations.
+**Statistics** (:mod:`analysis.speedup`): one learned run, chosen on the selection
+realisations, against ``constant`` ∪ ``variance`` (the better of them at every MSE), at the
+operating MSE and predeclared multiples of it (:data:`TARGET_RATIOS`), each method's
+configurations chosen on the selection realisations, costs and 95% intervals from the
+evaluation ones, failures counted; the same against each baseline alone and per λ at the
+operating point. Nothing is chosen on the evaluation realisations.
 
 Writes ``DIR/schedules/learned_t<anchor>_lam<λ>.json`` (:func:`mlem.schedules.save`, usable by
 ``python -m sample --config.sampling.schedule=file`` and by ``analysis.cost_error``'s
@@ -137,9 +139,10 @@ def measure(problem: Problem, points: list[dict]) -> None:
 
 
 def sweep_of(points: Sequence[dict]) -> speedup.Sweep:
-    """The :class:`~analysis.speedup.Sweep` of ``points``, with every baseline point repeated
-    under the curve ``baseline`` (the best of the constant and variance-optimal schedules at
-    every MSE) and every learned point under ``learned_<run>`` (one curve per run)."""
+    """The :class:`~analysis.speedup.Sweep` of ``points`` (all realisations), with every
+    baseline point repeated under the curve ``baseline`` (the constant and variance-optimal
+    schedules together: at every MSE the better of them, chosen on the selection
+    realisations) and every learned point under ``learned_<run>`` (one curve per run)."""
     rows = list(points)
     rows += [dict(p, curve="baseline") for p in points if p["curve"] in BASELINES]
     rows += [dict(p, curve=f"learned_{p['run']}") for p in points if p["curve"] == "learned"]
@@ -148,43 +151,62 @@ def sweep_of(points: Sequence[dict]) -> speedup.Sweep:
                          {"cost": np.array([r["cost"] for r in rows])})
 
 
-def statistics(points: list[dict], cfg: LearnConfig, runs: dict[str, dict]) -> dict:
-    """Speedups at equal MSE with 95% bootstrap intervals over the evaluation realisations."""
+TARGET_RATIOS = (2.0, 1.0, 0.5)  # predeclared targets: multiples of the operating MSE
+
+
+def statistics(points: list[dict], cfg: LearnConfig, runs: dict[str, dict],
+               num_selection: int) -> dict:
+    """Speedups at predeclared target MSEs by the rules of :mod:`analysis.speedup`: the
+    operating MSE, each method's configurations and the one learned run reported are chosen
+    on the ``num_selection`` selection realisations (the last columns of every point's MSE);
+    costs and 95% intervals come from the evaluation realisations."""
+    if num_selection < 1:
+        raise ValueError("learn_probs: the problem has no selection realisations to choose on")
     sw = sweep_of(points)
+    total = sw.num_realisations
+    evaluation = sw.columns(range(total - num_selection))
+    selection = sw.columns(range(total - num_selection, total))
     # the operating point: the baseline point nearest the geometric mean of the anchors
-    base = [i for i in range(len(sw.curve)) if sw.curve[i] == "baseline"]
+    base = np.flatnonzero(sw.curve == "baseline")
+    middle = float(np.exp(np.mean(np.log(cfg.anchors))))
     tops = np.array([[p for p in points if p["curve"] in BASELINES][i - base[0]]["top_evals"]
                      for i in base])
-    middle = float(np.exp(np.mean(np.log(cfg.anchors))))
     op = base[int(np.argmin(np.abs(np.log(tops / middle))))]
-    compare = lambda b, o: speedup.bootstrap_compare(sw, b, o, "cost", op, cfg.resamples)
-    head = compare("baseline", "learned")
-    out = {"speedup_learned_over_best_constant_max": head["max"],
-           "speedup_learned_over_best_constant_max_ci": head["max_ci"],
-           "speedup_learned_over_best_constant_max_at_mse": head["max_at_error"],
-           "speedup_learned_over_best_constant_at_operating_point": head["at_operating_point"],
-           "speedup_learned_over_best_constant_at_operating_point_ci":
-               head["at_operating_point_ci"],
-           "operating_point_mse": head["operating_point_error"],
-           "num_evaluation_realisations": sw.num_realisations}
+    op_mse = float(selection.error[op].mean())
+    targets = {("operating point" if r == 1.0 else f"{r:g}x operating MSE"): r * op_mse
+               for r in TARGET_RATIOS}
+    scores = {run: speedup.score_at_target(selection, "baseline", f"learned_{run}", "cost",
+                                           op_mse) for run in runs}
+    chosen = max(scores, key=lambda r: scores[r] if np.isfinite(scores[r]) else -1.0)
+    compare = lambda b, o: speedup.compare_at_targets(evaluation, selection, b, o, "cost",
+                                                      targets, num_resamples=cfg.resamples)
+    learned = f"learned_{chosen}"
+    fields = lambda c: {name: {"target_mse": t["target_error"], **t["speedup"],
+                               "not_reached": t["not_reached"]}
+                        for name, t in c["targets"].items()}
+    out = {"chosen_run": chosen, "chosen_on": f"{num_selection} selection realisations "
+                                               f"(largest speedup over the best constant "
+                                               f"schedule at the operating MSE)",
+           "selection_scores": scores, "operating_point_mse": op_mse,
+           "num_evaluation_realisations": evaluation.num_realisations,
+           "num_selection_realisations": num_selection,
+           "interval": speedup.INTERVAL,
+           "speedup_learned_over_best_constant": fields(compare("baseline", learned))}
     for name in BASELINES:
-        vs = compare(name, "learned")
-        out[f"speedup_learned_over_{name}_max"] = vs["max"]
-        out[f"speedup_learned_over_{name}_max_ci"] = vs["max_ci"]
-    vs = compare("constant", "variance")
-    out["speedup_variance_over_constant_max"] = vs["max"]
-    out["speedup_variance_over_constant_max_ci"] = vs["max_ci"]
+        out[f"speedup_learned_over_{name}"] = fields(compare(name, learned))
+    out["speedup_variance_over_constant"] = fields(compare("constant", "variance"))
     out["per_lambda"] = []
     for run, info in runs.items():
-        vs = compare("baseline", f"learned_{run}")
+        vs = compare("baseline", f"learned_{run}")["targets"]["operating point"]
         own = next(p for p in points if p["curve"] == "learned" and p["run"] == run
                    and p["c"] == 1.0)
+        mse = own["mse"][:evaluation.num_realisations]
         out["per_lambda"].append({
-            "run": run, **info, "speedup_over_best_constant_max": vs["max"],
-            "speedup_over_best_constant_max_ci": vs["max_ci"],
+            "run": run, **info, "speedup_over_best_constant_at_operating_point":
+                {**vs["speedup"], "not_reached": vs["not_reached"]},
             "as_trained_expected_cost": own["cost"], "as_trained_top_evals": own["top_evals"],
-            "as_trained_mse": float(own["mse"].mean()),
-            "as_trained_mse_se": float(own["mse"].std(ddof=1) / np.sqrt(own["mse"].size))})
+            "as_trained_mse": float(mse.mean()),
+            "as_trained_mse_se": float(mse.std(ddof=1) / np.sqrt(mse.size))})
     return out
 
 
@@ -217,7 +239,7 @@ def run(problem: Problem, cfg: LearnConfig, out: str | Path) -> dict:
     eval_start = time.perf_counter()
     points = evaluation_points(problem, cfg, learned, edges)
     measure(problem, points)
-    stats = statistics(points, cfg, runs)
+    stats = statistics(points, cfg, runs, problem.num_selection)
     write_points(out / "learn" / "points.csv", points)
     (out / "learn" / "traces.json").write_text(json.dumps(common.jsonable(traces)) + "\n")
     plot(points, learned, edges, problem, out / "learn" / "learn_probs.png")
@@ -226,8 +248,8 @@ def run(problem: Problem, cfg: LearnConfig, out: str | Path) -> dict:
                "evaluation_seconds": time.perf_counter() - eval_start,
                "wall_time_s": time.perf_counter() - start, "command": " ".join(sys.argv),
                "devices": [str(d) for d in jax.devices()]}
-    return common.merge_summary(out, {"learn_probs": summary, **{
-        k: v for k, v in stats.items() if k.startswith("speedup_learned_over_best_constant")}})
+    return common.merge_summary(out, {"learn_probs": summary, "speedup_learned_over_best_constant":
+                                      stats["speedup_learned_over_best_constant"]})
 
 
 def write_points(path: Path, points: Sequence[dict]) -> None:

@@ -23,7 +23,9 @@ from mlem import cli as mlem_cli
 
 
 def fmt(value, digits: int = 3) -> str:
-    """A number with `digits` significant digits; "n/a" for a missing or non-finite one."""
+    """A number with `digits` significant digits; "∞" for +inf; "n/a" for a missing or NaN one."""
+    if isinstance(value, float) and value == float("inf"):
+        return "∞"
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "n/a"
     return f"{value:.{digits}g}"
@@ -40,7 +42,7 @@ def synthetic_rows(dirs: Sequence[Path]) -> list[str]:
     """The synthetic testbed's table: exponents and speedups with 95% intervals over seeds."""
     lines = ["| equation | γ target | γ fitted | levels | seeds | EM exponent (theory γ+1) | "
              "ML-EM exponent (theory γ) | finite-ladder prediction | fit range (RMSE) | "
-             "speedup at the fit range's low end | max speedup | wall time |",
+             "speedup at the fit range's low end | at its high end | wall time |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         s = json.loads((d / "summary.json").read_text())
@@ -52,11 +54,24 @@ def synthetic_rows(dirs: Sequence[Path]) -> list[str]:
             f"{fmt(s['exponent_em'])} {fmt_ci(s.get('exponent_em_ci95'))} | "
             f"{fmt(s['exponent_mlem'])} {fmt_ci(s.get('exponent_mlem_ci95'))} | "
             f"{fmt(s.get('exponent_mlem_ideal_ladder'))} | {lo:.2g} – {hi:.2g} | "
-            f"{fmt(s['speedup_at_fit_range_low'])}× "
-            f"{fmt_ci(s.get('speedup_at_fit_range_low_ci95'))} | {fmt(s['speedup_max'])}× "
-            f"{fmt_ci(s.get('speedup_max_ci95'))} | "
+            f"{fmt_value(s['speedup_at_fit_range_low'], '×')} "
+            f"{fmt_ci(s.get('speedup_at_fit_range_low_ci95'))} | "
+            f"{fmt_value(s['speedup_at_fit_range_high'], '×')} "
+            f"{fmt_ci(s.get('speedup_at_fit_range_high_ci95'))} | "
             f"{s['wall_time_s']:.0f} s |")
     return lines
+
+
+def fmt_value(value, suffix: str = "") -> str:
+    """A headline value, or "not reached" (the evaluation realisations do not reach it)."""
+    return "not reached" if value is None else f"{fmt(value)}{suffix}"
+
+
+def fmt_failures(not_reached: dict | None) -> str:
+    """The fractions of resamples where each method fails to reach the target."""
+    if not not_reached:
+        return ""
+    return ", ".join(f"{k} {v:.0%}" for k, v in not_reached.items())
 
 
 def wallclock_sentence(summary: dict) -> str:
@@ -64,17 +79,26 @@ def wallclock_sentence(summary: dict) -> str:
     w = summary["wallclock_speedup_at_equal_mse"]
     value, (lo, hi) = w["at_operating_point"], w["at_operating_point_ci"]
     if value is None:
-        return ("In wall-clock time the ML-EM envelope does not reach the operating MSE, so no "
-                "speedup is measured there.")
+        return ("In wall-clock time the ML-EM configurations chosen on the selection "
+                "realisations do not reach the operating MSE on the evaluation ones, so no "
+                f"speedup is measured there (95% CI [{fmt(lo)}, {fmt(hi)}]).")
     verdict = "faster" if value > 1 else "slower"
     factor = value if value > 1 else 1 / value
-    certain = (lo is not None and hi is not None) and (lo > 1 or hi < 1)
+    certain = lo > 1 or hi < 1
     hedge = "" if certain else " (the 95% interval includes 1: not a clear difference)"
-    return (f"In wall-clock time ML-EM is {factor:.2f}× {verdict} than EM at the operating point "
-            f"(EM seconds ÷ ML-EM seconds at equal MSE = {value:.2f}, 95% CI "
-            f"[{fmt(lo)}, {fmt(hi)}])"
-            f"{hedge}; the largest wall-clock speedup over the MSE range both cover is "
-            f"{fmt(w['max'])}× {fmt_ci(w['max_ci'])}, at MSE {fmt(w['max_at_mse'])}.")
+    return (f"In wall-clock time as deployed ({summary.get('timing_record', 'see timings.json')})"
+            f", ML-EM is {factor:.2f}× {verdict} than EM at the operating point (EM seconds ÷ "
+            f"ML-EM seconds at equal MSE = {value:.2f}, 95% CI [{fmt(lo)}, {fmt(hi)}]){hedge}.")
+
+
+def headline_rows(name: str, h: dict, suffix: str = "×") -> list[str]:
+    """Rows of one headline comparison: the operating point and every predeclared target."""
+    rows = []
+    for target, t in h["targets"].items():
+        rows.append(f"| {name}, at {target} (MSE {fmt(t['target_mse'])}) | "
+                    f"{fmt_value(t['value'], suffix)} | {fmt_ci(t['ci'])} | "
+                    f"{fmt_failures(t['not_reached'])} |")
+    return rows
 
 
 def image_rows(d: Path) -> list[str]:
@@ -83,77 +107,69 @@ def image_rows(d: Path) -> list[str]:
     detail = json.loads((d / "cost_error" / "speedup.json").read_text())
     f, w, r = (s["speedup_at_equal_mse"], s["wallclock_speedup_at_equal_mse"],
                s["mse_ratio_at_equal_cost"])
-    chosen = (s.get("best_method_selection") or {}).get("how", "")
-    lines = [f"**{d}** ({s['num_realisations']} realisations; operating point: "
-             f"{s['operating_point']}, MSE {fmt(f['operating_point_mse'])}; best ML-EM variant "
-             f"{s.get('best_method', f['curve'])} in FLOPs, {w['curve']} in seconds, "
-             f"{chosen or 'predeclared'})", "",
-             "| quantity | value | 95% CI |", "|---|---:|---|",
+    lines = [f"**{d}** ({s['num_realisations']} evaluation realisations, "
+             f"{s['num_selection_realisations']} selection realisations; operating point: "
+             f"{s['operating_point']}, MSE {fmt(s['operating_point_mse'])} on the selection "
+             f"realisations; best ML-EM variant {s['best_method']} in FLOPs, "
+             f"{s['best_method_seconds']} in seconds, {f['chosen_on']}; intervals: "
+             f"{f['interval']}, failures counted)", "",
+             "| quantity | value | 95% CI | resamples not reaching the target |",
+             "|---|---:|---|---|",
              f"| γ (used for predictions: {s.get('gamma_source')}) | {fmt(s.get('gamma'))} | "
-             f"{fmt_ci(s.get('gamma_ci'))} |",
+             f"{fmt_ci(s.get('gamma_ci'))} | |",
              f"| γ (held-out loss power law with floor) | {fmt(s.get('gamma_loss'))} | "
-             f"{fmt_ci(s.get('gamma_loss_ci'))} |",
+             f"{fmt_ci(s.get('gamma_loss_ci'))} | |",
              f"| held-out loss, levels 1–{len(s.get('heldout_losses') or [])} | "
-             f"{', '.join(fmt(v, 3) for v in s.get('heldout_losses') or [])} | |",
-             f"| speedup at equal MSE, FLOPs, at the operating point ({f['curve']}) | "
-             f"{fmt(f['at_operating_point'])}× | {fmt_ci(f['at_operating_point_ci'])} |",
-             f"| speedup at equal MSE, FLOPs, maximum (at MSE {fmt(f['max_at_mse'])}) | "
-             f"{fmt(f['max'])}× | {fmt_ci(f['max_ci'])} |",
-             f"| speedup at equal MSE, seconds, at the operating point ({w['curve']}) | "
-             f"{fmt(w['at_operating_point'])}× | {fmt_ci(w['at_operating_point_ci'])} |",
-             f"| speedup at equal MSE, seconds, maximum (at MSE {fmt(w['max_at_mse'])}) | "
-             f"{fmt(w['max'])}× | {fmt_ci(w['max_ci'])} |",
-             f"| MSE ratio at equal FLOPs (EM ÷ ML-EM, at {fmt(r['at_cost_flops'])} FLOPs) | "
-             f"{fmt(r['value'])} | {fmt_ci(r['ci'])} |"]
-    if r.get("max") is not None:
-        lines.append(f"| MSE ratio at equal FLOPs, maximum (at {fmt(r['max_at_cost_flops'])} "
-                     f"FLOPs) | {fmt(r['max'])} | {fmt_ci(r['max_ci'])} |")
+             f"{', '.join(fmt(v, 3) for v in s.get('heldout_losses') or [])} | | |",
+             *headline_rows(f"speedup over EM, FLOPs ({f['curve']})", f),
+             *headline_rows(f"speedup over EM, seconds ({w['curve']})", w),
+             f"| MSE ratio at EM's operating FLOPs ({fmt(r['at_cost_flops'])}; EM ÷ "
+             f"{r['curve']}) | {fmt_value(r['value'])} | {fmt_ci(r['ci'])} | |"]
     if s.get("top_level_evals_at_operating_point"):
         t = s["top_level_evals_at_operating_point"]
         lines.append(f"| whole-solve FLOPs at the operating MSE, in top-level calls | "
-                     f"{fmt(t['value'])} | {fmt_ci(t['ci'])} |")
+                     f"{fmt_value(t['value'])} | {fmt_ci(t['ci'])} | "
+                     f"{t['curve']} {t['not_reached_fraction']:.0%} |")
     for key, ruler in (("speedup_over_switching_at_equal_mse", "FLOPs"),
                        ("wallclock_speedup_over_switching_at_equal_mse", "seconds")):
         if s.get(key):
-            v = s[key]
-            lines += [f"| speedup over switching at equal MSE, {ruler}, at the operating point | "
-                      f"{fmt(v['at_operating_point'])}× | {fmt_ci(v['at_operating_point_ci'])} |",
-                      f"| speedup over switching, {ruler}, maximum (at MSE "
-                      f"{fmt(v['max_at_mse'])}) | {fmt(v['max'])}× | {fmt_ci(v['max_ci'])} |"]
+            lines += headline_rows(f"speedup over switching, {ruler} ({s[key]['curve']})",
+                                   s[key])
     if s.get("variance_time_averaged") is not None:
         lines.append(f"| V_k time-averaged, levels 1–{len(s['variance_time_averaged'])} | "
-                     f"{', '.join(fmt(v) for v in s['variance_time_averaged'])} | |")
+                     f"{', '.join(fmt(v) for v in s['variance_time_averaged'])} | | |")
     if s.get("variance_time_averaged") is not None and s.get("level_flops") is not None:
         vc = np.asarray(s["variance_time_averaged"]) * np.asarray(s["level_flops"]) / 1e6
         lines.append(f"| V_k·c_k time-averaged (per MFLOP of level k), levels 1–{vc.size} | "
-                     f"{', '.join(fmt(v) for v in vc)} | |")
+                     f"{', '.join(fmt(v) for v in vc)} | | |")
     if s.get("variance_time_averaged_without_gaussian") is not None:
         values = s["variance_time_averaged_without_gaussian"]
         lines.append(f"| V_k time-averaged without the Gaussian, levels 2–{len(values) + 1} | "
-                     f"{', '.join(fmt(v) for v in values)} | |")
+                     f"{', '.join(fmt(v) for v in values)} | | |")
     if "total_wall_seconds" in s:
         lines.append(f"| wall time of the run that computed it | {s['total_wall_seconds']:.0f} s "
-                     f"| |")
+                     f"| | |")
     if s.get("pattern_search"):
         lines += ["", "| pattern search: point | patterns | selection MSE (where it won) | "
                   "evaluation MSE ± SE | FLOPs | squared bias vs top-level EM (noise) | "
                   "bias share of the distance |", "|---|---:|---:|---|---:|---|---:|"]
-        for name, r in sorted(s["pattern_search"].items(),
+        for name, p in sorted(s["pattern_search"].items(),
                               key=lambda kv: kv[1]["point"]["top_evals"]):
-            b = r["bias_against_top_level_em"]
-            lines.append(f"| {name} | {r['num_patterns']} | {fmt(r['selection_mse'])} | "
-                         f"{fmt(r['evaluation_mse'])} ± {fmt(r['evaluation_mse_se'], 2)} | "
-                         f"{fmt(r['expected_flops'])} | {fmt(b['bias_sq'])} "
+            b = p["bias_against_top_level_em"]
+            lines.append(f"| {name} | {p['num_patterns']} | {fmt(p['selection_mse'])} | "
+                         f"{fmt(p['evaluation_mse'])} ± {fmt(p['evaluation_mse_se'], 2)} | "
+                         f"{fmt(p['expected_flops'])} | {fmt(b['bias_sq'])} "
                          f"({fmt(b['bias_sq_noise'], 2)}) | {fmt(b['bias_share'], 2)} |")
     if s.get("kid_at_operating_cost"):
         lines += ["", *quality_rows(s)]
-    lines += ["", "| against EM: curve | ruler | at the operating point | maximum | at MSE |",
-              "|---|---|---|---|---|"]
+    names = list(next(iter(detail["comparisons"].values()))["flops"]["targets"])
+    lines += ["", "| against EM: curve | ruler | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]
     for curve, by_ruler in sorted(detail["comparisons"].items()):
         for ruler, c in by_ruler.items():
-            lines.append(f"| {curve} | {ruler} | {fmt(c['at_operating_point'])}× "
-                         f"{fmt_ci(c['at_operating_point_ci'])} | {fmt(c['max'])}× "
-                         f"{fmt_ci(c['max_ci'])} | {fmt(c['max_at_error'])} |")
+            cells = [f"{fmt_value(t['speedup']['value'], '×')} {fmt_ci(t['speedup']['ci'])}"
+                     for t in c["targets"].values()]
+            lines.append(f"| {curve} | {ruler} | " + " | ".join(cells) + " |")
     return [*lines, "", wallclock_sentence(s)]
 
 
@@ -190,28 +206,25 @@ def quality_rows(s: dict) -> list[str]:
 
 
 def learn_rows(dirs: Sequence[Path]) -> list[str]:
-    """The learned-schedule table of ``analysis.learn_probs``: learned ÷ the best constant or
-    variance-optimal schedule at equal MSE, with 95% intervals over evaluation realisations."""
-    lines = ["| results | problem | runs (anchor, λ) | SGD steps | learned ÷ best constant, "
-             "maximum (at MSE) | at the operating point | learned ÷ constant, max | "
-             "learned ÷ variance-optimal, max | wall time |",
-             "|---|---|---|---:|---|---|---|---|---:|"]
+    """The learned-schedule table of ``analysis.learn_probs``: the learned run chosen on the
+    selection realisations ÷ the best constant or variance-optimal schedule at equal MSE, at
+    predeclared targets, with 95% intervals over evaluation realisations."""
+    lines = ["| results | problem | runs (anchor, λ) | chosen run | SGD steps | target (MSE) | "
+             "learned ÷ best constant | learned ÷ constant | learned ÷ variance-optimal | "
+             "wall time |", "|---|---|---|---|---:|---|---|---|---|---:|"]
+    cell = lambda t: (f"{fmt_value(t['value'], '×')} {fmt_ci(t['ci'])} "
+                      f"({fmt_failures(t['not_reached'])} not reached)")
     for d in dirs:
         s = json.loads((d / "summary.json").read_text())["learn_probs"]
         runs = ", ".join(f"({fmt(r['anchor_top_evals'])}, {fmt(r['lam'])})"
                          for r in s["per_lambda"])
-        lines.append(
-            f"| {d} | {s['problem']} | {runs} | {s['config']['sgd_steps']} | "
-            f"{fmt(s['speedup_learned_over_best_constant_max'])}× "
-            f"{fmt_ci(s['speedup_learned_over_best_constant_max_ci'])} "
-            f"({fmt(s['speedup_learned_over_best_constant_max_at_mse'])}) | "
-            f"{fmt(s['speedup_learned_over_best_constant_at_operating_point'])}× "
-            f"{fmt_ci(s['speedup_learned_over_best_constant_at_operating_point_ci'])} | "
-            f"{fmt(s['speedup_learned_over_constant_max'])}× "
-            f"{fmt_ci(s['speedup_learned_over_constant_max_ci'])} | "
-            f"{fmt(s['speedup_learned_over_variance_max'])}× "
-            f"{fmt_ci(s['speedup_learned_over_variance_max_ci'])} | "
-            f"{s.get('wall_time_s', float('nan')):.0f} s |")
+        for name, t in s["speedup_learned_over_best_constant"].items():
+            lines.append(
+                f"| {d} | {s['problem']} | {runs} | {s['chosen_run']} | "
+                f"{s['config']['sgd_steps']} | {name} ({fmt(t['target_mse'])}) | {cell(t)} | "
+                f"{cell(s['speedup_learned_over_constant'][name])} | "
+                f"{cell(s['speedup_learned_over_variance'][name])} | "
+                f"{s.get('wall_time_s', float('nan')):.0f} s |")
     return lines
 
 

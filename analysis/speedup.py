@@ -1,22 +1,30 @@
-"""The mathematics of the cost–error comparison of two samplers (docs/design.md §3).
+"""The statistics of a cost–error comparison of two samplers (docs/design.md §3).
 
-Everything that turns swept points into a headline number lives here, for the image sweeps
-(:mod:`analysis.cost_error`) and the synthetic testbed (:mod:`analysis.synthetic`) alike:
+Every headline number of the image sweeps (:mod:`analysis.comparison`), the learned-schedule
+comparison (:mod:`analysis.learn_probs`) and the synthetic testbed comes out of
+:func:`compare_at_targets`, whose rules are the only way this module produces a number:
 
-* **Envelopes.** The lower envelope (Pareto front) of a method's ``(cost, error)`` points.
-* **Interpolation** of ``log cost`` against ``log error`` along an envelope, piecewise
-  linear (exact for power laws), never extrapolated (NaN outside the envelope's range).
-* **Speedup at equal error** ``cost_base(e) / cost_other(e)`` and **error ratio at equal
-  cost** ``err_base(c) / err_other(c)``. Along two envelopes ``log speedup`` is piecewise
-  linear in ``log e`` with kinks only at the envelopes' vertices, so its maximum over the
-  common error range is attained at a vertex (or at an end of the range) and is found
-  exactly by :func:`max_speedup`.
-* **Realisations and the bootstrap.** A sweep is measured on ``R`` realisations (a seed and
-  batch with its own noise, Brownian path and Bernoulli draws). :func:`compare` runs the whole
-  pipeline — mean over realisations, envelopes, interpolation, maximum — on one set of
-  realisation indices; :func:`bootstrap_compare` reruns it on resampled indices (the same
-  resample for every configuration: runs of one realisation are coupled), so the selection
-  bias of an envelope taken over noisy points sits inside the interval.
+1. **Targets are fixed before evaluation.** A target is an error (MSE) given by the caller:
+   predeclared, or measured on the *selection* realisations (the operating MSE).
+2. **Paths are chosen on the selection realisations.** A method's *path* is the list of its
+   configurations on the lower envelope of the selection means, cheapest first
+   (:func:`choose_path`). Nothing is chosen on the evaluation realisations.
+3. **Cost to reach a target** on the evaluation realisations: walk the path cheapest first to
+   the first configuration whose mean error is at most the target and interpolate ``log
+   cost`` against ``log error`` with the configuration before it (:func:`cost_to_reach`).
+   A path that never gets there costs ``+inf``: a **failure**, counted, never dropped.
+4. **Speedup** = ``cost_base / cost_other``: ``0`` where only ``other`` fails, ``inf`` where
+   only ``base`` does, undefined (NaN) where both do. No maximum over a curve judged on the
+   same realisations is ever reported (the exploratory curves below are pictures).
+5. **Intervals**: the *expanded percentile* bootstrap over evaluation realisations (a seed
+   and batch with its own noise, path and draws), the path held fixed. Hesterberg (2015, *What
+   teachers should know about the bootstrap*, §5) widens the percentile levels to
+   ``Φ(±sqrt(n/(n−1)) t_{n−1, 1−α/2})``, which repairs the percentile interval's
+   undercoverage at small ``n``; ``python -m benchmarks.coverage`` measures the coverage.
+   Resamples that fail count at their value (0 or inf); an undefined one counts at the
+   lower end as 0 and at the upper end as inf. The point value on all evaluation
+   realisations is ``None`` ("not reached") when it is not finite and positive; its interval
+   then reaches 0 or inf by itself.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
+
+INTERVAL = "expanded percentile bootstrap over evaluation realisations (Hesterberg 2015)"
 
 # --- envelopes and interpolation ----------------------------------------------------------
 
@@ -111,76 +122,26 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-# --- comparing two envelopes ----------------------------------------------------------------
+# --- exploratory curves (pictures, never headlines) -----------------------------------------
 
 
 def speedup_at(base: Envelope, other: Envelope, errors: Sequence[float] | float) -> np.ndarray:
-    """``cost_base(e) / cost_other(e)`` (NaN where either envelope does not reach ``e``)."""
+    """``cost_base(e) / cost_other(e)`` along two envelopes (NaN where either does not reach
+    ``e``): the exploratory curve, whose maximum is never reported."""
     return base.cost_at(errors) / other.cost_at(errors)
-
-
-def error_ratio_at(base: Envelope, other: Envelope, costs: Sequence[float] | float
-                   ) -> np.ndarray:
-    """``err_base(c) / err_other(c)`` (NaN where either envelope does not reach ``c``)."""
-    return base.error_at(costs) / other.error_at(costs)
-
-
-def max_speedup(base: Envelope, other: Envelope) -> tuple[float, float]:
-    """``(max speedup, error where it occurs)`` over the common error range, exactly.
-
-    The candidates are every vertex of either envelope inside the common range and the
-    range's ends; ``(NaN, NaN)`` if the envelopes share no error range.
-    """
-    return _max_at_vertices(base.error, other.error, lambda e: speedup_at(base, other, e))
-
-
-def max_error_ratio(base: Envelope, other: Envelope) -> tuple[float, float]:
-    """``(max error ratio at equal cost, cost where it occurs)`` over the common cost range,
-    exactly, like :func:`max_speedup`; ``(NaN, NaN)`` if the envelopes share no cost range."""
-    return _max_at_vertices(base.cost, other.cost, lambda c: error_ratio_at(base, other, c))
-
-
-def _max_at_vertices(a: np.ndarray, b: np.ndarray, values: Callable[[np.ndarray], np.ndarray]
-                     ) -> tuple[float, float]:
-    """The maximum of ``values`` over the overlap of the ranges of ``a`` and ``b``, among their
-    points and the overlap's ends (exact for a function piecewise linear in log–log with kinks
-    at those points), and where it is attained."""
-    span = common_range(a, b)
-    if span is None:
-        return float("nan"), float("nan")
-    lo, hi = span
-    candidates = np.concatenate([a, b, [lo, hi]])
-    candidates = candidates[(candidates >= lo) & (candidates <= hi)]
-    at = values(candidates)
-    if not np.isfinite(at).any():
-        return float("nan"), float("nan")
-    best = int(np.nanargmax(at))
-    return float(at[best]), float(candidates[best])
 
 
 def speedup_curve(base: Envelope, other: Envelope, num: int = 200
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """``(errors, speedup)`` on ``num`` log-spaced errors of the common range (for figures)."""
-    grid = _common_grid(base.error, other.error, num)
+    """``(errors, speedup)`` on ``num`` log-spaced errors of the common range (figures)."""
+    span = common_range(base.error, other.error)
+    if span is None:
+        return np.empty(0), np.empty(0)
+    grid = np.geomspace(*span, num) if span[0] < span[1] else np.array([span[0]])
     return grid, speedup_at(base, other, grid)
 
 
-def error_ratio_curve(base: Envelope, other: Envelope, num: int = 200
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """``(costs, error ratio)`` on ``num`` log-spaced costs of the common cost range."""
-    grid = _common_grid(base.cost, other.cost, num)
-    return grid, error_ratio_at(base, other, grid)
-
-
-def _common_grid(a: np.ndarray, b: np.ndarray, num: int) -> np.ndarray:
-    """``num`` log-spaced points of the overlap of two ranges (empty if they do not meet)."""
-    span = common_range(a, b)
-    if span is None:
-        return np.empty(0)
-    return np.geomspace(*span, num) if span[0] < span[1] else np.array([span[0]])
-
-
-# --- realisations and the bootstrap -----------------------------------------------------------
+# --- sweeps, paths and the cost to reach a target ---------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +152,9 @@ class Sweep:
       curve: ``(P,)`` the curve (method) of each configuration, e.g. ``"em"``.
       error: ``(P, R)`` error of configuration ``p`` on realisation ``r`` (MSE or RMSE²).
       costs: named ``(P,)`` or ``(P, R)`` costs: a ``(P,)`` cost is fixed (FLOPs of EM, the
-        expected FLOPs of an ML-EM schedule), a ``(P, R)`` one is measured per realisation
-        (seconds) and averaged over the realisations of a resample like the error.
+        expected FLOPs of an ML-EM schedule, seconds timed as deployed), a ``(P, R)`` one is
+        measured per realisation and averaged over the realisations of a resample like the
+        error.
     """
 
     curve: np.ndarray
@@ -213,6 +175,12 @@ class Sweep:
     def num_realisations(self) -> int:
         return self.error.shape[1]
 
+    def columns(self, idx: Sequence[int]) -> Sweep:
+        """The same configurations on the realisations ``idx`` only."""
+        idx = np.asarray(idx, int)
+        return Sweep(self.curve, self.error[:, idx],
+                     {k: v if v.ndim == 1 else v[:, idx] for k, v in self.costs.items()})
+
     def means(self, idx: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Error and costs averaged over the realisations ``idx`` (with repeats)."""
         avg = lambda a: a if a.ndim == 1 else a[:, idx].mean(1)
@@ -227,42 +195,100 @@ class Sweep:
         return dataclasses.replace(env, index=members[env.index])
 
 
-def compare(sweep: Sweep, base: str, other: str, cost: str, idx: np.ndarray,
-            operating_point: int) -> dict[str, float]:
-    """The headline statistics of ``other`` against ``base`` in cost ``cost`` on ``idx``.
+def choose_path(selection: Sweep, curve: str, cost: str) -> np.ndarray:
+    """``(L,)`` configuration indices of ``curve``'s lower envelope on the realisation-averaged
+    *selection* errors, cheapest first: the configurations a user would run (rule 2)."""
+    error, costs = selection.means(np.arange(selection.num_realisations))
+    return selection.envelope(curve, error, costs[cost]).index
 
-    ``operating_point`` is the index of a ``base`` configuration; its mean error is the
-    operating error. Returns ``max`` and ``max_at_error`` (exact), ``at_operating_point``,
-    ``operating_point_error``, ``equal_cost`` (what ``other`` pays for the operating error)
-    and ``error_ratio_at_equal_cost`` (``base``'s error at that cost ÷ the operating error),
-    ``error_ratio_max`` and ``error_ratio_max_at_cost`` (:func:`max_error_ratio`); NaN where
-    an envelope does not reach.
+
+def cost_to_reach(cost: np.ndarray, error: np.ndarray, target: float) -> np.ndarray:
+    """``(B,)`` cost of reaching ``target`` along paths of ``(B, L)`` costs and mean errors.
+
+    The first configuration (cheapest first) whose error is at most ``target`` gives it:
+    ``log cost`` is interpolated in ``log error`` between it and the one before it; if the
+    cheapest already reaches the target its own cost is used (the sweep goes no cheaper);
+    ``+inf`` where no configuration reaches the target (rule 3).
     """
-    error, costs = sweep.means(idx)
-    env_base = sweep.envelope(base, error, costs[cost])
-    env_other = sweep.envelope(other, error, costs[cost])
-    best, best_at = max_speedup(env_base, env_other)
-    op_error = error[operating_point]
-    equal_cost = float(env_other.cost_at(op_error)[0])
-    ratio = (float(error_ratio_at(env_base, env_other, equal_cost)[0]) if np.isfinite(equal_cost)
-             else float("nan"))
-    ratio_max, ratio_max_at = max_error_ratio(env_base, env_other)
-    return {"max": best, "max_at_error": best_at,
-            "at_operating_point": float(speedup_at(env_base, env_other, op_error)[0]),
-            "operating_point_error": float(op_error), "equal_cost": equal_cost,
-            "error_ratio_at_equal_cost": ratio, "error_ratio_max": ratio_max,
-            "error_ratio_max_at_cost": ratio_max_at}
+    cost, error = np.atleast_2d(cost).astype(np.float64), np.atleast_2d(error).astype(np.float64)
+    reached = error <= target
+    first = np.argmax(reached, axis=1)
+    rows = np.arange(error.shape[0])
+    prev = np.maximum(first - 1, 0)
+    c0, c1 = np.log(cost[rows, prev]), np.log(cost[rows, first])
+    e0, e1 = np.log(error[rows, prev]), np.log(error[rows, first])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(first > 0, (np.log(target) - e0) / (e1 - e0), 1.0)
+    out = np.exp(c0 + np.clip(frac, 0.0, 1.0) * (c1 - c0))
+    return np.where(reached.any(axis=1), out, np.inf)
+
+
+def error_at_cost(cost: np.ndarray, error: np.ndarray, budget: float) -> np.ndarray:
+    """``(B,)`` error at ``budget`` along paths of ``(B, L)`` increasing costs and mean errors
+    (``log error`` interpolated in ``log cost``); ``+inf`` where the budget lies outside the
+    path's cost range (the method was not run at that cost: a failure)."""
+    cost, error = np.atleast_2d(cost).astype(np.float64), np.atleast_2d(error).astype(np.float64)
+    out = np.full(cost.shape[0], np.inf)
+    for b in range(cost.shape[0]):  # B ≤ a few thousand, L ≤ a few dozen
+        if cost[b, 0] * (1 - 1e-12) <= budget <= cost[b, -1] * (1 + 1e-12):
+            out[b] = np.exp(np.interp(np.log(budget), np.log(cost[b]), np.log(error[b])))
+    return out
+
+
+# --- the bootstrap and its intervals -------------------------------------------------------------
+
+
+def resample_weights(num_units: int, num_resamples: int, seed: int = 0) -> np.ndarray:
+    """``(num_resamples, num_units)`` weights of resamples with replacement of the units
+    (counts ÷ ``num_units``): ``weights @ values.T`` are resampled means."""
+    if num_units < 2 or num_resamples < 1:
+        raise ValueError(f"bootstrap: need >= 2 units and >= 1 resample, got {num_units}, "
+                         f"{num_resamples}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, num_units, (num_resamples, num_units))
+    counts = np.zeros((num_resamples, num_units))
+    np.add.at(counts, (np.arange(num_resamples)[:, None], draws), 1.0)
+    return counts / num_units
+
+
+def expanded_levels(num_units: int, level: float = 0.95) -> tuple[float, float]:
+    """The expanded percentile bootstrap's quantile levels for ``num_units`` units (rule 5)."""
+    if num_units < 2:
+        raise ValueError(f"need >= 2 units for an interval, got {num_units}")
+    z = np.sqrt(num_units / (num_units - 1)) * stats.t.ppf(0.5 + level / 2, num_units - 1)
+    tail = float(stats.norm.cdf(-z))
+    return tail, 1.0 - tail
+
+
+def interval(values: Sequence[float], num_units: int, level: float = 0.95
+             ) -> tuple[float, float]:
+    """The expanded percentile interval of bootstrap ``values`` (0 and inf allowed: failures);
+    an undefined (NaN) value counts as 0 at the lower end and as inf at the upper end."""
+    values = np.asarray(values, np.float64)
+    lo_q, hi_q = expanded_levels(num_units, level)
+    lo = np.quantile(np.where(np.isnan(values), 0.0, values), lo_q, method="lower")
+    hi = np.quantile(np.where(np.isnan(values), np.inf, values), hi_q, method="higher")
+    return float(lo), float(hi)
+
+
+def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Plain percentile interval of the finite ``values``, for estimates that cannot fail (the
+    γ fits, whose failed resamples are counted separately); NaN, NaN if none is finite."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    return float(lo), float(hi)
 
 
 def bootstrap(statistic: Callable[[np.ndarray], Mapping[str, float]], num_units: int,
               num_resamples: int, seed: int = 0) -> dict[str, np.ndarray]:
     """``statistic(idx)`` on ``num_resamples`` resamples ``idx`` (with replacement) of
-    ``range(num_units)``: the independent units, realisations for a sweep.
-
-    Returns ``{name: (num_resamples,) values}``; a resample on which the statistic fails
-    (``ValueError``, or ``RuntimeError`` from a fit that does not converge) gives NaN for
-    every name, so failures are counted, not hidden.
-    """
+    ``range(num_units)``: for fits that are not vectorised (the γ fits, the synthetic
+    exponents). A resample on which the statistic fails (``ValueError``, or ``RuntimeError``
+    from a fit that does not converge) gives NaN for every name, so it is counted."""
     if num_units < 2 or num_resamples < 1:
         raise ValueError(f"bootstrap: need >= 2 units and >= 1 resample, got {num_units}, "
                          f"{num_resamples}")
@@ -278,29 +304,85 @@ def bootstrap(statistic: Callable[[np.ndarray], Mapping[str, float]], num_units:
             for name in names}
 
 
-def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the finite ``values`` (NaN, NaN if none)."""
-    values = np.asarray(values, np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    tail = 50.0 * (1.0 - level)
-    lo, hi = np.percentile(values, [tail, 100.0 - tail])
-    return float(lo), float(hi)
+def estimate(point: float, resampled: np.ndarray, num_units: int) -> dict:
+    """A reported value: ``value`` (``None``, "not reached", unless the point is finite and
+    positive), ``ci`` from the resamples with their failures (so an unreached point's interval
+    reaches 0 or inf: nothing is invented), the resamples that are 0, inf or undefined, and
+    the interval's method."""
+    resampled = np.asarray(resampled, np.float64)
+    ok = bool(np.isfinite(point) and point > 0)
+    return {"value": float(point) if ok else None,
+            "ci": list(interval(resampled, num_units)),
+            "zero_fraction": float(np.mean(resampled == 0)),
+            "inf_fraction": float(np.mean(np.isinf(resampled))),
+            "undefined_fraction": float(np.mean(np.isnan(resampled))),
+            "interval": INTERVAL}
 
 
-def bootstrap_compare(sweep: Sweep, base: str, other: str, cost: str, operating_point: int,
-                      num_resamples: int = 1000, seed: int = 0) -> dict[str, object]:
-    """:func:`compare` on all realisations, with a 95% percentile interval for each value
-    from ``num_resamples`` resamples of the realisations (``<name>_ci``), and the fraction of
-    resamples on which each value was undefined (``<name>_undefined``: an envelope did not
-    reach the error or cost in question)."""
-    run = lambda idx: compare(sweep, base, other, cost, idx, operating_point)
-    point = run(np.arange(sweep.num_realisations))
-    boot = bootstrap(run, sweep.num_realisations, num_resamples, seed)
-    out: dict[str, object] = dict(point)
-    for name, values in boot.items():
-        out[f"{name}_ci"] = list(percentile_interval(values))
-        out[f"{name}_undefined"] = float(np.mean(~np.isfinite(values)))
-    out["num_realisations"], out["num_resamples"] = sweep.num_realisations, num_resamples
+# --- comparing two methods at targets ---------------------------------------------------------
+
+
+def compare_at_targets(evaluation: Sweep, selection: Sweep, base: str, other: str, cost: str,
+                       targets: Mapping[str, float], budget: float | None = None,
+                       num_resamples: int = 2000, seed: int = 0) -> dict:
+    """``other`` against ``base`` in the cost ``cost``, by rules 1–5 of this module.
+
+    ``evaluation`` and ``selection`` hold the same configurations (rows) on disjoint
+    realisations; ``targets`` maps names to target errors fixed before evaluation; ``budget``
+    (optional) is a predeclared cost at which the error ratio ``err_base / err_other`` is
+    read. Returns, per target: ``speedup`` (:func:`estimate`), ``cost_base`` and
+    ``cost_other`` (:func:`estimate`, the cost to reach it), the fraction of resamples on
+    which each method fails (``not_reached``); with ``budget``, ``error_ratio_at_budget``; and
+    the two paths (configuration indices chosen on the selection realisations).
+    """
+    if selection.num_realisations < 1:
+        raise ValueError("compare_at_targets: need selection realisations to choose paths on")
+    paths = {name: choose_path(selection, curve, cost)
+             for name, curve in (("base", base), ("other", other))}
+    units = evaluation.num_realisations
+    weights = np.vstack([np.full(units, 1.0 / units),
+                         resample_weights(units, num_resamples, seed)])  # row 0: all
+
+    def along(path):
+        error = weights @ evaluation.error[path].T
+        c = evaluation.costs[cost][path]
+        return np.broadcast_to(c, error.shape) if c.ndim == 1 else weights @ c.T, error
+
+    (cb, eb), (co, eo) = along(paths["base"]), along(paths["other"])
+    out: dict = {"base": base, "other": other, "cost": cost, "targets": {},
+                 "paths": {k: v.tolist() for k, v in paths.items()},
+                 "num_realisations": units,
+                 "num_selection_realisations": selection.num_realisations,
+                 "num_resamples": num_resamples}
+    for name, target in targets.items():
+        reach_b, reach_o = cost_to_reach(cb, eb, target), cost_to_reach(co, eo, target)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = reach_b / reach_o
+        out["targets"][name] = {
+            "target_error": float(target),
+            "speedup": estimate(ratio[0], ratio[1:], units),
+            "cost_base": estimate(reach_b[0], reach_b[1:], units),
+            "cost_other": estimate(reach_o[0], reach_o[1:], units),
+            "not_reached": {"base": float(np.mean(np.isinf(reach_b[1:]))),
+                            "other": float(np.mean(np.isinf(reach_o[1:])))}}
+    if budget is not None:
+        err_b, err_o = error_at_cost(cb, eb, budget), error_at_cost(co, eo, budget)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = err_b / err_o
+        out["error_ratio_at_budget"] = {"budget": float(budget),
+                                        **estimate(ratio[0], ratio[1:], units)}
     return out
+
+
+def score_at_target(selection: Sweep, base: str, other: str, cost: str, target: float
+                    ) -> float:
+    """The speedup of ``other`` over ``base`` at ``target`` on the selection realisations
+    alone (paths and means both): a score to choose a variant by, never reported as a result."""
+    idx = np.arange(selection.num_realisations)
+    error, costs = selection.means(idx)
+    reach = []
+    for curve in (base, other):
+        path = choose_path(selection, curve, cost)
+        reach.append(cost_to_reach(costs[cost][path], error[path], target)[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(reach[0] / reach[1])

@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     a.mlem_steps = (32, 64, 128, 256, 512)
     a.top_evals = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
     a.realisations = 16
-    a.selection_realisations = 4  # choose the headline variant and the patterns on these
+    a.selection_realisations = 8  # targets, envelopes, the headline variant, patterns
+    a.timing_batch_size = 64  # seconds as deployed: this GPU config's batch
     a.schedules = ("variance", "constant")
     a.switch_times = (0.25, 0.5, 0.75)  # the baseline: a small level at high noise
     a.pattern_search = 15  # the paper's best-of-15 patterns, chosen on the selection batches

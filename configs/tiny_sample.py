@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.pattern_steps = (4,)
     a.batch_size = 4
     a.speedup_bootstrap = 50
+    a.timing_batch_size = 4
     a.num_time_bins = 4
     a.variance_samples = 8
     a.gamma_bootstrap = 50

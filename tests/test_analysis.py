@@ -22,90 +22,100 @@ pytestmark = pytest.mark.xdist_group("tiny_ladder")
 
 def _rows(realisations=4):
     """EM at cost a·m^-1.5 and the FLOP-priced ML-EM at b·m^-1, per realisation (rows as
-    points.csv holds them); ML-EM's errors wobble by realisation, EM's do not."""
+    points.csv holds them); ML-EM's errors wobble by realisation, EM's do not. Realisations
+    ``realisations`` and ``realisations + 1`` (selection) repeat the first and the last, so
+    the selection means are exact too."""
     a, b = 2.0e6, 5.0e6
     rows = []
     wobble = np.linspace(0.8, 1.2, realisations)
-    for r in range(realisations):
+    for r in range(realisations + 2):
+        w = wobble[r] if r < realisations else wobble[0 if r == realisations else -1]
         for steps, m in zip((8, 16, 32, 64), (1e-1, 1e-2, 1e-3, 1e-4)):
             rows.append({"curve": "em", "method": "em", "level": 2, "top_evals": 0.0, "c": np.nan,
                          "steps": steps, "realisation": r, "mse": m,
                          "expected_flops": a * m**-1.5, "flops": a * m**-1.5,
                          "seconds": 1e-9 * a * m**-1.5})
-        for steps, m in zip((4, 8, 16), (3e-2, 3e-3, 3e-4)):
+        for steps, m in zip((4, 8, 16, 32), (3e-2, 3e-3, 3e-4, 3e-5)):
             rows.append({"curve": "mlem-variance-flops", "method": "mlem", "level": 2,
                          "top_evals": 1.0, "c": 1.0, "steps": steps, "realisation": r,
-                         "mse": m * wobble[r], "expected_flops": b * m**-1.0,
-                         "flops": b * m**-1.0 * wobble[::-1][r],
-                         "seconds": 2e-9 * b * m**-1.0})
+                         "mse": m * w, "expected_flops": b * m**-1.0,
+                         "flops": b * m**-1.0 / w, "seconds": 2e-9 * b * m**-1.0})
     return rows, a, b
 
 
-def test_analyse_reports_the_headline_with_intervals_from_rows():
-    class Config(dict):
-        __getattr__ = dict.__getitem__
+class Config(dict):
+    __getattr__ = dict.__getitem__
 
+
+def _config(**analysis):
+    fields = dict(operating_point="auto", speedup_bootstrap=200, schedules=("variance",),
+                  cost_models=("flops",), realisations=4, target_ratios=(2.0, 1.0, 0.5))
+    return Config(analysis=Config({**fields, **analysis}), sampling=Config(steps=32))
+
+
+def test_analyse_reports_the_headline_at_predeclared_targets_from_rows():
     rows, a, b = _rows()
-    config = Config(analysis=Config(operating_point="auto", speedup_bootstrap=200,
-                                    schedules=("variance",), cost_models=("flops",),
-                                    realisations=4),
-                    sampling=Config(steps=32))
-    result = comparison.analyse(rows, config, num_levels=2)
+    result = comparison.analyse(rows, _config(), num_levels=2)
     flops, wall = result["speedup_at_equal_mse"], result["wallclock_speedup_at_equal_mse"]
-    assert flops["operating_point_mse"] == pytest.approx(1e-3)
+    assert flops["operating_point_mse"] == pytest.approx(1e-3)  # EM's, on the selection ones
     # realisation-averaged ML-EM errors sit exactly on b·m^-1 (the wobble averages to 1)
     assert flops["at_operating_point"] == pytest.approx((a / b) * 1e-3**-0.5)
-    assert flops["max"] == pytest.approx((a / b) * 3e-4**-0.5)
-    assert flops["max_at_mse"] == pytest.approx(3e-4)
+    for name, m in (("2x operating MSE", 2e-3), ("0.5x operating MSE", 5e-4)):
+        assert flops["targets"][name]["value"] == pytest.approx((a / b) * m**-0.5)
+    assert not {"max", "max_ci", "max_at_mse"} & set(flops)  # no maximum anywhere
     lo, hi = flops["at_operating_point_ci"]
     assert lo < flops["at_operating_point"] < hi  # the realisations' spread, resampled
+    assert flops["not_reached_fraction"] == {"base": 0.0, "other": 0.0}
+    assert "realisations" in flops["chosen_on"] and "Hesterberg" in flops["interval"]
     # ML-EM's seconds are twice its FLOPs' worth: the wall-clock speedup is half
     assert wall["at_operating_point"] == pytest.approx(0.5 * flops["at_operating_point"])
     assert wall["curve"] == flops["curve"] == "mlem-variance-flops"  # the only curve swept
-    ratio = result["mse_ratio_at_equal_cost"]  # at ML-EM's cost for the operating MSE, b/1e-3
-    assert ratio["at_cost_flops"] == pytest.approx(b / 1e-3)
-    assert ratio["value"] == pytest.approx((b / 1e-3 / a) ** (-2 / 3) / 1e-3)
-    assert result["num_realisations"] == 4
-    # the EM ÷ ML-EM ratio at equal FLOPs grows as cost^(1/3): largest at ML-EM's dearest point
-    assert ratio["max"] == pytest.approx((b / 3e-4 / a) ** (-2 / 3) / 3e-4)
-    assert ratio["max_at_cost_flops"] == pytest.approx(b / 3e-4)
+    ratio = result["mse_ratio_at_equal_cost"]  # at EM's operating FLOPs, a·1e-3^-1.5
+    assert ratio["at_cost_flops"] == pytest.approx(a * 1e-3**-1.5)
+    assert ratio["value"] == pytest.approx(1e-3 / (b / (a * 1e-3**-1.5)))
+    assert result["num_realisations"] == 4 and result["num_selection_realisations"] == 2
     # ML-EM's cost at the operating MSE in calls of the top level (EM's 32 steps: a·1e-3^-1.5)
     evals = result["top_level_evals_at_operating_point"]["value"]
     assert evals == pytest.approx((b / 1e-3) / (a * 1e-3**-1.5 / 32))
     assert result["best_method"] == "mlem-variance-flops"
-    assert result["num_selection_realisations"] == 0
+
+
+def test_a_target_the_evaluation_realisations_miss_is_not_reached_and_counted():
+    rows, _, _ = _rows()
+    for r in rows:  # ML-EM's dearest points are bad on the evaluation realisations only
+        if r["curve"] != "em" and r["steps"] >= 16 and r["realisation"] < 4:
+            r["mse"] *= 100
+    result = comparison.analyse(rows, _config(), num_levels=2)
+    head = result["speedup_at_equal_mse"]
+    assert head["at_operating_point"] is None  # "not reached": no value ...
+    assert head["at_operating_point_ci"][0] == 0.0  # ... and failures in the interval
+    assert head["not_reached_fraction"]["other"] > 0.5
+    with pytest.raises(ValueError, match="selection_realisations"):
+        comparison.analyse([r for r in rows if r["realisation"] < 4], _config(), num_levels=2)
 
 
 def test_best_variant_is_chosen_on_selection_realisations_and_judged_on_the_others():
     """Two ML-EM variants: 'constant' is 4x cheaper on the evaluation realisations but far
     worse on the selection ones; the headline must report 'variance' (chosen on selection)
     with statistics from the evaluation realisations only."""
-    class Config(dict):
-        __getattr__ = dict.__getitem__
-
-    rows, a, b = _rows()  # realisations 0-3 (evaluation); 4, 5 repeat 0 and 3 (selection)
-    rows += [{**r, "realisation": 4 + (r["realisation"] == 3)} for r in rows
-             if r["realisation"] in (0, 3)]
+    rows, a, b = _rows()
     for r in [dict(r) for r in rows if r["curve"] == "mlem-variance-flops"]:
         r["curve"], r["schedule"] = "mlem-constant-flops", "constant"
         r["expected_flops"] /= 4
         if r["realisation"] >= 4:
             r["mse"] *= 100
         rows.append(r)
-    config = Config(analysis=Config(operating_point="auto", speedup_bootstrap=50,
-                                    schedules=("constant",), cost_models=("flops",),
-                                    realisations=4),
-                    sampling=Config(steps=32))
-    result = comparison.analyse(rows, config, num_levels=2)
+    result = comparison.analyse(rows, _config(speedup_bootstrap=50), num_levels=2)
     assert result["best_method"] == result["best_method_seconds"] == "mlem-variance-flops"
     assert result["num_realisations"] == 4 and result["num_selection_realisations"] == 2
     scores = result["best_method_selection"]["scores"]["flops"]["scores"]
-    assert scores["mlem-constant-flops"]["max"] < scores["mlem-variance-flops"]["max"]
+    assert scores["mlem-constant-flops"] < scores["mlem-variance-flops"]
     flops = result["speedup_at_equal_mse"]
     assert flops["curve"] == "mlem-variance-flops"
     assert flops["at_operating_point"] == pytest.approx((a / b) * 1e-3**-0.5)  # evaluation only
-    constant = result["comparisons"]["mlem-constant-flops"]["flops"]["at_operating_point"]
-    assert constant == pytest.approx(4 * flops["at_operating_point"])
+    constant = result["comparisons"]["mlem-constant-flops"]["flops"]["targets"]
+    assert constant["operating point"]["speedup"]["value"] == pytest.approx(
+        4 * flops["at_operating_point"])
 
 
 # --- γ fits on noisy synthetic points -----------------------------------------------------
@@ -341,13 +351,11 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
                 assert m == pytest.approx(mse[i]) and m > sweep.error[i].min()
     for key in ("speedup_at_equal_mse", "wallclock_speedup_at_equal_mse"):
         head = summary[key]
-        assert {"max", "max_ci", "max_at_mse", "at_operating_point", "at_operating_point_ci",
-                "operating_point_mse"} <= set(head)
-        if key == "wallclock_speedup_at_equal_mse" and head["max"] is None:
-            # the seconds' variant is chosen on measured times; on this tiny ladder it may
-            # share no MSE range with EM on the evaluation realisations (then undefined)
-            continue
-        assert head["max"] > 0 and head["max_ci"][0] <= head["max"] <= head["max_ci"][1]
+        assert {"at_operating_point", "at_operating_point_ci", "operating_point_mse",
+                "not_reached_fraction", "targets", "interval", "chosen_on"} <= set(head)
+        assert "max" not in head
+        lo, hi = head["at_operating_point_ci"]  # failures counted: 0 or inf may bound it
+        assert head["at_operating_point"] is None or lo <= head["at_operating_point"] <= hi
     assert summary["num_realisations"] == 3 and summary["num_selection_realisations"] == 2
     assert summary["best_method"] == summary["speedup_at_equal_mse"]["curve"]  # chosen on 3, 4
     assert summary["best_method_seconds"] == summary["wallclock_speedup_at_equal_mse"]["curve"]
@@ -356,10 +364,17 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
     assert evals is None or evals > 0
     assert set(summary["mse_ratio_at_equal_cost"]) >= {"value", "ci", "at_cost_flops"}
     versus = summary["speedup_over_switching_at_equal_mse"]  # ML-EM against the baseline
-    assert versus["curve"] == summary["best_method"] and set(versus) >= {"max", "max_ci"}
-    top_em = [r for r in rows if r["curve"] == "em" and r["level"] == 2 and r["steps"] == 2]
+    assert versus["curve"] == summary["best_method"] and versus["against"] == "switch"
+    selection = [r for r in cost_error.read_points(stage / "points.csv") if r["realisation"] >= 3]
+    top_em = [r for r in selection if r["curve"] == "em" and r["level"] == 2 and r["steps"] == 2]
     assert summary["speedup_at_equal_mse"]["operating_point_mse"] == pytest.approx(
-        np.mean([r["mse"] for r in top_em]))
+        np.mean([r["mse"] for r in top_em]))  # the target comes from the selection ones
+    timings = json.loads((stage / "timings.json").read_text())  # seconds as deployed
+    assert len(timings) == len({comparison.config_key(r) for r in rows})
+    for record in timings.values():
+        assert record["batch_size"] == 4 and record["repeats"] == 3 and len(record["calls"]) == 3
+        assert record["seconds_min"] <= record["seconds"] <= record["seconds_max"]
+    assert "batch 4, median of 3 calls" in summary["timing_record"]
     for name in ("cost_error.png", "cost_error.pdf", "cost_error_seconds.png"):
         assert (stage / name).exists()
 
@@ -423,8 +438,11 @@ def test_report_prints_the_tables_from_the_results_dir(tiny_results, capsys):
     ctx, summary = tiny_results
     text = report.report([ctx.out])
     head = summary["speedup_at_equal_mse"]
-    assert f"{report.fmt(head['max'])}× {report.fmt_ci(head['max_ci'])}" in text
-    assert "| mlem-variance-time | seconds |" in text
+    row = next(line for line in text.splitlines() if "at operating point (MSE" in line)
+    assert report.fmt_ci(head["at_operating_point_ci"]) in row  # value, interval, failures
+    assert report.fmt_value(head["at_operating_point"], "×") in row and "base " in row
+    assert "Hesterberg" in text and "selection realisations" in text
+    assert "maximum" not in text and "| mlem-variance-time | seconds |" in text
     assert text.strip().splitlines()[-1].startswith("In wall-clock time")
     with pytest.raises(SystemExit):
         report.main([str(ctx.out / "missing")])

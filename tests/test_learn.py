@@ -220,18 +220,24 @@ def test_learn_probs_writes_schedules_and_summary(tmp_path):
     cfg = learn_probs.LearnConfig(anchors=(1.0,), sgd_steps=3, bins=2, train_realisations=2,
                                   top_evals=(0.5, 1.0, 2.0, 4.0), resamples=20)
     problem = learn_problems.synthetic_problem(cfg, 3.0, num_levels=3, steps=8, ref_steps=32,
-                                               batch_size=4, eval_realisations=4)
+                                               batch_size=4, eval_realisations=4,
+                                               selection_realisations=3)
     summary = learn_probs.run(problem, cfg, tmp_path)
-    assert "speedup_learned_over_best_constant_max" in summary
-    assert len(summary["speedup_learned_over_best_constant_max_ci"]) == 2
-    (row,) = summary["learn_probs"]["per_lambda"]
+    head = summary["speedup_learned_over_best_constant"]  # at predeclared targets only
+    assert set(head) == {"2x operating MSE", "operating point", "0.5x operating MSE"}
+    assert len(head["operating point"]["ci"]) == 2 and "max" not in str(list(summary))
+    stats = summary["learn_probs"]
+    assert stats["chosen_run"] == "t1_lam1" and stats["num_selection_realisations"] == 3
+    assert stats["num_evaluation_realisations"] == 4
+    (row,) = stats["per_lambda"]
     probs = schedules.load(row["schedule_file"], 3, problem.ts)
     assert probs.shape == (8, 3) and np.all(probs[:, 0] == 1) and np.all(probs[:, -1] < 1)
     assert (tmp_path / "learn" / "points.csv").exists()
     from analysis import report
 
     table = report.report([tmp_path]).splitlines()  # README's learned-schedule table
-    assert table[0].startswith("| results | problem |") and len(table) == 3
-    value = summary["speedup_learned_over_best_constant_max"]
-    assert table[2].startswith(f"| {tmp_path} |") and (
-        f"{value:.3g}×" in table[2] if np.isfinite(value) else "n/a×" in table[2])
+    assert table[0].startswith("| results | problem |") and len(table) == 5
+    value = head["operating point"]["value"]
+    row = next(line for line in table if "| operating point (" in line)
+    assert row.startswith(f"| {tmp_path} |") and (
+        f"{value:.3g}×" in row if value is not None else "not reached" in row)

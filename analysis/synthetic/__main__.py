@@ -40,8 +40,7 @@ PRINTED_KEYS = (
     "exponent_mlem_ci95", "fit_range",
     "speedup_at_fit_range_low", "speedup_at_fit_range_low_ci95",
     "speedup_at_fit_range_high", "speedup_at_fit_range_high_ci95",
-    "speedup_max", "speedup_max_ci95", "speedup_max_at_rmse",
-    "speedup_at_smallest_common_error", "exponent_mlem_ideal_ladder",
+    "speedup_targets_rule", "exponent_mlem_ideal_ladder",
     "mlem_tops_in_fit_range", "exponents_by_floor_factor", "wall_time_s")
 
 

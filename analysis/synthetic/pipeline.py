@@ -39,6 +39,7 @@ def run(cfg: SweepConfig, out_dir: str | Path, *, progress: bool = True) -> dict
     points = summaries.aggregate(rows)
     summary = summaries.summarize(points, cfg, ladder)
     summary.update(summaries.bootstrap_statistics(rows, summary["fit_range"]))
+    summary.update(summaries.speedups_at_targets(rows, cfg))
     summary["wall_time_s"] = time.perf_counter() - start
     summary["seeds"] = cfg.seeds
     summary["devices"] = [str(d) for d in jax.devices()]

@@ -40,10 +40,16 @@ def _cost_error_panel(ax, points: Sequence[dict], summary: dict) -> None:
 
 def _speedup_panel(ax, summary: dict) -> None:
     curve = np.array(summary["speedup_curve"])
-    ax.plot(curve[:, 0], curve[:, 1], "-o", ms=3, color="k")
+    ax.plot(curve[:, 0], curve[:, 1], "-", lw=0.8, color="0.5", label="all seeds (exploratory)")
+    for end in ("low", "high"):
+        name = f"speedup_at_fit_range_{end}"
+        value, ci = summary.get(name), summary.get(f"{name}_ci95")
+        if value is not None and ci and all(np.isfinite(ci)):
+            ax.errorbar(summary[f"{name}_rmse"], value, yerr=[[value - ci[0]], [ci[1] - value]],
+                        fmt="o", color="k", capsize=3)
     ax.axvspan(*summary["fit_range"], color="0.9", zorder=0)
     ax.set(xscale="log", yscale="log", xlabel="RMSE", ylabel="EM cost / ML-EM cost",
-           title="speedup at equal error")
+           title="speedup at equal error: targets (95% CI)")
 
 
 def plot(points: Sequence[dict], summary: dict, path: Path) -> None:
