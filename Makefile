@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: setup test test-all lint demo demo-synthetic celeba-reference bench-sampler bench-train clean
+.PHONY: setup test test-all lint demo demo-synthetic celeba-reference bench-sampler bench-train \
+	bench-coverage clean
 
 setup: $(STAMP)
 
@@ -54,6 +55,10 @@ bench-sampler: setup
 
 bench-train: setup
 	$(PY) -m benchmarks.train
+
+# Coverage and bias of every headline interval, by simulation through analysis.speedup.
+bench-coverage: setup
+	$(PY) -m benchmarks.coverage --out results/coverage/coverage.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

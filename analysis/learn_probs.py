@@ -307,6 +307,8 @@ def _define(argv: list[str]) -> None:
     flags.DEFINE_integer("levels", 6, "synthetic: number of levels K")
     flags.DEFINE_integer("steps", 64, "synthetic: steps N (reference: 4N)")
     flags.DEFINE_integer("eval_realisations", 128, "synthetic: evaluation realisations")
+    flags.DEFINE_integer("selection_realisations", 32, "synthetic: selection realisations (the "
+                         "targets, configurations and reported run are chosen on them)")
     flags.DEFINE_list("lams", None, "λ values (default: LearnConfig.lams)")
     flags.DEFINE_integer("sgd_steps", None, "SGD steps per λ")
     flags.DEFINE_integer("bins", None, "time bins of the learned logits")
@@ -353,7 +355,8 @@ def main(argv: Sequence[str]) -> None:
             cfg = learn_config(f, **SYNTHETIC)
             problem = learn_problems.synthetic_problem(
                 cfg, f.gamma, num_levels=f.levels, steps=f.steps, ref_steps=4 * f.steps,
-                eval_realisations=f.eval_realisations)
+                eval_realisations=f.eval_realisations,
+                selection_realisations=f.selection_realisations)
         else:
             if f.config is None or f.workdir is None:
                 mlem_cli.fail("--config and --workdir are required without --synthetic")

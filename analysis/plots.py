@@ -89,7 +89,7 @@ def _cost_error_figure(configs, mse, cost, envs, result, ruler, xlabel, speed_la
                               c=colour, mec="k", capsize=3)
     ax_s.axvline(op, c="gray", ls=":")
     ax_s.set(xscale="log", xlabel="MSE", ylabel=speed_label,
-             title="speedup at equal MSE: targets (95% CI); curves exploratory")
+             title="speedup: dots = targets (95% CI), lines exploratory")
     ax_s.legend(fontsize=7)
     fig.tight_layout()
     return fig

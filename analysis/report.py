@@ -54,10 +54,7 @@ def synthetic_rows(dirs: Sequence[Path]) -> list[str]:
             f"{fmt(s['exponent_em'])} {fmt_ci(s.get('exponent_em_ci95'))} | "
             f"{fmt(s['exponent_mlem'])} {fmt_ci(s.get('exponent_mlem_ci95'))} | "
             f"{fmt(s.get('exponent_mlem_ideal_ladder'))} | {lo:.2g} – {hi:.2g} | "
-            f"{fmt_value(s['speedup_at_fit_range_low'], '×')} "
-            f"{fmt_ci(s.get('speedup_at_fit_range_low_ci95'))} | "
-            f"{fmt_value(s['speedup_at_fit_range_high'], '×')} "
-            f"{fmt_ci(s.get('speedup_at_fit_range_high_ci95'))} | "
+            f"{_synthetic_speedup(s, 'low')} | {_synthetic_speedup(s, 'high')} | "
             f"{s['wall_time_s']:.0f} s |")
     return lines
 
@@ -67,11 +64,22 @@ def fmt_value(value, suffix: str = "") -> str:
     return "not reached" if value is None else f"{fmt(value)}{suffix}"
 
 
-def fmt_failures(not_reached: dict | None) -> str:
-    """The fractions of resamples where each method fails to reach the target."""
+def fmt_failures(not_reached: dict | None, base: str = "base", other: str = "other") -> str:
+    """The fractions of resamples where each method (``base``, ``other``) fails to reach the
+    target."""
     if not not_reached:
         return ""
-    return ", ".join(f"{k} {v:.0%}" for k, v in not_reached.items())
+    names = {"base": base, "other": other}
+    return ", ".join(f"{names.get(k, k)} {v:.0%}" for k, v in not_reached.items())
+
+
+def _synthetic_speedup(s: dict, end: str) -> str:
+    """The speedup at one end of the synthetic fit range with its interval ("not measured"
+    with fewer than 4 seeds)."""
+    name = f"speedup_at_fit_range_{end}"
+    if s.get(f"{name}_ci95") is None:
+        return "not measured"
+    return f"{fmt_value(s[name], '×')} {fmt_ci(s[f'{name}_ci95'])}"
 
 
 def wallclock_sentence(summary: dict) -> str:
@@ -93,11 +101,11 @@ def wallclock_sentence(summary: dict) -> str:
 
 def headline_rows(name: str, h: dict, suffix: str = "×") -> list[str]:
     """Rows of one headline comparison: the operating point and every predeclared target."""
-    rows = []
-    for target, t in h["targets"].items():
+    rows = []  # coarsest target first (the summary's keys come back sorted by name)
+    for target, t in sorted(h["targets"].items(), key=lambda kv: -kv[1]["target_mse"]):
         rows.append(f"| {name}, at {target} (MSE {fmt(t['target_mse'])}) | "
                     f"{fmt_value(t['value'], suffix)} | {fmt_ci(t['ci'])} | "
-                    f"{fmt_failures(t['not_reached'])} |")
+                    f"{fmt_failures(t['not_reached'], h['against'], h['curve'])} |")
     return rows
 
 
@@ -162,13 +170,14 @@ def image_rows(d: Path) -> list[str]:
                          f"({fmt(b['bias_sq_noise'], 2)}) | {fmt(b['bias_share'], 2)} |")
     if s.get("kid_at_operating_cost"):
         lines += ["", *quality_rows(s)]
-    names = list(next(iter(detail["comparisons"].values()))["flops"]["targets"])
+    first = next(iter(detail["comparisons"].values()))["flops"]["targets"]
+    names = sorted(first, key=lambda name: -first[name]["target_error"])
     lines += ["", "| against EM: curve | ruler | " + " | ".join(names) + " |",
               "|---|---|" + "---|" * len(names)]
     for curve, by_ruler in sorted(detail["comparisons"].items()):
         for ruler, c in by_ruler.items():
-            cells = [f"{fmt_value(t['speedup']['value'], '×')} {fmt_ci(t['speedup']['ci'])}"
-                     for t in c["targets"].values()]
+            cells = [f"{fmt_value(c['targets'][n]['speedup']['value'], '×')} "
+                     f"{fmt_ci(c['targets'][n]['speedup']['ci'])}" for n in names]
             lines.append(f"| {curve} | {ruler} | " + " | ".join(cells) + " |")
     return [*lines, "", wallclock_sentence(s)]
 

@@ -1,7 +1,7 @@
 """Coverage of the headline intervals, by simulation through the functions that produce them.
 
     python -m benchmarks.coverage [--repetitions 1000] [--resamples 2000] [--realisations 8]
-        [--selection_realisations 8] [--out results/coverage.json]
+        [--selection_realisations 8] [--out results/coverage/coverage.json]
 
 Each repetition simulates a coupled sweep with a known truth and runs it through
 :func:`analysis.speedup.compare_at_targets`, exactly as :mod:`analysis.comparison` does for a
@@ -39,13 +39,6 @@ from absl import app, flags
 
 from analysis import speedup
 from mlem import cli
-
-_REPETITIONS = flags.DEFINE_integer("repetitions", 1000, "Simulated sweeps per scenario.")
-_RESAMPLES = flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples per sweep.")
-_REALISATIONS = flags.DEFINE_integer("realisations", 8, "Evaluation realisations per sweep.")
-_SELECTION = flags.DEFINE_integer("selection_realisations", 8,
-                                  "Selection realisations per sweep.")
-_OUT = flags.DEFINE_string("out", "results/coverage.json", "Where the JSON record goes.")
 
 RATIOS = {"4x operating MSE": 4.0, "2x operating MSE": 2.0, "operating point": 1.0,
           "0.5x operating MSE": 0.5}  # as configs/sample_base.py's target_ratios
@@ -225,15 +218,28 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _define_flags() -> None:
+    """The command's flags (defined only when run as a command, so that importing the module
+    beside other commands' flags never clashes)."""
+    flags.DEFINE_integer("repetitions", 1000, "Simulated sweeps per scenario.")
+    flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples per sweep.")
+    flags.DEFINE_integer("realisations", 8, "Evaluation realisations per sweep.")
+    flags.DEFINE_integer("selection_realisations", 8, "Selection realisations per sweep.")
+    flags.DEFINE_string("out", "results/coverage/coverage.json", "Where the JSON record goes.")
+
+
 def main(argv: Sequence[str]) -> None:
-    del argv
-    record = run(_REPETITIONS.value, _RESAMPLES.value, _REALISATIONS.value, _SELECTION.value)
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}")
+    f = flags.FLAGS
+    record = run(f.repetitions, f.resamples, f.realisations, f.selection_realisations)
     print(table(record))
-    out = Path(_OUT.value)
+    out = Path(f.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=cli.parse_flags)

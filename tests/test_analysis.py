@@ -440,7 +440,8 @@ def test_report_prints_the_tables_from_the_results_dir(tiny_results, capsys):
     head = summary["speedup_at_equal_mse"]
     row = next(line for line in text.splitlines() if "at operating point (MSE" in line)
     assert report.fmt_ci(head["at_operating_point_ci"]) in row  # value, interval, failures
-    assert report.fmt_value(head["at_operating_point"], "×") in row and "base " in row
+    assert report.fmt_value(head["at_operating_point"], "×") in row
+    assert f"{head['against']} " in row and f"{head['curve']} " in row  # failure fractions
     assert "Hesterberg" in text and "selection realisations" in text
     assert "maximum" not in text and "| mlem-variance-time | seconds |" in text
     assert text.strip().splitlines()[-1].startswith("In wall-clock time")

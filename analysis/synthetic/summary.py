@@ -119,9 +119,12 @@ def speedups_at_targets(rows: Sequence[dict], cfg: SweepConfig, num: int = 2000)
     percentile intervals over the evaluation seeds, failures counted."""
     table = sweep_table(rows)
     half = table.num_realisations // 2
-    if half < 2:
-        raise ValueError(f"--seeds: need >= 4 seeds (half evaluate, half select), got "
-                         f"{table.num_realisations}")
+    if half < 2:  # an interval needs >= 2 evaluation seeds: report nothing rather than guess
+        rule = (f"not measured: needs >= 4 seeds (half evaluate, half select), got "
+                f"{table.num_realisations}")
+        return {"speedup_targets_rule": rule,
+                **{f"speedup_at_fit_range_{end}{suffix}": None for end in ("low", "high")
+                   for suffix in ("", "_ci95", "_rmse", "_not_reached")}}
     evaluation, selection = table.columns(range(half)), table.columns(
         range(half, table.num_realisations))
     mse, costs = selection.means(np.arange(selection.num_realisations))

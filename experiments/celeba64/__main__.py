@@ -40,7 +40,7 @@ SMOKE_SAMPLE = {"sampling.steps": 2, "sampling.path_steps": 8, "sampling.num_sam
                 "analysis.mlem_steps": (2,), "analysis.top_evals": (0.5, 1.0),
                 "analysis.realisations": 3, "analysis.selection_realisations": 2,
                 "analysis.pattern_search": 2, "analysis.pattern_steps": (2,),
-                "analysis.batch_size": 4,
+                "analysis.batch_size": 4, "analysis.timing_batch_size": 4,
                 "analysis.speedup_bootstrap": 20, "analysis.num_time_bins": 2,
                 "analysis.variance_samples": 8, "analysis.gamma_bootstrap": 20,
                 "analysis.quality.features": ""}  # no Inception weights offline
@@ -54,7 +54,9 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
     most the EM cost of all levels at each step count, per configuration (schedule, cost
     model, top-level evaluations). Samples: (evaluation + selection realisations) × batch size.
     Pattern search: per searched point, ``M × S`` candidate solves and ``2R`` evaluation solves
-    (the winner and top-level EM), each at most every level on every step.
+    (the winner and top-level EM), each at most every level on every step. Deployed timing:
+    ``1 + timing_repeats`` solves of ``timing_batch_size`` samples per configuration, each at
+    most every level on every step.
     """
     configs = pipeline.level_configs(sample_config)
     flops = [_forward_flops(config) for config in configs.values()]
@@ -77,6 +79,12 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
                  "flops": searched * max(a.get("pattern_steps", ()) or (0,)) * sum(flops)
                  * a.batch_size * (a.get("pattern_search", 0) * a.get("selection_realisations", 0)
                                    + 2 * a.realisations)})
+    em_configs = len(flops) * len(a.em_steps)
+    ml_configs = sum(sum(t <= n for t in a.top_evals) for n in a.mlem_steps) * mlem_configs
+    steps = max((*a.em_steps, *a.mlem_steps))
+    rows.append({"stage": "cost_error: deployed timing (bound)",
+                 "flops": (em_configs + ml_configs) * steps * sum(flops)
+                 * a.get("timing_batch_size", 64) * (1 + a.get("timing_repeats", 3))})
     return rows
 
 
