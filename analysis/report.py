@@ -221,13 +221,14 @@ def learn_rows(dirs: Sequence[Path]) -> list[str]:
     lines = ["| results | problem | runs (anchor, λ) | chosen run | SGD steps | target (MSE) | "
              "learned ÷ best constant | learned ÷ constant | learned ÷ variance-optimal | "
              "wall time |", "|---|---|---|---|---:|---|---|---|---|---:|"]
-    cell = lambda t: (f"{fmt_value(t['value'], '×')} {fmt_ci(t['ci'])} "
-                      f"({fmt_failures(t['not_reached'])} not reached)")
+    cell = lambda t: (f"{fmt_value(t['value'], '×')} {fmt_ci(t['ci'])} (not reached: "
+                      f"{fmt_failures(t['not_reached'], 'baseline', 'learned')})")
     for d in dirs:
         s = json.loads((d / "summary.json").read_text())["learn_probs"]
         runs = ", ".join(f"({fmt(r['anchor_top_evals'])}, {fmt(r['lam'])})"
                          for r in s["per_lambda"])
-        for name, t in s["speedup_learned_over_best_constant"].items():
+        heads = s["speedup_learned_over_best_constant"]
+        for name, t in sorted(heads.items(), key=lambda kv: -kv[1]["target_mse"]):
             lines.append(
                 f"| {d} | {s['problem']} | {runs} | {s['chosen_run']} | "
                 f"{s['config']['sgd_steps']} | {name} ({fmt(t['target_mse'])}) | {cell(t)} | "
