@@ -130,15 +130,13 @@ def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
     intervals from the evaluation realisations; the headline numbers of docs/design.md §3 for
     the best ML-EM variant (chosen on the selection realisations); envelopes and the
     exploratory curves for the figures."""
-    evaluation_rows, selection_rows = split_rows(rows, config)
-    if not selection_rows:
+    num = int(config.analysis.realisations)
+    configs, sweep_ = table(rows)  # columns: realisations 0…R−1, then the selection ones
+    if sweep_.num_realisations <= num:
         raise ValueError("config.analysis.selection_realisations: must be >= 1 (targets and "
                          "each method's configurations are chosen on them)")
-    configs, evaluation = table(evaluation_rows)
-    chosen, selection = table(selection_rows)
-    if [config_key(c) for c in chosen] != [config_key(c) for c in configs]:
-        raise ValueError("points.csv: the selection realisations lack some configuration; "
-                         "rerun the sweep")
+    evaluation = sweep_.columns(range(num))
+    selection = sweep_.columns(range(num, sweep_.num_realisations))
     op, op_text = operating_point(config, configs, evaluation, num_levels)
     op_mse = float(selection.error[op].mean())
     goals = targets(config, op_mse)

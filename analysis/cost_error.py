@@ -426,7 +426,7 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
                 "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},
                 "variances": common.digest(v) if v else None, "gamma": gamma,
                 "paths": PATH_CONVENTION, "pattern_search": int(a.get("pattern_search", 0)),
-                "timing": {k: v for k, v in timing.settings().items()},
+                "timing": timing.settings(),
                 "learned_schedule": _file_digest(a.get("learned_schedule", ""))
                 if "learned" in names else None,
                 **solver_settings(ctx.config)[2]}
