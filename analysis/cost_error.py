@@ -31,7 +31,10 @@ FLOPs recorded beside) and seconds per solve *as deployed* (:func:`time_deployed
 ``config.analysis.timing_batch_size`` samples whose Brownian increments are drawn on the
 solve's own grid (no fine-grid coupling), the median of ``timing_repeats`` calls after a
 warm-up (compilation excluded), each call with its own draws; the spread, batch and device
-are recorded in ``timings.json``. The coupled solves measure the error only.
+are recorded in ``timings.json``. The coupled solves measure the error only. Timed are the
+configurations a seconds path can use (:func:`timed_configurations`: each curve's envelope of
+the selection MSE against seconds predicted from the levels' seconds per call, and the
+operating point); the others keep ``seconds`` NaN and are on no seconds path.
 
 Outputs in ``DIR/cost_error/``: ``points.csv`` (one row per configuration and realisation,
 written group by group: an interrupted sweep resumes), ``timings.json``, ``envelopes.json``,
@@ -45,7 +48,7 @@ import csv
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +56,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from analysis import common, comparison, plots, quality, variance
+from analysis import common, comparison, plots, quality, speedup, variance
 from analysis.comparison import config_key, curve_name, schedule_names
 from mlem import brownian, cost, files, generation, parallel, patterns, schedules, solvers
 from mlem import ladder as ladders
@@ -255,51 +258,100 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
 
 # --- running the sweep ---------------------------------------------------------------------------
 
-def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
-              points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int,
-              solver: str = "sde", feats: quality.Features | None = None,
-              store: dict | None = None, timing: Timing | None = None) -> list[dict]:
-    """Every point with ``steps`` steps on every realisation; one row per (point, realisation),
-    each solve with the update rule ``solver`` (docs/solvers.md).
-
-    The coupled solves measure the error only. The seconds of a row are those of its
-    configuration *as deployed* (:func:`time_deployed`: its own grid's increments, the timing
-    batch, the median of repeated calls), the same on every realisation; with ``timing`` the
-    records of those timings go into ``timing.records``. With ``feats``, the features of each
-    solve's samples go into ``store`` under :func:`analysis.quality.row_id`.
-    """
-    ts, rule = coupling.grid(steps), solver
-
+def _solve_fn(ladder: ladders.Ladder, ts: np.ndarray, solver: str):
+    """``solve(point, p, (x0, path, key))`` for every kind of configuration on the grid ``ts``
+    (``path`` ``None``: increments drawn from the key on the solve's own grid)."""
     def solve(point, p, inputs):
         x0, path, key = inputs
         if point["method"] == "em":
-            return ladders.em(ladder, point["level"], x0, ts, key, path=path, solver=rule)
+            return ladders.em(ladder, point["level"], x0, ts, key, path=path, solver=solver)
         if point["method"] == "switch":
-            return ladders.switching(ladder, p, x0, ts, key, path=path, solver=rule)
+            return ladders.switching(ladder, p, x0, ts, key, path=path, solver=solver)
         if point["method"] == "pattern":
-            return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1], solver=rule)
-        return ladders.mlem(ladder, p, x0, ts, key, path=path, solver=rule)
+            return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1], solver=solver)
+        return ladders.mlem(ladder, p, x0, ts, key, path=path, solver=solver)
 
-    timing = timing or Timing()
-    seconds, compiled = {}, set()
-    for point, p in zip(points, probs):
-        solver_id = (point["method"], point["level"] if point["method"] == "em" else 0)
-        record = time_deployed(lambda inputs, point=point, p=p: solve(point, p, inputs),
-                               coupling, timing, warm_up=solver_id not in compiled)
-        compiled.add(solver_id)
-        seconds[config_key(point)] = record["seconds"]
-        timing.records["|".join(config_key(point))] = record
-    rows = []
+    return solve
+
+
+def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref: np.ndarray,
+              points: Sequence[dict], probs: Sequence[np.ndarray | None], steps: int,
+              solver: str = "sde", feats: quality.Features | None = None,
+              store: dict | None = None) -> list[dict]:
+    """Every point with ``steps`` steps on every realisation, coupled; one row per (point,
+    realisation), each solve with the update rule ``solver`` (docs/solvers.md).
+
+    The coupled solves measure the error; a row's ``seconds`` is NaN until its configuration
+    is timed as deployed (:func:`time_paths`). With ``feats``, the features of each solve's
+    samples go into ``store`` under :func:`analysis.quality.row_id`.
+    """
+    solve, rows = _solve_fn(ladder, coupling.grid(steps), solver), []
     for r in tqdm(range(ref.shape[0]), desc=f"{steps} steps x {len(points)} runs", leave=False):
         inputs = coupling.inputs(r)
         for point, p in zip(points, probs):
             x, stats = solve(point, p, inputs)
             evals = np.asarray(stats["evals"], np.float64)
-            rows.append(_row(flops, point, r, np.asarray(x, np.float64), ref[r],
-                             seconds[config_key(point)], evals, p))
+            rows.append(_row(flops, point, r, np.asarray(x, np.float64), ref[r], np.nan, evals,
+                             p))
             if feats is not None:
                 store[quality.row_id(rows[-1])] = feats.fn(np.asarray(x))
     return rows
+
+
+def predicted_seconds(rows: Sequence[dict], level_seconds: np.ndarray
+                      ) -> tuple[list[dict], np.ndarray, speedup.Sweep]:
+    """``(configs, predicted, sweep)`` of ``rows``: each configuration's seconds predicted as
+    its mean realised evaluations per level times each level's seconds per call at the timing
+    batch (what a step that evaluates it pays), and the sweep of the rows."""
+    configs, sweep_ = comparison.table(rows)
+    evals: dict[tuple, list[np.ndarray]] = {}
+    for r in rows:
+        evals.setdefault(config_key(r), []).append(
+            np.array([float(e) for e in str(r["evals"]).split(";")]))
+    predicted = []
+    for c in configs:
+        costs = level_seconds if c["method"] != "em" else \
+            level_seconds[c["level"] - 1:c["level"]]
+        predicted.append(float(np.mean(evals[config_key(c)], axis=0) @ costs))
+    return configs, np.asarray(predicted), sweep_
+
+
+def timed_configurations(rows: Sequence[dict], config: Any, level_seconds: np.ndarray,
+                         num_levels: int) -> list[dict]:
+    """The configurations :func:`time_paths` times as deployed, chosen on the *selection*
+    realisations only: on each curve, the lower envelope of the selection mean MSE against
+    the predicted seconds (:func:`predicted_seconds`), and the operating point's
+    configuration (its seconds are the budget of the error ratio). The analysis chooses each
+    method's seconds path among them, on the same realisations, with the measured seconds;
+    a configuration off every such envelope is not on any seconds path a user would run."""
+    configs, predicted, sweep_ = predicted_seconds(
+        comparison.split_rows(rows, config)[1], level_seconds)
+    error = sweep_.error.mean(1)
+    chosen = {comparison.operating_point(config, configs, sweep_, num_levels)[0]}
+    for curve in sorted(set(sweep_.curve)):
+        chosen |= set(sweep_.envelope(curve, error, predicted).index.tolist())
+    return [configs[i] for i in sorted(chosen)]
+
+
+def time_paths(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
+               rows: Sequence[dict], timing: Timing, probs_of: Callable[[dict], Any],
+               save: Callable[[], None]) -> None:
+    """Time as deployed (:func:`time_deployed`) every configuration of
+    :func:`timed_configurations` that ``timing.records`` lacks, one compilation per solver and
+    grid; ``save()`` after each grid (an interrupted run resumes)."""
+    wanted = timed_configurations(rows, ctx.config, ctx.seconds, ctx.ladder.num_levels)
+    todo = [c for c in wanted if "|".join(config_key(c)) not in timing.records]
+    solver = solver_settings(ctx.config)[0]
+    for steps in tqdm(sorted({c["steps"] for c in todo}), desc="timing as deployed"):
+        solve, compiled = _solve_fn(ladder, coupling.grid(steps), solver), set()
+        for point in (c for c in todo if c["steps"] == steps):
+            p = probs_of(point)
+            solver_id = (point["method"], point["level"] if point["method"] == "em" else 0)
+            timing.records["|".join(config_key(point))] = time_deployed(
+                lambda inputs, f=solve, point=point, p=p: f(point, p, inputs), coupling, timing,
+                warm_up=solver_id not in compiled)
+            compiled.add(solver_id)
+        save()
 
 
 @dataclasses.dataclass
@@ -448,8 +500,6 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
     todo = [p for p in points if config_key(p) not in done]
     common.save_stage(ctx.out, STAGE, settings, {"points": "points.csv"})
     write_points(path, rows)
-    if not todo:
-        return rows, 0
     ladder = ladders.on_mesh(ctx.ladder, mesh)
     coupling = Coupling(int(ctx.config.sampling.seed),
                         np.asarray(ctx.ladder.sde.time_grid(int(a.ref_steps),
@@ -459,39 +509,52 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
     ref = reference(ctx, ladder, coupling, realisations)
     pattern_path = ctx.out / STAGE / PATTERNS
     searched = json.loads(pattern_path.read_text()) if pattern_path.exists() and rows else {}
+
+    def probs_of(p: dict, search: bool = False):
+        """The probabilities of a configuration (ML-EM), its levels (switching), its
+        pattern (searched now with ``search``, else the stored one) or ``None`` (EM)."""
+        ts = coupling.grid(p["steps"])
+        if p["method"] == "em":
+            return None
+        if p["method"] == "switch":
+            return switch_levels(p, ts, ctx.ladder.num_levels)
+        p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]], ts, v, gamma,
+                                  p["top_evals"], a.get("learned_schedule", ""))
+        if p["method"] != "pattern":
+            return prob
+        if search or "pattern" not in searched.get(_pattern_id(p), {}):
+            searched[_pattern_id(p)] = search_pattern(ctx, ladder, coupling, ref, p, prob, ts)
+            write_json(pattern_path, searched)
+        return prob, np.asarray(searched[_pattern_id(p)]["pattern"], bool)
+
     for steps in tqdm(sorted({p["steps"] for p in todo}), desc="cost-error sweep"):
         group = [p for p in todo if p["steps"] == steps]
-        ts, probs = coupling.grid(steps), []
         for p in group:
-            if p["method"] in ("mlem", "pattern"):
-                p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]], ts, v, gamma,
-                                          p["top_evals"], a.get("learned_schedule", ""))
-                if p["method"] == "pattern":
-                    prob, searched[_pattern_id(p)] = search_pattern(
-                        ctx, ladder, coupling, ref, p, prob, ts)
-                    write_json(pattern_path, searched)
-                probs.append(prob)
-            else:
-                p["c"] = float("nan")
-                probs.append(switch_levels(p, ts, ctx.ladder.num_levels)
-                             if p["method"] == "switch" else None)
+            p["c"] = float("nan")
+        probs = [probs_of(p, search=True) for p in group]
         rows += run_group(ladder, ctx.flops, coupling, ref, group, probs, steps,
-                          solver_settings(ctx.config)[0], feats, store, timing)
-        write_json(timings_path, timing.records)
+                          solver_settings(ctx.config)[0], feats, store)
         if feats is not None:  # features first: a row is kept only with its features
             quality.save_row_features(features_path, rows, store)
         write_points(path, rows)
+    time_paths(ctx, ladder, coupling, rows, timing, probs_of,
+               lambda: write_json(timings_path, timing.records))
+    for r in rows:  # seconds as deployed where timed; NaN off every seconds path
+        record = timing.records.get("|".join(config_key(r)))
+        r["seconds"] = record["seconds"] if record else float("nan")
+    write_points(path, rows)
     return rows, len(todo) * realisations
 
 
 def search_pattern(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
                    ref: np.ndarray, point: dict, probs: np.ndarray, ts: np.ndarray
-                   ) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
+                   ) -> dict:
     """The paper's pattern search, honestly (docs/patterns.md): draw
     ``config.analysis.pattern_search`` fixed patterns from ``probs``, keep the one with the
     lowest mean MSE on the *selection* realisations, and measure on the *evaluation*
     realisations its MSE and its bias against EM at the top level on the same grid (a fixed
-    pattern is deterministic, so it is biased). Returns ``((probs, pattern), report)``."""
+    pattern is deterministic, so it is biased). Returns the report, the chosen pattern
+    (``(N, K)`` 0/1) under ``pattern``."""
     a = ctx.config.analysis
     evaluation = int(a.realisations)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(int(ctx.config.sampling.seed)),
@@ -520,7 +583,8 @@ def search_pattern(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupli
     report["bias_against_top_level_em"] = patterns.bias(np.concatenate(differences))
     report["expected_flops"] = float(patterns.cost(chosen, probs, ctx.flops))
     report["point"] = {k: point[k] for k in ("schedule", "top_evals", "steps")}
-    return (probs, chosen), report
+    report["pattern"] = np.asarray(chosen, int).tolist()  # (N, K) 0/1: what timing re-runs
+    return report
 
 
 def _file_digest(path: str) -> str | None:
@@ -584,7 +648,8 @@ def stage(ctx: common.Context) -> dict:
     t = timing_of(ctx.config).settings()
     summary["timing_record"] = (f"batch {t['batch_size']}, median of {t['repeats']} calls after "
                                 f"a warm-up, increments on each solve's own grid, "
-                                f"{t['backend']} ({t['device']})")
+                                f"{t['backend']} ({t['device']}); the configurations on each "
+                                f"curve's selection envelope in predicted seconds")
     if feats is not None:
         summary.update(quality_stage(ctx, rows, feats, result["best_method"]))
     return common.merge_summary(ctx.out, summary)

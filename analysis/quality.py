@@ -256,9 +256,11 @@ def _methods(configs: Sequence[dict]) -> dict[str, list[int]]:
 
 
 def _envelope(members: Sequence[int], cost: np.ndarray, chooser: np.ndarray) -> list[int]:
-    """The members, by increasing cost, whose ``chooser`` MSE is below every cheaper one's."""
+    """The members with a finite cost (a configuration off every seconds path is not timed),
+    by increasing cost, whose ``chooser`` MSE is below every cheaper one's."""
     out, best = [], np.inf
-    for i in sorted(members, key=lambda i: (cost[i], chooser[i])):
+    finite = [i for i in members if np.isfinite(cost[i])]
+    for i in sorted(finite, key=lambda i: (cost[i], chooser[i])):
         if chooser[i] < best:
             out.append(i)
             best = chooser[i]

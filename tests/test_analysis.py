@@ -315,8 +315,8 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
     rows = [r for r in rows if r["realisation"] < 3]  # the statistics use only these
     assert {r["curve"] for r in rows} == {"em", "mlem-variance-flops", "mlem-variance-time",
                                           "switch", "mlem-pattern"}
-    for r in rows:
-        assert r["seconds"] > 0 and r["expected_flops"] > 0 and r["mse"] > 0
+    for r in rows:  # seconds: timed as deployed, or NaN off every seconds path
+        assert not r["seconds"] <= 0 and r["expected_flops"] > 0 and r["mse"] > 0
         if r["method"] in ("em", "switch", "pattern"):  # deterministic cost
             assert r["flops"] == r["expected_flops"]
         if r["method"] == "switch":  # level 1 on the steps starting in the first half
@@ -370,7 +370,18 @@ def test_tiny_sweep_rows_envelopes_and_headline(tiny_results):
     assert summary["speedup_at_equal_mse"]["operating_point_mse"] == pytest.approx(
         np.mean([r["mse"] for r in top_em]))  # the target comes from the selection ones
     timings = json.loads((stage / "timings.json").read_text())  # seconds as deployed
-    assert len(timings) == len({comparison.config_key(r) for r in rows})
+    wanted = cost_error.timed_configurations(  # chosen on the selection realisations only
+        cost_error.read_points(stage / "points.csv"), ctx.config, ctx.seconds, 2)
+    assert set(timings) == {"|".join(comparison.config_key(c)) for c in wanted}
+    for r in rows:  # a row's seconds are its configuration's median, NaN when not timed
+        record = timings.get("|".join(comparison.config_key(r)))
+        assert r["seconds"] == record["seconds"] if record else np.isnan(r["seconds"])
+    speedups = json.loads((stage / "speedup.json").read_text())
+    configs_all, _ = comparison.table(cost_error.read_points(stage / "points.csv"))
+    for by_ruler in speedups["comparisons"].values():  # every seconds path is timed
+        for path in by_ruler["seconds"]["paths"].values():
+            for i in path:
+                assert "|".join(comparison.config_key(configs_all[i])) in timings
     for record in timings.values():
         assert record["batch_size"] == 4 and record["repeats"] == 3 and len(record["calls"]) == 3
         assert record["seconds_min"] <= record["seconds"] <= record["seconds_max"]
@@ -597,3 +608,32 @@ def test_pattern_search_needs_selection_realisations_and_swept_grids():
         cost_error.configurations(config, 2)
     config.analysis.pattern_search = 0  # off: no pattern points, whatever the other fields
     assert not [p for p in cost_error.configurations(config, 2) if p["method"] == "pattern"]
+
+
+def test_timed_configurations_are_the_selection_envelopes_in_predicted_seconds():
+    """Only configurations that a seconds path can use are timed: chosen on the selection
+    realisations (the evaluation ones cannot change the choice), by predicted seconds."""
+    config = _tiny_config()  # 3 evaluation + 2 selection realisations, operating point 2 steps
+
+    def rows(selection_mse, evaluation_mse=1.0):
+        out = []
+        for level, steps, mse in ((2, 1, 4.0), (2, 2, 2.0), (1, 2, 3.0), (1, 1, 5.0)):
+            for r in range(5):
+                out.append({"curve": "em", "method": "em", "level": level, "top_evals": 0.0,
+                            "switch_at": 0.0, "steps": steps, "realisation": r,
+                            "mse": selection_mse.get((level, steps), mse) if r >= 3
+                            else evaluation_mse, "seconds": np.nan, "flops": 1.0,
+                            "expected_flops": 1.0, "evals": f"{steps}"})
+        return out
+
+    key = lambda c: (c["level"], c["steps"])
+    level_seconds = np.array([1.0, 3.0])  # predicted: (2,1) 3, (2,2) 6, (1,2) 2, (1,1) 1
+    # envelope: (1,1) 1 s/5, (1,2) 2 s/3, (2,2) 6 s/2; (2,1) 3 s/4 is dominated by (1,2)
+    got = cost_error.timed_configurations(rows({}), config, level_seconds, 2)
+    assert sorted(map(key, got)) == [(1, 1), (1, 2), (2, 2)]
+    got = cost_error.timed_configurations(rows({}, evaluation_mse=9.0), config, level_seconds, 2)
+    assert sorted(map(key, got)) == [(1, 1), (1, 2), (2, 2)]  # evaluation rows change nothing
+    # the operating point (top level, 2 steps) is timed even when off the envelope
+    got = cost_error.timed_configurations(rows({(2, 2): 6.0, (2, 1): 1.0}), config,
+                                         level_seconds, 2)
+    assert sorted(map(key, got)) == [(1, 1), (1, 2), (2, 1), (2, 2)]

@@ -75,14 +75,15 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
                  * sum(flops) * samples * mlem_configs})
     searched = sum(sum(t <= n for t in a.top_evals) for n in a.get("pattern_steps", ())
                    if a.get("pattern_search", 0))
-    rows.append({"stage": "cost_error: pattern search (bound)",
-                 "flops": searched * max(a.get("pattern_steps", ()) or (0,)) * sum(flops)
-                 * a.batch_size * (a.get("pattern_search", 0) * a.get("selection_realisations", 0)
-                                   + 2 * a.realisations)})
+    if searched:
+        rows.append({"stage": "cost_error: pattern search (bound)",
+                     "flops": searched * max(a.pattern_steps) * sum(flops) * a.batch_size
+                     * (a.pattern_search * a.get("selection_realisations", 0)
+                        + 2 * a.realisations)})
     em_configs = len(flops) * len(a.em_steps)
     ml_configs = sum(sum(t <= n for t in a.top_evals) for n in a.mlem_steps) * mlem_configs
     steps = max((*a.em_steps, *a.mlem_steps))
-    rows.append({"stage": "cost_error: deployed timing (bound)",
+    rows.append({"stage": "cost_error: deployed timing (bound: every configuration)",
                  "flops": (em_configs + ml_configs) * steps * sum(flops)
                  * a.get("timing_batch_size", 64) * (1 + a.get("timing_repeats", 3))})
     return rows
