@@ -17,7 +17,7 @@ import numpy as np
 
 from analysis import speedup
 
-CONFIG_KEY = ("curve", "level", "top_evals", "switch_at", "steps")  # identifies a configuration
+CONFIG_KEY = ("curve", "level", "top", "top_evals", "switch_at", "steps")  # one configuration
 COSTS = {"flops": "expected_flops", "seconds": "seconds"}  # the two rulers and their columns
 
 
@@ -39,6 +39,29 @@ def config_key(point: dict) -> tuple:
     return tuple(f"{float(point.get(k) or 0.0):.6g}" if k in ("top_evals", "switch_at")
                  else str(point[k]) for k in CONFIG_KEY)
 
+
+
+def own_ladder_rows(rows: Sequence[dict], num_levels: int) -> list[dict]:
+    """The *own-ladder* framing ("how cheaply can I sample my best model?"): EM at every
+    level, ML-EM and switching on the whole ladder, all judged against the top level on the
+    reference grid."""
+    return [r for r in rows if r["method"] == "em" or r["top"] == num_levels]
+
+
+def oracle_rows(rows: Sequence[dict], num_levels: int) -> list[dict]:
+    """The *oracle* framing (the paper's): every configuration that uses only levels below
+    the top (EM at levels ``1…K−1``, ML-EM and switching on the prefix ladders), judged
+    against the top level on the reference grid, which is more accurate than all of them."""
+    return [r for r in rows if r["top"] < num_levels]
+
+
+def oracle_targets(config: Any) -> dict[str, float]:
+    """``config.analysis.oracle_targets``: the predeclared MSEs to the oracle, coarsest first,
+    named ``MSE <value>``; empty when the oracle framing is off."""
+    goals = sorted((float(t) for t in config.analysis.get("oracle_targets", ())), reverse=True)
+    if any(t <= 0 for t in goals) or len(set(goals)) != len(goals):
+        raise ValueError(f"config.analysis.oracle_targets: distinct positive MSEs, got {goals}")
+    return {f"MSE {t:g}": t for t in goals}
 
 
 def split_rows(rows: Sequence[dict], config: Any) -> tuple[list[dict], list[dict]]:
@@ -192,6 +215,43 @@ def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
         "curves": {c: {ruler: _curve_band(evaluation, c, ruler, min(resamples, 1000))
                        for ruler in COSTS} for c in curves},
     }
+
+
+def analyse_oracle(rows: Sequence[dict], config: Any, num_levels: int) -> dict | None:
+    """The oracle framing (:func:`oracle_rows`) at the predeclared ``oracle_targets``: for
+    every ML-EM curve and switching against EM, and every ML-EM curve against switching, in
+    FLOPs and in seconds, the cost of each method to reach each target, the speedups, and
+    the exponents of cost against the target with their difference (docs/design.md §3).
+    Each method's path (its level or prefix ladder, steps, budget) is chosen on the
+    selection realisations. ``None`` when no oracle target is declared."""
+    goals = oracle_targets(config)
+    if not goals:
+        return None
+    sub = oracle_rows(rows, num_levels)
+    if not sub or not {r["curve"] for r in sub} - {"em"}:
+        raise ValueError("config.analysis.prefix_tops: the oracle framing needs ML-EM or "
+                         "switching on a prefix ladder below the top level (e.g. prefix_tops "
+                         f"= ({num_levels - 1},))")
+    num = int(config.analysis.realisations)
+    _, sweep_ = table(sub)
+    evaluation = sweep_.columns(range(num))
+    selection = sweep_.columns(range(num, sweep_.num_realisations))
+    resamples = int(config.analysis.get("speedup_bootstrap", 2000))
+    run = lambda base, other, ruler: speedup.compare_at_targets(
+        evaluation, selection, base, other, ruler, goals, None, resamples)
+    curves = sorted(set(evaluation.curve) - {"em"})
+    comparisons = {f"{c} vs em": {ruler: run("em", c, ruler) for ruler in COSTS}
+                   for c in curves}
+    if "switch" in curves:
+        comparisons.update({f"{c} vs switch": {ruler: run("switch", c, ruler) for ruler in COSTS}
+                            for c in curves if c != "switch"})
+    return {"framing": f"oracle: methods use levels 1..{num_levels - 1} (EM one level, ML-EM "
+                       f"and switching a prefix ladder), judged against level {num_levels} on "
+                       f"the reference grid",
+            "levels": list(range(1, num_levels)), "targets": goals,
+            "num_realisations": evaluation.num_realisations,
+            "num_selection_realisations": selection.num_realisations,
+            "comparisons": comparisons}
 
 
 def _headline(stats: dict, how: str) -> dict:

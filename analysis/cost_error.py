@@ -63,8 +63,8 @@ from mlem import ladder as ladders
 from mlem import sde as sde_lib
 
 STAGE = "cost_error"
-COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top_evals", "switch_at", "c",
-           "steps", "realisation", "mse", "expected_flops", "flops", "seconds", "evals")
+COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top", "top_evals", "switch_at",
+           "c", "steps", "realisation", "mse", "expected_flops", "flops", "seconds", "evals")
 PATH_CONVENTION = "per-sample keys fold_in(fold_in(key(seed), 0), i), SamplePaths"
 PATTERNS = "patterns.json"  # the pattern search's selection reports, one per searched point
 TIMINGS = "timings.json"  # each configuration's deployed timing: median, spread, batch, device
@@ -74,25 +74,46 @@ PATTERN_STREAM = 2  # patterns of a point: fold_in(fold_in(key(seed), 2), steps)
 # --- configurations ------------------------------------------------------------------------------
 
 def configurations(config: Any, num_levels: int) -> list[dict]:
-    """Every configuration of the sweep (realisations not expanded)."""
+    """Every configuration of the sweep (realisations not expanded). ``top`` is the highest
+    level a configuration uses: EM's level; for ML-EM and switching, the top of the ladder
+    ``1…top`` they run on (:func:`ladder_tops`: the whole ladder, and the prefixes of
+    ``config.analysis.prefix_tops``). ML-EM's ``level`` is its top too; switching's is the
+    level it runs before ``switch_at``."""
     a = config.analysis
     check_grids(config)
+    tops = ladder_tops(config, num_levels)
     em = [{"curve": "em", "method": "em", "schedule": "", "cost_model": "", "level": k,
-           "top_evals": 0.0, "switch_at": 0.0, "steps": int(n)}
+           "top": k, "top_evals": 0.0, "switch_at": 0.0, "steps": int(n)}
           for k in range(1, num_levels + 1) for n in a.em_steps]
     ml = [{"curve": curve_name(s, m), "method": "mlem", "schedule": s, "cost_model": m,
-           "level": num_levels, "top_evals": float(t), "switch_at": 0.0, "steps": int(n)}
-          for s in schedule_names(config) for m in cost_model_names(config)
+           "level": top, "top": top, "top_evals": float(t), "switch_at": 0.0, "steps": int(n)}
+          for top in tops for s in schedule_names(config) for m in cost_model_names(config)
           for n in a.mlem_steps for t in a.top_evals if _swept(config, t, n)]
     switch = [{"curve": "switch", "method": "switch", "schedule": "", "cost_model": "",
-               "level": k, "top_evals": 0.0, "switch_at": float(s), "steps": int(n)}
-              for k in range(1, num_levels) for s in a.get("switch_times", ())
+               "level": k, "top": top, "top_evals": 0.0, "switch_at": float(s),
+               "steps": int(n)}
+              for top in tops for k in range(1, top) for s in a.get("switch_times", ())
               for n in a.em_steps]
     pattern = [{"curve": "mlem-pattern", "method": "pattern", "schedule": schedule_names(config)[0],
-                "cost_model": "flops", "level": num_levels, "top_evals": float(t),
-                "switch_at": 0.0, "steps": int(n)}
+                "cost_model": "flops", "level": num_levels, "top": num_levels,
+                "top_evals": float(t), "switch_at": 0.0, "steps": int(n)}
                for n in pattern_steps(config) for t in a.top_evals if _swept(config, t, n)]
     return em + ml + switch + pattern
+
+
+def ladder_tops(config: Any, num_levels: int) -> tuple[int, ...]:
+    """The tops of the ladders ML-EM and switching run on: ``config.analysis.prefix_tops``
+    (prefixes ``1…k``, each ``2 <= k < K``: the oracle framing of docs/design.md §3) and the
+    whole ladder ``K``."""
+    prefixes = tuple(int(k) for k in config.analysis.get("prefix_tops", ()))
+    if any(not 2 <= k < num_levels for k in prefixes):
+        raise ValueError(f"config.analysis.prefix_tops: prefix ladders 1..k need 2 <= k < "
+                         f"{num_levels} (the number of levels), got {prefixes}")
+    if prefixes and "learned" in schedule_names(config):
+        raise ValueError("config.analysis.prefix_tops: a learned schedule is learned for the "
+                         "whole ladder; drop 'learned' from config.analysis.schedules or the "
+                         "prefixes")
+    return tuple(sorted({*prefixes, num_levels}))
 
 
 def pattern_steps(config: Any) -> tuple[int, ...]:
@@ -260,16 +281,18 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
 
 def _solve_fn(ladder: ladders.Ladder, ts: np.ndarray, solver: str):
     """``solve(point, p, (x0, path, key))`` for every kind of configuration on the grid ``ts``
-    (``path`` ``None``: increments drawn from the key on the solve's own grid)."""
+    (``path`` ``None``: increments drawn from the key on the solve's own grid); ML-EM and
+    switching run on the ladder ``1…point["top"]``."""
     def solve(point, p, inputs):
         x0, path, key = inputs
         if point["method"] == "em":
             return ladders.em(ladder, point["level"], x0, ts, key, path=path, solver=solver)
+        sub = ladders.prefix(ladder, point["top"])
         if point["method"] == "switch":
-            return ladders.switching(ladder, p, x0, ts, key, path=path, solver=solver)
+            return ladders.switching(sub, p, x0, ts, key, path=path, solver=solver)
         if point["method"] == "pattern":
-            return ladders.mlem(ladder, p[0], x0, ts, key, path=path, draws=p[1], solver=solver)
-        return ladders.mlem(ladder, p, x0, ts, key, path=path, solver=solver)
+            return ladders.mlem(sub, p[0], x0, ts, key, path=path, draws=p[1], solver=solver)
+        return ladders.mlem(sub, p, x0, ts, key, path=path, solver=solver)
 
     return solve
 
@@ -319,18 +342,29 @@ def predicted_seconds(rows: Sequence[dict], level_seconds: np.ndarray
 def timed_configurations(rows: Sequence[dict], config: Any, level_seconds: np.ndarray,
                          num_levels: int) -> list[dict]:
     """The configurations :func:`time_paths` times as deployed, chosen on the *selection*
-    realisations only: on each curve, the lower envelope of the selection mean MSE against
+    realisations only: in each framing (own ladder; the oracle one when ``oracle_targets``
+    are declared) and on each curve, the lower envelope of the selection mean MSE against
     the predicted seconds (:func:`predicted_seconds`), and the operating point's
     configuration (its seconds are the budget of the error ratio). The analysis chooses each
     method's seconds path among them, on the same realisations, with the measured seconds;
     a configuration off every such envelope is not on any seconds path a user would run."""
-    configs, predicted, sweep_ = predicted_seconds(
-        comparison.split_rows(rows, config)[1], level_seconds)
-    error = sweep_.error.mean(1)
-    chosen = {comparison.operating_point(config, configs, sweep_, num_levels)[0]}
-    for curve in sorted(set(sweep_.curve)):
-        chosen |= set(sweep_.envelope(curve, error, predicted).index.tolist())
-    return [configs[i] for i in sorted(chosen)]
+    selection = comparison.split_rows(rows, config)[1]
+    own = comparison.own_ladder_rows(selection, num_levels)
+    configs, _, sweep_ = predicted_seconds(own, level_seconds)
+    chosen = {config_key(configs[comparison.operating_point(config, configs, sweep_,
+                                                            num_levels)[0]])}
+    framings = [own]
+    if comparison.oracle_targets(config):
+        framings.append(comparison.oracle_rows(selection, num_levels))
+    by_key = {}
+    for framing in framings:
+        configs, predicted, sweep_ = predicted_seconds(framing, level_seconds)
+        by_key.update({config_key(c): c for c in configs})
+        error = sweep_.error.mean(1)
+        for curve in sorted(set(sweep_.curve)):
+            chosen |= {config_key(configs[i])
+                       for i in sweep_.envelope(curve, error, predicted).index}
+    return [by_key[k] for k in sorted(chosen)]
 
 
 def time_paths(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
@@ -406,17 +440,26 @@ def time_deployed(solve, coupling: Coupling, timing: Timing, warm_up: bool = Tru
 def _row(flops, point, realisation, x, ref, seconds, evals, probs) -> dict:
     """One row of ``points.csv``; ``probs``: ML-EM's ``(N, K)`` probabilities, a switching
     point's ``(N,)`` levels, a searched pattern's ``(probs, pattern)``, or ``None`` (EM)."""
-    costs = flops if point["method"] != "em" else flops[point["level"] - 1:point["level"]]
+    costs = flops[:point["top"]] if point["method"] != "em" else \
+        flops[point["level"] - 1:point["level"]]
     if point["method"] == "em":
         expected = point["steps"] * costs[0]
     elif point["method"] in ("switch", "pattern"):  # deterministic: what it evaluates
         expected = float(evals @ costs)
     else:
-        expected = cost.expected_cost(probs, flops)
+        expected = cost.expected_cost(probs, costs)
     return {**{k: point[k] for k in COLUMNS if k in point}, "realisation": realisation,
             "mse": float(np.mean((x - ref) ** 2)), "expected_flops": float(expected),
             "flops": float(evals @ costs), "seconds": float(seconds),
             "evals": ";".join(f"{e:g}" for e in evals)}
+
+
+def prefix_variances(variances: dict | None, top: int) -> dict | None:
+    """The variances record of the ladder ``1…top``: ``V_k`` of its levels (``V_k`` depends
+    only on levels ``k−1`` and ``k``)."""
+    if variances is None:
+        return None
+    return {**variances, "variances": np.asarray(variances["variances"])[:, :top].tolist()}
 
 
 def level_costs(ctx: common.Context, cost_model: str) -> np.ndarray:
@@ -478,6 +521,7 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
                 "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},
                 "variances": common.digest(v) if v else None, "gamma": gamma,
                 "paths": PATH_CONVENTION, "pattern_search": int(a.get("pattern_search", 0)),
+                "ladder_tops": list(ladder_tops(ctx.config, ctx.ladder.num_levels)),
                 "timing": timing.settings(),
                 "learned_schedule": _file_digest(a.get("learned_schedule", ""))
                 if "learned" in names else None,
@@ -517,9 +561,10 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
         if p["method"] == "em":
             return None
         if p["method"] == "switch":
-            return switch_levels(p, ts, ctx.ladder.num_levels)
-        p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]], ts, v, gamma,
-                                  p["top_evals"], a.get("learned_schedule", ""))
+            return switch_levels(p, ts, p["top"])
+        p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]][:p["top"]], ts,
+                                  prefix_variances(v, p["top"]), gamma, p["top_evals"],
+                                  a.get("learned_schedule", ""))
         if p["method"] != "pattern":
             return prob
         if search or "pattern" not in searched.get(_pattern_id(p), {}):
@@ -617,7 +662,7 @@ def read_points(path: Path) -> list[dict]:
     with path.open() as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        for k in ("level", "steps", "realisation"):
+        for k in ("level", "top", "steps", "realisation"):
             r[k] = int(r[k])
         r["switch_at"] = r.get("switch_at") or 0.0  # files written before switching existed
         for k in ("top_evals", "switch_at", "c", "mse", "expected_flops", "flops", "seconds"):
@@ -634,7 +679,8 @@ def stage(ctx: common.Context) -> dict:
     """Sweep (resuming), then the statistics and figures (with KID and FD when
     ``config.analysis.quality`` names features); merge the summary and return it."""
     feats = quality.features_for(ctx)
-    rows, computed = sweep(ctx, feats)
+    all_rows, computed = sweep(ctx, feats)
+    rows = comparison.own_ladder_rows(all_rows, ctx.ladder.num_levels)
     result = common.jsonable(comparison.analyse(rows, ctx.config, ctx.ladder.num_levels))
     stage_dir, envs = ctx.out / STAGE, result.pop("envelopes")
     (stage_dir / "envelopes.json").write_text(json.dumps(envs, indent=1) + "\n")
@@ -642,6 +688,11 @@ def stage(ctx: common.Context) -> dict:
     plots.cost_error(*comparison.table(comparison.split_rows(rows, ctx.config)[0]), envs,
                      result, stage_dir)
     summary = {k: v for k, v in result.items() if k not in ("curves", "comparisons")}
+    oracle = comparison.analyse_oracle(all_rows, ctx.config, ctx.ladder.num_levels)
+    if oracle is not None:  # the paper's framing: prefix ladders against the oracle
+        (stage_dir / "oracle.json").write_text(json.dumps(common.jsonable(oracle), indent=1)
+                                               + "\n")
+        summary["oracle"] = common.jsonable(oracle_summary(oracle))
     if (stage_dir / PATTERNS).exists():  # selection vs evaluation MSE, bias of the chosen
         summary["pattern_search"] = json.loads((stage_dir / PATTERNS).read_text())
     summary["cost_error_runs_computed_last_call"] = computed
@@ -653,6 +704,18 @@ def stage(ctx: common.Context) -> dict:
     if feats is not None:
         summary.update(quality_stage(ctx, rows, feats, result["best_method"]))
     return common.merge_summary(ctx.out, summary)
+
+
+def oracle_summary(oracle: dict) -> dict:
+    """The summary fields of the oracle framing: per comparison and ruler, each target's
+    costs and speedup, and the exponents (``oracle.json`` keeps the paths)."""
+    out = {k: oracle[k] for k in ("framing", "levels", "targets", "num_realisations",
+                                  "num_selection_realisations")}
+    out["comparisons"] = {
+        name: {ruler: {"targets": c["targets"], "exponents": c.get("exponents")}
+               for ruler, c in by_ruler.items()}
+        for name, by_ruler in oracle["comparisons"].items()}
+    return out
 
 
 def quality_stage(ctx: common.Context, rows: Sequence[dict], feats: quality.Features,

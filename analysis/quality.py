@@ -268,7 +268,7 @@ def _envelope(members: Sequence[int], cost: np.ndarray, chooser: np.ndarray) -> 
 
 
 def _describe(config: Mapping) -> dict:
-    return {k: config[k] for k in ("curve", "level", "steps", "top_evals", "switch_at")}
+    return {k: config[k] for k in ("curve", "level", "top", "steps", "top_evals", "switch_at")}
 
 
 def _best_against_em(methods: dict, best: str, configs: Sequence[dict], units, feats: Features,

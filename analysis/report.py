@@ -23,9 +23,9 @@ from mlem import cli as mlem_cli
 
 
 def fmt(value, digits: int = 3) -> str:
-    """A number with `digits` significant digits; "∞" for +inf; "n/a" for a missing or NaN one."""
-    if isinstance(value, float) and value == float("inf"):
-        return "∞"
+    """A number with `digits` significant digits; "∞" and "−∞"; "n/a" for a missing or NaN one."""
+    if isinstance(value, float) and abs(value) == float("inf"):
+        return "∞" if value > 0 else "−∞"
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "n/a"
     return f"{value:.{digits}g}"
@@ -179,7 +179,44 @@ def image_rows(d: Path) -> list[str]:
             cells = [f"{fmt_value(c['targets'][n]['speedup']['value'], '×')} "
                      f"{fmt_ci(c['targets'][n]['speedup']['ci'])}" for n in names]
             lines.append(f"| {curve} | {ruler} | " + " | ".join(cells) + " |")
-    return [*lines, "", wallclock_sentence(s)]
+    lines += ["", wallclock_sentence(s)]
+    if s.get("oracle"):
+        lines += ["", *oracle_rows(s["oracle"], s.get("gamma"))]
+    return lines
+
+
+def oracle_rows(o: dict, gamma: float | None) -> list[str]:
+    """The oracle framing's cost-to-ε table (per comparison and ruler: both methods' costs to
+    reach each predeclared MSE and the speedup, with intervals and failures) and the
+    exponents of cost against ε beside ``1 + γ`` and ``γ``."""
+    lines = [f"Oracle framing ({o['framing']}; {o['num_realisations']} evaluation and "
+             f"{o['num_selection_realisations']} selection realisations; each method's "
+             f"configurations chosen on the selection ones):", "",
+             "| comparison | ruler | target MSE | cost (base) [95% CI] | cost (other) [95% CI] "
+             "| speedup [95% CI] | not reached |", "|---|---|---:|---|---|---|---|"]
+    exps = []
+    for name, by_ruler in o["comparisons"].items():
+        base, other = name.split(" vs ")[1], name.split(" vs ")[0]
+        for ruler, c in by_ruler.items():
+            for t in c["targets"].values():
+                lines.append(
+                    f"| {name} | {ruler} | {fmt(t['target_error'])} | "
+                    f"{fmt_value(t['cost_base']['value'])} {fmt_ci(t['cost_base']['ci'])} | "
+                    f"{fmt_value(t['cost_other']['value'])} {fmt_ci(t['cost_other']['ci'])} | "
+                    f"{fmt_value(t['speedup']['value'], '×')} {fmt_ci(t['speedup']['ci'])} | "
+                    f"{fmt_failures(t['not_reached'], base, other)} |")
+            if c.get("exponents"):
+                e = c["exponents"]
+                exps.append(f"| {name} | {ruler} | {fmt_value(e['base']['value'])} "
+                            f"{fmt_ci(e['base']['ci'])} | {fmt_value(e['other']['value'])} "
+                            f"{fmt_ci(e['other']['ci'])} | {fmt_value(e['difference']['value'])} "
+                            f"{fmt_ci(e['difference']['ci'])} |")
+    if exps:
+        lines += ["", f"Exponents a of cost ∝ ε^-a over the targets (the paper: 1 + γ for EM, "
+                      f"γ for ML-EM; γ = {fmt(gamma)} from analysis.fit_gamma):", "",
+                  "| comparison | ruler | base | other | base − other |",
+                  "|---|---|---|---|---|", *exps]
+    return lines
 
 
 def quality_rows(s: dict) -> list[str]:

@@ -319,6 +319,35 @@ def estimate(point: float, resampled: np.ndarray, num_units: int) -> dict:
             "interval": INTERVAL}
 
 
+def signed_estimate(point: float, resampled: np.ndarray, num_units: int) -> dict:
+    """A reported value that may be negative (an exponent, a difference of exponents):
+    ``value`` (``None`` unless finite) and the expanded percentile ``ci`` of the resamples, an
+    undefined (NaN) resample counting as ``-inf`` at the lower end and ``+inf`` at the upper
+    end (a failure widens the interval, never drops out)."""
+    resampled = np.asarray(resampled, np.float64)
+    lo_q, hi_q = expanded_levels(num_units)
+    lo = np.quantile(np.where(np.isnan(resampled), -np.inf, resampled), lo_q, method="lower")
+    hi = np.quantile(np.where(np.isnan(resampled), np.inf, resampled), hi_q, method="higher")
+    return {"value": float(point) if np.isfinite(point) else None,
+            "ci": [float(lo), float(hi)],
+            "undefined_fraction": float(np.mean(np.isnan(resampled))), "interval": INTERVAL}
+
+
+def cost_exponent(costs: np.ndarray, targets: Sequence[float]) -> np.ndarray:
+    """``(B,)`` exponents ``a`` of ``cost ∝ target^-a``: minus the least-squares slope of
+    ``log cost`` against ``log target`` over the targets, for ``(B, T)`` costs to reach each
+    target; NaN where a target is not reached (a failure) or there are fewer than 2 targets."""
+    costs = np.atleast_2d(np.asarray(costs, np.float64))
+    x = np.log(np.asarray(targets, np.float64))
+    if x.size < 2:
+        return np.full(costs.shape[0], np.nan)
+    x = x - x.mean()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log(costs)
+        slope = ((y - y.mean(1, keepdims=True)) @ x) / (x @ x)
+    return np.where(np.isfinite(costs).all(1) & (costs > 0).all(1), -slope, np.nan)
+
+
 # --- comparing two methods at targets ---------------------------------------------------------
 
 
@@ -333,7 +362,9 @@ def compare_at_targets(evaluation: Sweep, selection: Sweep, base: str, other: st
     read. Returns, per target: ``speedup`` (:func:`estimate`), ``cost_base`` and
     ``cost_other`` (:func:`estimate`, the cost to reach it), the fraction of resamples on
     which each method fails (``not_reached``); with ``budget``, ``error_ratio_at_budget``; and
-    the two paths (configuration indices chosen on the selection realisations).
+    the two paths (configuration indices chosen on the selection realisations); with two
+    targets or more, ``exponents``: each method's :func:`cost_exponent` over the targets and
+    their difference ``base − other`` (:func:`signed_estimate`).
     """
     if selection.num_realisations < 1:
         raise ValueError("compare_at_targets: need selection realisations to choose paths on")
@@ -354,8 +385,11 @@ def compare_at_targets(evaluation: Sweep, selection: Sweep, base: str, other: st
                  "num_realisations": units,
                  "num_selection_realisations": selection.num_realisations,
                  "num_resamples": num_resamples}
+    reach = {"base": [], "other": []}
     for name, target in targets.items():
         reach_b, reach_o = cost_to_reach(cb, eb, target), cost_to_reach(co, eo, target)
+        reach["base"].append(reach_b)
+        reach["other"].append(reach_o)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = reach_b / reach_o
         out["targets"][name] = {
@@ -365,6 +399,13 @@ def compare_at_targets(evaluation: Sweep, selection: Sweep, base: str, other: st
             "cost_other": estimate(reach_o[0], reach_o[1:], units),
             "not_reached": {"base": float(np.mean(np.isinf(reach_b[1:]))),
                             "other": float(np.mean(np.isinf(reach_o[1:])))}}
+    if len(targets) >= 2:
+        goals = list(targets.values())
+        a_b, a_o = (cost_exponent(np.stack(reach[k], 1), goals) for k in ("base", "other"))
+        out["exponents"] = {"base": signed_estimate(a_b[0], a_b[1:], units),
+                            "other": signed_estimate(a_o[0], a_o[1:], units),
+                            "difference": signed_estimate(a_b[0] - a_o[0], a_b[1:] - a_o[1:],
+                                                          units)}
     if budget is not None:
         err_b, err_o = error_at_cost(cb, eb, budget), error_at_cost(co, eo, budget)
         with np.errstate(divide="ignore", invalid="ignore"):

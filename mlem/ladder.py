@@ -99,6 +99,19 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
 
 
 @functools.cache
+def prefix(ladder: Ladder, top: int) -> Ladder:
+    """The ladder of levels ``1…top`` (the whole ladder itself when ``top`` is ``K``; one
+    object per pair, so compiled solvers are reused)."""
+    if not 1 <= top <= ladder.num_levels:
+        raise ValueError(f"top: must be in 1..{ladder.num_levels}, got {top}")
+    if top == ladder.num_levels:
+        return ladder
+    return dataclasses.replace(
+        ladder, names=ladder.names[:top], models=ladder.models[:top],
+        params=ladder.params[:top], steps=ladder.steps[:top], digests=ladder.digests[:top])
+
+
+@functools.cache
 def on_mesh(ladder: Ladder, mesh: Mesh) -> Ladder:
     """The ladder with its parameters on every device of ``mesh`` (itself on one device;
     one object per pair, so compiled solvers are reused)."""

@@ -31,12 +31,12 @@ def _rows(realisations=4):
     for r in range(realisations + 2):
         w = wobble[r] if r < realisations else wobble[0 if r == realisations else -1]
         for steps, m in zip((8, 16, 32, 64), (1e-1, 1e-2, 1e-3, 1e-4)):
-            rows.append({"curve": "em", "method": "em", "level": 2, "top_evals": 0.0, "c": np.nan,
-                         "steps": steps, "realisation": r, "mse": m,
+            rows.append({"curve": "em", "method": "em", "level": 2, "top": 2, "top_evals": 0.0,
+                         "c": np.nan, "steps": steps, "realisation": r, "mse": m,
                          "expected_flops": a * m**-1.5, "flops": a * m**-1.5,
                          "seconds": 1e-9 * a * m**-1.5})
         for steps, m in zip((4, 8, 16, 32), (3e-2, 3e-3, 3e-4, 3e-5)):
-            rows.append({"curve": "mlem-variance-flops", "method": "mlem", "level": 2,
+            rows.append({"curve": "mlem-variance-flops", "method": "mlem", "level": 2, "top": 2,
                          "top_evals": 1.0, "c": 1.0, "steps": steps, "realisation": r,
                          "mse": m * w, "expected_flops": b * m**-1.0,
                          "flops": b * m**-1.0 / w, "seconds": 2e-9 * b * m**-1.0})
@@ -479,7 +479,7 @@ def test_tiny_sweep_keeps_features_of_every_solve_and_reports_kid(tiny_results):
     em = summary["kid_at_operating_cost"]["em-level2"]  # the operating point itself: 2 steps
     assert em["steps"] == 2 and em["flops"] == pytest.approx(2 * ctx.flops[-1])
     # the features of that point's evaluation realisations give its KID
-    f = [store[quality.row_id({"curve": "em", "level": 2, "top_evals": 0, "switch_at": 0,
+    f = [store[quality.row_id({"curve": "em", "level": 2, "top": 2, "top_evals": 0, "switch_at": 0,
                                "steps": 2, "realisation": r})] for r in range(3)]
     data = quality.features_for(ctx).data
     assert em["kid"]["value"] == pytest.approx(mlem_quality.kid(np.concatenate(f), data, 50,
@@ -493,7 +493,7 @@ def test_tiny_sweep_recomputes_a_solve_whose_features_are_missing(tiny_results):
     ctx, summary = tiny_results
     path = ctx.out / "cost_error" / quality.FEATURES_FILE
     store = quality.load_row_features(path)
-    dropped = "|".join(comparison.config_key({"curve": "em", "level": 1, "top_evals": 0,
+    dropped = "|".join(comparison.config_key({"curve": "em", "level": 1, "top": 1, "top_evals": 0,
                                               "switch_at": 0, "steps": 1})) + "|r4"
     np.savez(path, **{k: v for k, v in store.items() if k != dropped})
     again = cost_error.stage(ctx)
@@ -558,7 +558,8 @@ def _quality_rows(shift_b: float):
               ("mlem-variance-flops", "mlem", 2, 16, 2.0, 3.5e6, (5e-3, 1e-3))]
     for curve, method, level, steps, top, flops, (mse_eval, mse_select) in points:
         for r in range(6):
-            row = {"curve": curve, "method": method, "level": level, "top_evals": top,
+            row = {"curve": curve, "method": method, "level": level, "top": level,
+                   "top_evals": top,
                    "switch_at": 0.0, "steps": steps, "realisation": r, "c": 1.0,
                    "mse": mse_eval if r < 4 else mse_select, "expected_flops": flops,
                    "flops": flops, "seconds": flops * 1e-9}
@@ -619,7 +620,8 @@ def test_timed_configurations_are_the_selection_envelopes_in_predicted_seconds()
         out = []
         for level, steps, mse in ((2, 1, 4.0), (2, 2, 2.0), (1, 2, 3.0), (1, 1, 5.0)):
             for r in range(5):
-                out.append({"curve": "em", "method": "em", "level": level, "top_evals": 0.0,
+                out.append({"curve": "em", "method": "em", "level": level, "top": level,
+                            "top_evals": 0.0,
                             "switch_at": 0.0, "steps": steps, "realisation": r,
                             "mse": selection_mse.get((level, steps), mse) if r >= 3
                             else evaluation_mse, "seconds": np.nan, "flops": 1.0,
@@ -637,3 +639,87 @@ def test_timed_configurations_are_the_selection_envelopes_in_predicted_seconds()
     got = cost_error.timed_configurations(rows({(2, 2): 6.0, (2, 1): 1.0}), config,
                                          level_seconds, 2)
     assert sorted(map(key, got)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+def test_prefix_ladders_are_swept_for_ml_em_and_switching():
+    from configs import mnist_sample
+
+    config = mnist_sample.get_config()
+    config.analysis.prefix_tops = (2, 3)
+    points = cost_error.configurations(config, 4)
+    ml = {(p["top"], p["level"]) for p in points if p["method"] == "mlem"}
+    assert ml == {(2, 2), (3, 3), (4, 4)}  # ML-EM's level is its ladder's top
+    switch = {(p["level"], p["top"]) for p in points if p["method"] == "switch"}
+    assert switch == {(1, 2), (1, 3), (2, 3), (1, 4), (2, 4), (3, 4)}
+    assert all(p["top"] == p["level"] for p in points if p["method"] == "em")
+    assert len({comparison.config_key(p) for p in points}) == len(points)
+    config.analysis.prefix_tops = (1,)  # a one-level "ladder" is EM
+    with pytest.raises(ValueError, match="prefix_tops: prefix ladders 1..k need 2 <= k < 4"):
+        cost_error.configurations(config, 4)
+    variances = {"bin_edges": [0.0, 1.0], "variances": [[4.0, 3.0, 2.0, 1.0]]}
+    assert cost_error.prefix_variances(variances, 2)["variances"] == [[4.0, 3.0]]
+
+
+def test_oracle_framing_uses_only_the_levels_below_the_oracle():
+    """EM at levels 1–3 costs ε^-1.5, ML-EM on the prefix 1–3 ε^-1.0; an ML-EM on the whole
+    ladder (it uses the oracle's own level) that would win everywhere is not in this framing."""
+    config = _tiny_config()
+    config.analysis.realisations, config.analysis.selection_realisations = 6, 3
+    config.analysis.oracle_targets = (1e-3, 3e-4, 1e-4)
+    config.analysis.speedup_bootstrap = 200
+    rng = np.random.default_rng(0)
+    rows = []
+    for r in range(9):
+        wobble = np.exp(0.05 * rng.standard_normal())
+        for level, floor in ((1, 3e-3), (2, 3e-4), (3, 3e-5)):  # the network error falls
+            for steps in (8, 16, 32, 64, 128):
+                m = floor + 0.05 / steps**1.5
+                rows.append({"curve": "em", "method": "em", "level": level, "top": level,
+                             "top_evals": 0.0, "switch_at": 0.0, "steps": steps,
+                             "realisation": r, "c": np.nan, "mse": m * wobble,
+                             "expected_flops": 10.0**level * steps, "flops": 10.0**level * steps,
+                             "seconds": 1e-3 * 10.0**level * steps, "evals": f"{steps}"})
+        for top, steps in ((3, s) for s in (8, 16, 32, 64, 128)):
+            for t in (1.0, 4.0):
+                m = 3e-5 + 0.05 / steps**1.5 / t
+                rows.append({"curve": "mlem-variance-flops", "method": "mlem", "level": top,
+                             "top": top, "top_evals": t, "switch_at": 0.0, "steps": steps,
+                             "realisation": r, "c": 1.0, "mse": m * wobble,
+                             "expected_flops": 50.0 * steps + 1e3 * t,
+                             "flops": 50.0 * steps + 1e3 * t,
+                             "seconds": 1e-3 * (50.0 * steps + 1e3 * t), "evals": "1;1;1"})
+        rows.append({"curve": "mlem-variance-flops", "method": "mlem", "level": 4, "top": 4,
+                     "top_evals": 1.0, "switch_at": 0.0, "steps": 8, "realisation": r,
+                     "c": 1.0, "mse": 1e-9, "expected_flops": 1.0, "flops": 1.0,
+                     "seconds": 1e-3, "evals": "1;1;1;1"})
+    out = comparison.analyse_oracle(rows, config, 4)
+    assert list(out["targets"]) == ["MSE 0.001", "MSE 0.0003", "MSE 0.0001"]
+    assert out["levels"] == [1, 2, 3] and set(out["comparisons"]) == {"mlem-variance-flops vs em"}
+    flops = out["comparisons"]["mlem-variance-flops vs em"]["flops"]
+    configs, _ = comparison.table(comparison.oracle_rows(rows, 4))
+    assert all(configs[i]["top"] < 4 for path in flops["paths"].values() for i in path)
+    for t in flops["targets"].values():  # reached by both, ML-EM cheaper at the finer targets
+        assert t["not_reached"] == {"base": 0.0, "other": 0.0}
+    assert flops["targets"]["MSE 0.0001"]["speedup"]["value"] > 1
+    assert flops["exponents"]["difference"]["value"] > 0
+    from analysis import report
+
+    printed = report.oracle_rows(common.jsonable(out), 0.5)
+    assert sum(line.startswith("| mlem-variance-flops vs em | flops | ") for line in printed) == 4
+    assert "γ = 0.5" in "\n".join(printed)  # 3 targets + the exponents' row
+    config.analysis.oracle_targets = ()
+    assert comparison.analyse_oracle(rows, config, 4) is None
+
+
+def test_prefix_ladder_is_the_first_levels(tiny_results):
+    from mlem import ladder as ladders
+
+    ctx, _ = tiny_results
+    ladder = ctx.ladder
+    assert ladders.prefix(ladder, 2) is ladder and ladders.prefix(ladder, 1) is \
+        ladders.prefix(ladder, 1)  # one object per pair: compiled solvers are reused
+    sub = ladders.prefix(ladder, 1)
+    assert sub.num_levels == 1 and sub.names == ladder.names[:1]
+    assert sub.params[0] is ladder.params[0] and sub.digests == ladder.digests[:1]
+    with pytest.raises(ValueError, match="top: must be in 1..2"):
+        ladders.prefix(ladder, 3)

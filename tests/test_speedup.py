@@ -149,3 +149,37 @@ def test_coverage_benchmark_meets_its_targets():
 
     record = coverage.run(repetitions=1000, resamples=2000, realisations=8, selection=8)
     assert coverage.meets_targets(record), coverage.table(record)
+
+
+def test_cost_exponent_recovers_a_power_law_and_fails_on_an_unreached_target():
+    targets = np.array([1e-1, 3e-2, 1e-2, 3e-3])
+    costs = np.vstack([targets**-1.5, 7.0 * targets**-2.0, targets**-1.5])
+    costs[2, 3] = np.inf  # the last target not reached: a failure, never a slope of the rest
+    got = speedup.cost_exponent(costs, targets)
+    np.testing.assert_allclose(got[:2], [1.5, 2.0])
+    assert np.isnan(got[2])
+    assert np.isnan(speedup.cost_exponent(costs[:, :1], targets[:1])).all()  # one target
+    est = speedup.signed_estimate(-0.5, np.array([-1.0, -0.5, np.nan, 0.2] * 10), 8)
+    assert est["value"] == -0.5 and est["undefined_fraction"] == 0.25
+    assert est["ci"] == [-np.inf, np.inf]  # failures widen the interval both ways
+
+
+def test_compare_at_targets_measures_the_exponents_and_their_difference():
+    """EM's cost ∝ ε^-1.5 and the other's ∝ ε^-1.0 (the paper's γ+1 against γ, γ = 0.5)."""
+    rng = np.random.default_rng(5)
+    m = np.geomspace(1e-4, 1e-1, 8)
+    common = rng.standard_normal(16)
+    noisy = lambda s: m[:, None] * np.exp(s * (0.7 * common + 0.7 * rng.standard_normal(
+        (m.size, 16))) - s**2 / 2)
+    sweep = speedup.Sweep(np.array(["em"] * 8 + ["mlem"] * 8),
+                          np.vstack([noisy(0.05), noisy(0.05)]),
+                          {"flops": np.concatenate([m**-1.5, 3.0 * m**-1.0])})
+    ev, sel = sweep.columns(range(8)), sweep.columns(range(8, 16))
+    goals = {f"t{i}": t for i, t in enumerate((3e-2, 1e-2, 3e-3, 1e-3))}
+    out = speedup.compare_at_targets(ev, sel, "em", "mlem", "flops", goals, num_resamples=400)
+    e = out["exponents"]
+    for name, want in (("base", 1.5), ("other", 1.0), ("difference", 0.5)):
+        assert e[name]["value"] == pytest.approx(want, abs=0.05)
+        assert e[name]["ci"][0] <= want <= e[name]["ci"][1]
+    assert "exponents" not in speedup.compare_at_targets(ev, sel, "em", "mlem", "flops",
+                                                         {"t": 1e-2}, num_resamples=50)
