@@ -22,10 +22,13 @@ readable step, which the caller records.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from mlem import parallel
+from mlem import cli, parallel
 from mlem.files import read_json
 
 CONFIG_FILE = "config.json"
@@ -170,34 +173,93 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any | None = None, *,
     A step whose files are corrupt or missing raises :class:`UnreadableCheckpointError`
     unless ``allow_older``, which falls back to the previous step with one warning; with
     ``quarantine`` the unreadable step is moved to ``<workdir>/corrupt_checkpoints/<step>``.
-    If steps exist but none restores, raises :class:`CheckpointNotFoundError`.
+    If steps exist but none restores, raises :class:`CheckpointNotFoundError`. The messages
+    quote the library's error in one line (:func:`mlem.cli.quote`; the whole chain is the
+    exception's cause), and a failed attempt leaves no read running
+    (:func:`_finishing_event_loops`).
     """
     steps = sorted(manager.all_steps(), reverse=True)
-    for step in steps:
+    newest_reason = ""
+    for older, step in zip([*steps[1:], None], steps):
         try:
-            abstract = _abstract(target) if target is not None else _saved_abstract(manager, step)
-            return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            with _finishing_event_loops():
+                abstract = (_abstract(target) if target is not None
+                            else _saved_abstract(manager, step))
+                return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
-            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+            reason = cli.quote(err)
+            newest_reason = newest_reason or f"step {step}: {reason}"
             where = Path(manager.directory) / str(step)
             if not allow_older:
                 raise UnreadableCheckpointError(
                     f"the newest checkpoint, step {step} ({where}), cannot be restored "
                     f"({reason}); rerun its python -m train command (it moves the file aside "
                     f"and recomputes the step), or pass --allow_older_checkpoints to use the "
-                    f"newest readable older step (the step used is recorded)") from None
+                    f"newest readable older step (the step used is recorded)") from err
             moved = f"; moved it to {_move_aside(manager, step)}" if quarantine else ""
-            log.warning("checkpoint step %d in %s cannot be restored (%s)%s; falling back to "
-                        "the previous one", step, manager.directory, reason, moved)
+            if older is not None:  # (after the oldest, the error below says it all)
+                log.warning("checkpoint step %d in %s cannot be restored (%s)%s; falling back "
+                            "to step %d", step, manager.directory, reason, moved, older)
     if steps:
         workdir = Path(manager.directory).parent
         fix = (f"they were moved to {workdir / CORRUPT_DIR}; rerun with --restart to train "
                f"from step 0 (the earlier history is kept in {workdir / PREVIOUS_DIR})"
                if quarantine else "retrain the level")
         raise CheckpointNotFoundError(
-            f"none of the checkpoints {sorted(steps)} in {manager.directory} can be restored; "
-            f"{fix}, or use another --workdir")
+            f"none of the checkpoints {sorted(steps)} in {manager.directory} can be restored "
+            f"({newest_reason}); {fix}, or use another --workdir")
     return None
+
+
+# --- restoring without leftovers ----------------------------------------------------------
+
+_FINISH_SECONDS = 60.0  # for the reads a failed restore left running; then they are cancelled
+
+
+@contextlib.contextmanager
+def _finishing_event_loops() -> Iterator[None]:
+    """Inside, every new asyncio event loop finishes its pending tasks before it closes.
+
+    orbax runs a restore as ``loop.run_until_complete(<gather of one read per array>)`` on a
+    new loop and then closes it (``orbax.checkpoint._src.asyncio_utils``). When one read of
+    a damaged checkpoint fails, the gather raises at once and the loop is closed with the
+    other reads still pending (hundreds): their tensorstore futures call back into the closed
+    loop (``RuntimeError: Event loop is closed``), and their suspended coroutines are
+    finalised when garbage collected, at exit at the latest, where orbax's ``except
+    BaseException: raise Exception(<TensorStore repr>)`` turns each ``GeneratorExit`` into a
+    many-line traceback. Finished before the loop closes, they leave nothing behind.
+    """
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_FinishingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
+class _FinishingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose ``close()`` first runs the tasks still pending on it to the end."""
+
+    def close(self) -> None:
+        if not (self.is_closed() or self.is_running()):
+            while pending := asyncio.all_tasks(self):
+                self.run_until_complete(_finish(pending))
+            self.run_until_complete(self.shutdown_asyncgens())
+        super().close()
+
+
+class _FinishingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _FinishingLoop()
+
+
+async def _finish(tasks: set[asyncio.Task]) -> None:
+    """Wait for ``tasks`` (cancelling those still running after ``_FINISH_SECONDS``) and
+    retrieve their exceptions, so that none is logged as never retrieved."""
+    _, late = await asyncio.wait(tasks, timeout=_FINISH_SECONDS)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _abstract(target: Any) -> Any:

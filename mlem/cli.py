@@ -1,16 +1,17 @@
 """Shared pieces of the command-line entry points: bad input ends in one ``error:`` line.
 
-The checkpoint library is noisy when it fails. When orbax gives up on a corrupt checkpoint,
-the tensorstore reads it had in flight complete later on tensorstore's own threads and try
-to hand their results to the already closed asyncio loop: each one prints a
-``RuntimeError: Event loop is closed`` traceback through ``sys.unraisablehook`` (hundreds per
-failed restore, often after the ``error:`` line), and the abandoned asyncio tasks log "Task
-exception was never retrieved" with a traceback when they are garbage collected, at exit at
-the latest. A failed async save (a full disk) has orbax log the same traceback three or four
-times, from its save threads and again when the error reaches our code.
-:func:`quiet_background_errors` turns that into at most one warning line plus one line per
-orbax log record, and :func:`fail` makes sure that nothing of it is printed after the
-``error:`` line.
+:func:`fail` prints that line (with ``--verbosity=1``, after the traceback of the exception
+being handled and its whole chain of causes); :func:`quote` is how the line quotes a library
+exception: its type and first line.
+
+The checkpoint library can be noisy when it fails. A failed restore leaves nothing behind
+any more (:mod:`mlem.checkpoint` finishes the reads still in flight before orbax closes
+their event loop; abandoned, they called back into the closed loop and were finalised at
+exit, hundreds of tracebacks after the ``error:`` line). A failed async save (a full disk)
+still has orbax log the same traceback three or four times, from its save threads and again
+when the error reaches our code. :func:`quiet_background_errors` turns such noise into at
+most one warning line plus one line per orbax log record, and :func:`fail` makes sure that
+nothing of it is printed after the ``error:`` line.
 """
 
 from __future__ import annotations
@@ -42,16 +43,21 @@ _state = {"installed": False, "quiet": False, "warned": False, "failed": False,
 def fail(message: object) -> None:
     """Print ``error: <message>`` on one line to stderr and exit with status 1.
 
+    Called while an exception is handled, ``--verbosity=1`` (absl verbosity >= 1) logs its
+    traceback first, with every cause and context.
+
     Noise from the checkpoint library's background threads that would arrive after this
     line (closed-loop tracebacks, orbax and asyncio log records, whatever ``--verbosity``)
-    is dropped, so the error line stays the last one (the tensorstore reads of a failed
-    restore keep calling back for a while, at exit too). That is done with the hooks of
+    is dropped, so the error line stays the last one (a safety net: a failed restore leaves
+    nothing running, see the module docstring). That is done with the hooks of
     :func:`quiet_background_errors` rather than by closing stderr or ``os._exit``: any other
     problem at interpreter exit still prints, and exit handlers still run. Callbacks that
     would only arrive while the interpreter shuts down (when the hooks are gone) are waited
     for first: garbage is collected and the line is printed once no library noise has come
     for ``_SETTLE`` seconds (at most ``_DRAIN`` seconds).
     """
+    if sys.exc_info()[1] is not None:
+        absl_logging.debug("the traceback of the error below:", exc_info=True)
     _install_hooks()
     _drain()
     sys.stdout.flush()
@@ -111,9 +117,22 @@ def _from_library(tb: TracebackType | None) -> bool:
                for frame, _ in traceback.walk_tb(tb))
 
 
-def _summary(exc: BaseException | None) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+def quote(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line`` of the exception at the root of ``exc``'s causes, in one line of
+    at most ``limit`` characters: what an ``error:`` line quotes of a library failure.
+
+    The root (following ``raise ... from``) is the library's own words: for a damaged
+    checkpoint, tensorstore's ``ValueError`` naming the array and the byte range, not
+    orbax's wrapper that embeds a many-line TensorStore repr. ``--verbosity=1`` shows the
+    whole chain (:func:`fail`).
+    """
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _LibraryRecordFilter(logging.Filter):
@@ -179,8 +198,9 @@ def _install_hooks() -> None:
                 previous_thread(args)
                 return
             name = args.thread.name if args.thread else "?"
-            print(f"warning: checkpoint library thread {name} failed: "
-                  f"{_summary(args.exc_value)} ({_HINT})", file=sys.stderr, flush=True)
+            what = quote(args.exc_value) if args.exc_value else args.exc_type.__name__
+            print(f"warning: checkpoint library thread {name} failed: {what} ({_HINT})",
+                  file=sys.stderr, flush=True)
 
     sys.unraisablehook = unraisable
     threading.excepthook = thread_exception

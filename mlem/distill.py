@@ -88,7 +88,7 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str | Path) -> Teac
     try:
         record, params, step = checkpoint.load_level(path)
     except checkpoint.CheckpointNotFoundError as err:
-        raise type(err)(f"distill.teacher_workdir: {err}") from None
+        raise type(err)(f"distill.teacher_workdir: {err}") from err
     theirs, ours = checkpoint.flatten(record), checkpoint.flatten(config)
     differ = [f"{f}={theirs.get(f)!r} (student: {ours.get(f)!r})" for f in SHARED_FIELDS
               if theirs.get(f) != ours.get(f)]

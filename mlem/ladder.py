@@ -84,7 +84,7 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
         try:
             level_config, ema_params, step = checkpoint.load_level(wd, allow_older)
         except checkpoint.CheckpointNotFoundError as err:
-            raise type(err)(f"level {k} ({wd.name}): {err}") from None
+            raise type(err)(f"level {k} ({wd.name}): {err}") from err
         steps.append(step)
         models.append(registry.get_level(level_config))
         params.append(ema_params)

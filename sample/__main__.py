@@ -75,7 +75,6 @@ def main(argv: list[str]) -> None:
             config.allow_older_checkpoints = True
         stats = generation.run(config, _WORKDIR.value, _OUT.value)
     except (ValueError, OSError) as err:
-        logging.debug("traceback", exc_info=True)
         cli.fail(err)
     keys = ("method", "solver", "grid", "steps", "realised_flops_per_sample", "evals_per_level",
             "wall_seconds_excluding_compile", "wall_seconds_including_compile", "out")

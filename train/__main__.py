@@ -44,7 +44,6 @@ def main(argv: list[str]) -> None:
     try:
         metrics = train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _RESTART.value)
     except (ValueError, OSError, FloatingPointError, data.DatasetNotFoundError) as err:
-        logging.debug("traceback", exc_info=True)
         cli.fail(err)
     except KeyboardInterrupt:
         print(f"interrupted; finished checkpoints are kept in {_WORKDIR.value}/checkpoints: "
