@@ -693,6 +693,7 @@ def stage(ctx: common.Context) -> dict:
         (stage_dir / "oracle.json").write_text(json.dumps(common.jsonable(oracle), indent=1)
                                                + "\n")
         summary["oracle"] = common.jsonable(oracle_summary(oracle))
+        plots.oracle(common.jsonable(oracle), stage_dir)
     if (stage_dir / PATTERNS).exists():  # selection vs evaluation MSE, bias of the chosen
         summary["pattern_search"] = json.loads((stage_dir / PATTERNS).read_text())
     summary["cost_error_runs_computed_last_call"] = computed

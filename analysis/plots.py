@@ -3,6 +3,7 @@
 ``cost_error``: the paper-style log–log cost vs MSE with each method's envelope and the
 speedup at equal MSE with its 95% bootstrap band, once in FLOPs and once in seconds.
 ``quality``: KID and FD against cost on the same sweep (:mod:`analysis.quality`).
+``oracle``: the oracle framing's cost to reach each predeclared ε, with fitted exponents.
 """
 
 from __future__ import annotations
@@ -153,6 +154,66 @@ def quality(result: dict, out_dir: Path) -> list[Path]:
         fig.tight_layout()
         for ext in ("png", "pdf"):
             paths.append(out_dir / f"quality{suffix}.{ext}")
+            fig.savefig(paths[-1], dpi=130)
+        plt_.close(fig)
+    return paths
+
+
+def oracle(result: dict, out_dir: Path) -> list[Path]:
+    """The oracle framing (``oracle.json``): per ruler, each method's cost to reach each
+    predeclared ε with its 95% interval on log–log axes, the line of its fitted exponent
+    (cost ∝ ε^-a) through the geometric mean of the reached points, and the speedup of each
+    comparison at each ε with its interval; ``oracle.png/pdf`` and ``oracle_seconds.png/pdf``
+    in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ruler, (xlabel, _, suffix) in RULERS.items():
+        plt_ = plt()
+        fig, (ax, ax_s) = plt_.subplots(1, 2, figsize=(12, 4.8), width_ratios=(3, 2))
+        drawn = set()
+        for name, by_ruler in result["comparisons"].items():
+            c = by_ruler[ruler]
+            targets = [t["target_error"] for t in c["targets"].values()]
+            for side, method in (("base", c["base"]), ("other", c["other"])):
+                if method in drawn:
+                    continue
+                drawn.add(method)
+                cost = [t[f"cost_{side}"] for t in c["targets"].values()]
+                x = [e for e, k in zip(targets, cost) if k["value"] is not None]
+                y = [k["value"] for k in cost if k["value"] is not None]
+                lo = [k["ci"][0] for k in cost if k["value"] is not None]
+                hi = [min(k["ci"][1], 1e300) for k in cost if k["value"] is not None]
+                if not y:
+                    continue
+                a = c.get("exponents", {}).get(side, {}).get("value")
+                label = method if a is None else f"{method}: a = {a:.2f}"
+                line = ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)],
+                                   marker="o", capsize=3, ls="none", label=label)
+                if a is not None:
+                    gx = np.exp(np.mean(np.log(x)))
+                    gy = np.exp(np.mean(np.log(y)))
+                    grid = np.geomspace(min(x), max(x), 20)
+                    ax.plot(grid, gy * (grid / gx) ** -a, color=line[0].get_color(), lw=1)
+            if " vs em" in name:
+                v = [t["speedup"] for t in c["targets"].values()]
+                ok = [i for i, s in enumerate(v) if s["value"] is not None]
+                ax_s.errorbar([targets[i] for i in ok], [v[i]["value"] for i in ok],
+                              yerr=[[v[i]["value"] - v[i]["ci"][0] for i in ok],
+                                    [min(v[i]["ci"][1], 1e300) - v[i]["value"] for i in ok]],
+                              marker="o", capsize=3, label=name)
+        ax.set(xscale="log", yscale="log", xlabel="target MSE to the oracle (ε)",
+               ylabel=f"cost to reach ε: {xlabel}",
+               title="oracle framing: cost to reach ε (95% intervals, failures counted)")
+        ax.invert_xaxis()
+        ax.legend(fontsize=8)
+        ax_s.axhline(1.0, color="grey", lw=0.8)
+        ax_s.set(xscale="log", yscale="log", xlabel="target MSE to the oracle (ε)",
+                 ylabel="speedup over EM", title="speedup at each predeclared ε")
+        ax_s.invert_xaxis()
+        ax_s.legend(fontsize=8)
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            paths.append(out_dir / f"oracle{suffix}.{ext}")
             fig.savefig(paths[-1], dpi=130)
         plt_.close(fig)
     return paths

@@ -660,7 +660,7 @@ def test_prefix_ladders_are_swept_for_ml_em_and_switching():
     assert cost_error.prefix_variances(variances, 2)["variances"] == [[4.0, 3.0]]
 
 
-def test_oracle_framing_uses_only_the_levels_below_the_oracle():
+def test_oracle_framing_uses_only_the_levels_below_the_oracle(tmp_path):
     """EM at levels 1–3 costs ε^-1.5, ML-EM on the prefix 1–3 ε^-1.0; an ML-EM on the whole
     ladder (it uses the oracle's own level) that would win everywhere is not in this framing."""
     config = _tiny_config()
@@ -707,6 +707,11 @@ def test_oracle_framing_uses_only_the_levels_below_the_oracle():
     printed = report.oracle_rows(common.jsonable(out), 0.5)
     assert sum(line.startswith("| mlem-variance-flops vs em | flops | ") for line in printed) == 4
     assert "γ = 0.5" in "\n".join(printed)  # 3 targets + the exponents' row
+    from analysis import plots
+
+    drawn = plots.oracle(common.jsonable(out), tmp_path)
+    assert {p.name for p in drawn} == {"oracle.png", "oracle.pdf", "oracle_seconds.png",
+                                       "oracle_seconds.pdf"}
     config.analysis.oracle_targets = ()
     assert comparison.analyse_oracle(rows, config, 4) is None
 
