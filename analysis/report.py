@@ -56,6 +56,26 @@ def synthetic_rows(dirs: Sequence[Path]) -> list[str]:
             f"{fmt(s.get('exponent_mlem_ideal_ladder'))} | {lo:.2g} – {hi:.2g} | "
             f"{_synthetic_speedup(s, 'low')} | {_synthetic_speedup(s, 'high')} | "
             f"{s['wall_time_s']:.0f} s |")
+    dist = [(d, json.loads((d / "summary.json").read_text()).get("distributional"))
+            for d in dirs]
+    dist = [(d, x) for d, x in dist if x and x.get("targets")]
+    if dist:
+        lines += ["", "Distributional error (moments of a seed's batch against independent "
+                  "exact solves; targets predeclared as multiples of the exact batches' own "
+                  "floor): ML-EM's speedup over EM [95% CI], and the exponents of cost "
+                  "against the error (EM, ML-EM).", "",
+                  "| run | floor | " + " | ".join(dist[0][1]["targets"]) +
+                  " | exponents EM, ML-EM |", "|---|---|" + "---|" * len(dist[0][1]["targets"])
+                  + "---|"]
+        for d, x in dist:
+            e = x.get("exponents") or {}
+            cells = [f"{fmt_value(t['speedup']['value'], '×')} {fmt_ci(t['speedup']['ci'])} "
+                     f"(not reached: {fmt_failures(t['not_reached'], 'em', 'mlem')})"
+                     for t in x["targets"].values()]
+            exps = (f"{fmt_value(e['base']['value'])} {fmt_ci(e['base']['ci'])}, "
+                    f"{fmt_value(e['other']['value'])} {fmt_ci(e['other']['ci'])}") if e else ""
+            lines.append(f"| {d.name} | {fmt(x['floor'])} | " + " | ".join(cells) +
+                         f" | {exps} |")
     return lines
 
 

@@ -173,10 +173,20 @@ def test_tiny_sweep_writes_summary_points_and_figure(tmp_path):
         assert len(on_disk[key]) == 2, key
     assert "speedup_max" not in on_disk and "selection seeds" in on_disk["speedup_targets_rule"]
     assert (tmp_path / "cost_vs_error.png").stat().st_size > 10_000
+    dist = on_disk["distributional"]  # against independent exact solves, floor measured
+    assert dist["floor"] > 0 and list(dist["targets"]) == ["16x floor", "8x floor", "4x floor",
+                                                           "2x floor"]
+    for name, t in dist["targets"].items():
+        assert t["target"] == pytest.approx(float(name.split("x")[0]) * dist["floor"])
+        assert set(t["not_reached"]) == {"base", "other"}
+    with open(tmp_path / "runs.csv") as f:
+        assert all(float(r["dist"]) >= 0 for r in csv.DictReader(f))
     from analysis import report
 
-    row = report.report([tmp_path]).splitlines()[2]  # the table's one data row
+    printed = report.report([tmp_path]).splitlines()
+    row = printed[2]  # the table's one data row
     assert row.startswith("| SDE | 3 | ") and f"{summary['exponent_mlem']:.3g}" in row
+    assert printed[-1].startswith(f"| {tmp_path.name} | {dist['floor']:.3g} | ")
 
 
 @pytest.mark.slow
@@ -215,3 +225,14 @@ def test_quick_sweep_meets_the_targets(tmp_path):
     summary = pipeline.run(sweep.SweepConfig.quick(3.0), tmp_path, progress=False)
     assert abs(summary["exponent_em"] - 4.0) <= 0.3
     assert abs(summary["exponent_mlem"] - summary["exponent_mlem_ideal_ladder"]) <= 0.25
+
+
+def test_moment_error_sees_a_shift_and_its_floor_shrinks_with_the_batch():
+    rng = np.random.default_rng(0)
+    moments = (np.zeros(4), np.eye(4))
+    small, large = (np.mean([sweep.moment_error(rng.standard_normal((b, 4)), moments)
+                             for _ in range(200)]) for b in (16, 256))
+    assert large < small / 8  # the finite-sample floor falls like 1/B
+    shifted = np.mean([sweep.moment_error(rng.standard_normal((256, 4)) + 0.5, moments)
+                       for _ in range(50)])
+    assert shifted == pytest.approx(large + 0.25, rel=0.2)  # ‖0.5·1‖²/d = 0.25

@@ -40,6 +40,8 @@ def run(cfg: SweepConfig, out_dir: str | Path, *, progress: bool = True) -> dict
     summary = summaries.summarize(points, cfg, ladder)
     summary.update(summaries.bootstrap_statistics(rows, summary["fit_range"]))
     summary.update(summaries.speedups_at_targets(rows, cfg))
+    summary["distributional"] = summaries.distributional_at_targets(rows, cfg,
+                                                                    ladder["dist_floor"])
     summary["wall_time_s"] = time.perf_counter() - start
     summary["seeds"] = cfg.seeds
     summary["devices"] = [str(d) for d in jax.devices()]

@@ -17,7 +17,10 @@ multilevel Euler (the same estimator fed to that rule) and the reference is Eule
 exact drift on ``ref_steps`` steps. The Bernoulli draws make the multilevel solve a random
 ODE whose randomisation variance the schedule controls exactly as for the SDE.
 
-Error = squared error over samples and dimensions (one MSE per seed); cost = declared level
+Error = squared error over samples and dimensions (one MSE per seed), and the
+*distributional* error of the seed's batch (:func:`moment_error`: its mean and covariance
+against those of ``oracle_seeds`` batches of independent exact solves, which share nothing
+with the sweep's seeds); cost = declared level
 cost × the expected number of evaluations under the schedule (EM: exact; the realised cost is
 recorded beside it). A seed is one realisation (its own ``X_0``, Brownian path and Bernoulli
 draws). What is made of the rows: :mod:`analysis.synthetic.summary`.
@@ -55,6 +58,10 @@ class SweepConfig:
     mlem_step_offsets: tuple[int, ...] = (-2, -1, 0)  # N = 2^(top + offset), in [2, max_steps]
     mlem_top_evals: tuple[float, ...] = tuple(2.0**j for j in range(-1, 7))  # m = N · p_top
     max_steps: int = 2**13
+    # Distributional error: the moments of each solve's batch against those of independent
+    # exact solves (``oracle_seeds`` batches; as many again measure the finite-sample floor)
+    oracle_seeds: int = 32
+    dist_target_ratios: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0)  # × the floor, predeclared
     schedule: str = "variance"  # "variance" (measured V_k) or "dyadic" (p_k ∝ 2^{-(1+γ/2)k})
     floor_factor: float = 8.0  # fit range starts at floor_factor × the larger envelope floor
     fit_decades: float = 1.25  # … and spans this many decades of RMSE
@@ -92,7 +99,8 @@ class SweepConfig:
         """The reduced check in ``make test`` (~40 s here): 10 levels, 16 seeds, the quick ML-EM
         grid, fitted from 4× the floor over one decade. Enough to separate the exponents (EM
         ≈ 3.8, ML-EM ≈ 2.9 at γ = 3), not to pin them."""
-        fields = dict(seeds=16, floor_factor=4.0, fit_decades=1.0, min_fit_decades=0.75)
+        fields = dict(seeds=16, floor_factor=4.0, fit_decades=1.0, min_fit_decades=0.75,
+                      oracle_seeds=16)
         return cls.quick(gamma, num_levels=10, **{**fields, **overrides})
 
     def mlem_grid(self) -> list[tuple[int, int, float]]:
@@ -161,6 +169,40 @@ def _mse(x: jax.Array, ref: jax.Array) -> float:
     return float(jnp.mean((x - ref) ** 2))
 
 
+ORACLE_STREAM = 1_000_003  # seed offset of the independent exact solves (never a sweep seed)
+
+
+def moment_error(x: jax.Array, moments: tuple[np.ndarray, np.ndarray]) -> float:
+    """Distributional error of a batch ``x (B, d)`` against exact moments ``(μ, Σ)``:
+    ``‖mean(x) − μ‖²/d + ‖cov(x) − Σ‖_F²/d²``. Its finite-sample floor (the same statistic for
+    exact batches of size ``B``) is measured by :func:`oracle_moments`."""
+    x = np.asarray(x, np.float64)
+    mu, sigma = moments
+    d = x.shape[1]
+    return float(np.sum((x.mean(0) - mu) ** 2) / d
+                 + np.sum((np.cov(x, rowvar=False) - sigma) ** 2) / d**2)
+
+
+def oracle_moments(cfg: SweepConfig, hierarchy, ts_ref) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                np.ndarray]:
+    """``((μ, Σ), floor)``: the moments of ``oracle_seeds`` batches of exact solves from
+    independent seeds, and :func:`moment_error` of as many further independent exact batches
+    against them (the floor a method's batch cannot go below)."""
+    def exact(s):
+        key = jax.random.fold_in(jax.random.key(cfg.seed), ORACLE_STREAM + s)
+        k_x0, k_path = jax.random.split(key)
+        x0 = hierarchy.sample_x0(k_x0, cfg.batch_size)
+        fine = brownian.increments(k_path, ts_ref, x0.shape)
+        return np.asarray(sampling.solve(hierarchy.exact_drift, update_rule(hierarchy), x0,
+                                         ts_ref, None, increments=fine)[0], np.float64)
+
+    pooled = np.concatenate([exact(s) for s in range(cfg.oracle_seeds)])
+    moments = (pooled.mean(0), np.cov(pooled, rowvar=False))
+    floor = np.array([moment_error(exact(cfg.oracle_seeds + s), moments)
+                      for s in range(cfg.oracle_seeds)])
+    return moments, floor
+
+
 def _seed_paths(cfg: SweepConfig, hierarchy, ts_ref, seed: int):
     """``X_0``, fine Brownian increments, exact-drift reference and Bernoulli key of a seed."""
     k_x0, k_path, k_bern = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), seed), 3)
@@ -171,7 +213,8 @@ def _seed_paths(cfg: SweepConfig, hierarchy, ts_ref, seed: int):
     return x0, fine, ref, k_bern
 
 
-def _em_rows(cfg: SweepConfig, hierarchy, seed: int, x0, ref, paths, bar) -> list[dict]:
+def _em_rows(cfg: SweepConfig, hierarchy, seed: int, x0, ref, paths, bar,
+             moments) -> list[dict]:
     """One row per (steps, level) of EM on seed ``seed``'s paths."""
     rows = []
     for n in cfg.em_steps:
@@ -179,12 +222,14 @@ def _em_rows(cfg: SweepConfig, hierarchy, seed: int, x0, ref, paths, bar) -> lis
             x = _em_solve(hierarchy, level, x0, *paths[n])
             rows.append(dict(method="em", level=level + 1, steps=n, top_evals=None, c=None,
                              seed=seed, cost=n * hierarchy.costs[level],
-                             realised_cost=n * hierarchy.costs[level], mse=_mse(x, ref)))
+                             realised_cost=n * hierarchy.costs[level], mse=_mse(x, ref),
+                             dist=moment_error(x, moments)))
             bar.update()
     return rows
 
 
-def _mlem_rows(plan, hierarchy, seed: int, x0, ref, k_bern, paths, bar) -> list[dict]:
+def _mlem_rows(plan, hierarchy, seed: int, x0, ref, k_bern, paths, bar,
+               moments) -> list[dict]:
     """One row per run of ``plan`` on seed ``seed``'s paths and Bernoulli key."""
     rows = []
     for run in plan:
@@ -197,7 +242,8 @@ def _mlem_rows(plan, hierarchy, seed: int, x0, ref, k_bern, paths, bar) -> list[
         rows.append(dict(method="mlem", level=top, steps=steps, top_evals=run["top_evals"],
                          c=run["c"], seed=seed,
                          cost=cost.expected_cost(run["probs"], costs, steps),
-                         realised_cost=cost.realised_cost(stats, costs), mse=_mse(x, ref)))
+                         realised_cost=cost.realised_cost(stats, costs), mse=_mse(x, ref),
+                         dist=moment_error(x, moments)))
         bar.update()
     return rows
 
@@ -209,11 +255,14 @@ def run_sweep(cfg: SweepConfig, hierarchy: synthetic.Hierarchy, *, progress: boo
     Seed ``s`` fixes ``X_0``, the Brownian path and the Bernoulli key shared by all of its
     ML-EM runs (common random numbers across configurations; independent across seeds).
     ``V_k`` for the variance-optimal schedule comes from seed 0's initial and final states.
+    The ladder's statistics include the oracle's finite-sample floor of the distributional
+    error (:func:`oracle_moments`, ``dist_floor``: one value per independent exact batch).
     """
     ts_ref = jnp.linspace(0.0, 1.0, cfg.ref_steps + 1)
     first = _seed_paths(cfg, hierarchy, ts_ref, 0)
     variances = synthetic.level_variances(hierarchy, jnp.concatenate([first[0], first[2]]))
     plan = mlem_plan(cfg, hierarchy, variances)
+    moments, floor = oracle_moments(cfg, hierarchy, ts_ref)
     bar = tqdm(total=cfg.seeds * (cfg.num_levels * len(cfg.em_steps) + len(plan)),
                desc=f"synthetic γ={cfg.gamma:g}", disable=not progress)
     rows, probe = [], []
@@ -222,9 +271,9 @@ def run_sweep(cfg: SweepConfig, hierarchy: synthetic.Hierarchy, *, progress: boo
         probe += [x0, ref]
         paths = {n: (ts_ref[:: cfg.ref_steps // n], _coarsen(fine, n))
                  for n in {*cfg.em_steps, *(run["steps"] for run in plan)}}
-        rows += _em_rows(cfg, hierarchy, s, x0, ref, paths, bar)
-        rows += _mlem_rows(plan, hierarchy, s, x0, ref, k_bern, paths, bar)
+        rows += _em_rows(cfg, hierarchy, s, x0, ref, paths, bar, moments)
+        rows += _mlem_rows(plan, hierarchy, s, x0, ref, k_bern, paths, bar, moments)
     bar.close()
     errors = synthetic.level_errors(hierarchy, jnp.concatenate(probe))
     return rows, {"level_errors": errors, "level_variances": variances,
-                  "level_costs": hierarchy.costs}
+                  "level_costs": hierarchy.costs, "dist_floor": floor}
