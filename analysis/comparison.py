@@ -55,13 +55,36 @@ def oracle_rows(rows: Sequence[dict], num_levels: int) -> list[dict]:
     return [r for r in rows if r["top"] < num_levels]
 
 
-def oracle_targets(config: Any) -> dict[str, float]:
-    """``config.analysis.oracle_targets``: the predeclared MSEs to the oracle, coarsest first,
-    named ``MSE <value>``; empty when the oracle framing is off."""
-    goals = sorted((float(t) for t in config.analysis.get("oracle_targets", ())), reverse=True)
+def oracle_enabled(config: Any) -> bool:
+    """Whether the oracle framing is analysed: targets given as MSEs or as ratios."""
+    a = config.analysis
+    return bool(a.get("oracle_targets", ()) or a.get("oracle_target_ratios", ()))
+
+
+def oracle_targets(config: Any, selection_rows: Sequence[dict] = (), num_levels: int = 0
+                   ) -> dict[str, float]:
+    """The oracle framing's targets, coarsest first, named ``MSE <value>``: the MSEs
+    ``config.analysis.oracle_targets`` predeclared in the config, or, for a ladder without a
+    pilot run, ``oracle_target_ratios`` × the *selection* realisations' mean MSE of EM with
+    level ``K−1`` (the best level below the oracle) on the finest EM grid (rule 1 of
+    :mod:`analysis.speedup`: chosen on the selection realisations). Empty when off."""
+    a = config.analysis
+    goals = [float(t) for t in a.get("oracle_targets", ())]
+    ratios = [float(r) for r in a.get("oracle_target_ratios", ())]
+    if goals and ratios:
+        raise ValueError("config.analysis.oracle_targets and oracle_target_ratios: set one")
+    if ratios:
+        finest = max(int(n) for n in a.em_steps)
+        base = [r["mse"] for r in selection_rows if r["method"] == "em"
+                and r["level"] == num_levels - 1 and r["steps"] == finest]
+        if not base:
+            raise ValueError(f"config.analysis.oracle_target_ratios: need EM at level "
+                             f"{num_levels - 1} with {finest} steps on selection realisations")
+        goals = [r * float(np.mean(base)) for r in ratios]
+    goals = sorted(goals, reverse=True)
     if any(t <= 0 for t in goals) or len(set(goals)) != len(goals):
         raise ValueError(f"config.analysis.oracle_targets: distinct positive MSEs, got {goals}")
-    return {f"MSE {t:g}": t for t in goals}
+    return {f"MSE {t:.4g}": t for t in goals}
 
 
 def split_rows(rows: Sequence[dict], config: Any) -> tuple[list[dict], list[dict]]:
@@ -224,9 +247,9 @@ def analyse_oracle(rows: Sequence[dict], config: Any, num_levels: int) -> dict |
     the exponents of cost against the target with their difference (docs/design.md §3).
     Each method's path (its level or prefix ladder, steps, budget) is chosen on the
     selection realisations. ``None`` when no oracle target is declared."""
-    goals = oracle_targets(config)
-    if not goals:
+    if not oracle_enabled(config):
         return None
+    goals = oracle_targets(config, split_rows(rows, config)[1], num_levels)
     sub = oracle_rows(rows, num_levels)
     if not sub or not {r["curve"] for r in sub} - {"em"}:
         raise ValueError("config.analysis.prefix_tops: the oracle framing needs ML-EM or "

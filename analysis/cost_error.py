@@ -333,7 +333,7 @@ def predicted_seconds(rows: Sequence[dict], level_seconds: np.ndarray
             np.array([float(e) for e in str(r["evals"]).split(";")]))
     predicted = []
     for c in configs:
-        costs = level_seconds if c["method"] != "em" else \
+        costs = level_seconds[:c["top"]] if c["method"] != "em" else \
             level_seconds[c["level"] - 1:c["level"]]
         predicted.append(float(np.mean(evals[config_key(c)], axis=0) @ costs))
     return configs, np.asarray(predicted), sweep_
@@ -354,7 +354,7 @@ def timed_configurations(rows: Sequence[dict], config: Any, level_seconds: np.nd
     chosen = {config_key(configs[comparison.operating_point(config, configs, sweep_,
                                                             num_levels)[0]])}
     framings = [own]
-    if comparison.oracle_targets(config):
+    if comparison.oracle_enabled(config):
         framings.append(comparison.oracle_rows(selection, num_levels))
     by_key = {}
     for framing in framings:

@@ -47,6 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
     a.switch_times = (0.25, 0.5, 0.75)  # the baseline: a small level at high noise
     a.pattern_search = 15  # the paper's best-of-15 patterns, chosen on the selection batches
     a.pattern_steps = (256,)
+    # The oracle framing (docs/design.md §3): level 5 on the 2048-step grid is the oracle;
+    # EM at levels 1-4, ML-EM and switching on the prefix ladders 1-2, 1-3, 1-4, at targets
+    # a decade above what level 4 alone reaches on the finest EM grid (no pilot run exists)
+    a.prefix_tops = (2, 3, 4)
+    a.oracle_target_ratios = (10.0, 5.0, 2.5, 1.6, 1.25)
     a.batch_size = 64
     a.variance_samples = 2048
     a.solver, a.grid = "sde", "uniform"  # one of SOLVERS per sweep

@@ -84,6 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
     # below the top are compared at those targets (cost to reach ε, exponents).
     a.prefix_tops = ()
     a.oracle_targets = ()
+    # ... or, without a pilot run, multiples of the selection realisations' MSE of EM with
+    # level K-1 on the finest EM grid (the best the levels below the oracle do alone)
+    a.oracle_target_ratios = ()
     # Headline targets, predeclared: multiples of the operating MSE (1.0 = the operating point).
     a.target_ratios = (4.0, 2.0, 1.0, 0.5)
     a.speedup_bootstrap = 2000  # resamples of the realisations for every speedup interval

@@ -714,6 +714,15 @@ def test_oracle_framing_uses_only_the_levels_below_the_oracle(tmp_path):
                                        "oracle_seconds.pdf"}
     config.analysis.oracle_targets = ()
     assert comparison.analyse_oracle(rows, config, 4) is None
+    # without a pilot: multiples of level K-1's EM on the finest grid, on selection rows only
+    config.analysis.em_steps, config.analysis.oracle_target_ratios = (8, 128), (4.0, 2.0)
+    base = np.mean([r["mse"] for r in rows if r["method"] == "em" and r["level"] == 3
+                    and r["steps"] == 128 and r["realisation"] >= 6])
+    got = comparison.oracle_targets(config, comparison.split_rows(rows, config)[1], 4)
+    np.testing.assert_allclose(list(got.values()), [4 * base, 2 * base])
+    config.analysis.oracle_targets = (1e-3,)
+    with pytest.raises(ValueError, match="set one"):
+        comparison.oracle_targets(config, rows, 4)
 
 
 def test_prefix_ladder_is_the_first_levels(tiny_results):

@@ -21,6 +21,12 @@ def test_celeba64_smoke_runs_every_stage_and_resumes(tmp_path):
     assert sorted(summary["train_seconds"]) == [f"level{k}" for k in range(1, 4)]
     pngs = list(out.rglob("*.png"))
     assert len(pngs) >= 3, pngs
+    oracle = summary["oracle"]  # the paper's framing: prefix ladder 1-2, level 3 the oracle
+    assert oracle["levels"] == [1, 2] and len(oracle["targets"]) == 5
+    for name, by_ruler in oracle["comparisons"].items():
+        assert set(by_ruler) == {"flops", "seconds"}, name
+    assert (out / "cost_error" / "oracle.json").is_file()
+    assert (out / "cost_error" / "oracle.png").is_file()
     # A second run reuses every finished level and stage, and keeps the first run's time.
     again = celeba64.main(["--smoke", "--workdir", str(tmp_path)])
     assert again["last_run_train_seconds"] == {} and again["train_seconds"] == summary[

@@ -43,6 +43,7 @@ SMOKE_SAMPLE = {"sampling.steps": 2, "sampling.path_steps": 8, "sampling.num_sam
                 "analysis.batch_size": 4, "analysis.timing_batch_size": 4,
                 "analysis.speedup_bootstrap": 20, "analysis.num_time_bins": 2,
                 "analysis.variance_samples": 8, "analysis.gamma_bootstrap": 20,
+                "analysis.prefix_tops": (2,),  # the oracle framing: level 3 is the oracle
                 "analysis.quality.features": ""}  # no Inception weights offline
 
 
