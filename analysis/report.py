@@ -232,8 +232,11 @@ def oracle_rows(o: dict, gamma: float | None) -> list[str]:
                             f"{fmt_ci(e['other']['ci'])} | {fmt_value(e['difference']['value'])} "
                             f"{fmt_ci(e['difference']['ci'])} |")
     if exps:
-        lines += ["", f"Exponents a of cost ∝ ε^-a over the targets (the paper: 1 + γ for EM, "
-                      f"γ for ML-EM; γ = {fmt(gamma)} from analysis.fit_gamma):", "",
+        theory = ("" if gamma is None else f": (1 + γ)/2 = {fmt((1 + gamma) / 2)} for EM and "
+                  f"γ/2 = {fmt(gamma / 2)} for ML-EM")
+        lines += ["", f"Exponents a of cost ∝ ε^-a over the targets, ε an MSE (the paper's "
+                      f"1 + γ and γ are in RMSE, so in MSE they halve{theory}; γ = "
+                      f"{fmt(gamma)} from analysis.fit_gamma):", "",
                   "| comparison | ruler | base | other | base − other |",
                   "|---|---|---|---|---|", *exps]
     return lines
