@@ -58,6 +58,7 @@ def records(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # 37 s: the fast tier keeps the exactness and refusal checks
 def test_student_of_the_teachers_architecture_learns_its_eps(ladder):
     """w = 1: the held-out gap E‖ε̂ − ε̂_teacher‖² falls every evaluation, ends far below both
     its start and the gap of a student trained on the denoising loss alone (w = 0, the same

@@ -243,7 +243,7 @@ def test_poisson_event_counts_are_poisson():
     assert evals[1] == np.sum((counts[:, 1] > 0) | (counts[:, 2] > 0))
 
 
-@pytest.mark.parametrize("num_steps", [16, 1024])
+@pytest.mark.parametrize("num_steps", [16, pytest.param(1024, marks=pytest.mark.slow)])
 def test_poisson_correction_cost_is_bounded_by_the_rates_whatever_the_step_count(num_steps):
     """Level ``k ≥ 2`` runs on the steps with an event of level ``k`` or ``k + 1``:
     ``E[evals_k] = N (1 − exp(−(λ_k + λ_{k+1})/N))`` on ``[0, 1]``, which never exceeds
