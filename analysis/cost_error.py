@@ -349,22 +349,19 @@ def timed_configurations(rows: Sequence[dict], config: Any, level_seconds: np.nd
     method's seconds path among them, on the same realisations, with the measured seconds;
     a configuration off every such envelope is not on any seconds path a user would run."""
     selection = comparison.split_rows(rows, config)[1]
-    own = comparison.own_ladder_rows(selection, num_levels)
-    configs, _, sweep_ = predicted_seconds(own, level_seconds)
-    chosen = {config_key(configs[comparison.operating_point(config, configs, sweep_,
-                                                            num_levels)[0]])}
-    framings = [own]
+    framings = [comparison.own_ladder_rows(selection, num_levels)]
     if comparison.oracle_enabled(config):
         framings.append(comparison.oracle_rows(selection, num_levels))
-    by_key = {}
-    for framing in framings:
+    chosen: dict[tuple, dict] = {}
+    for own, framing in zip((True, False), framings):
         configs, predicted, sweep_ = predicted_seconds(framing, level_seconds)
-        by_key.update({config_key(c): c for c in configs})
         error = sweep_.error.mean(1)
+        index = {comparison.operating_point(config, configs, sweep_, num_levels)[0]} \
+            if own else set()
         for curve in sorted(set(sweep_.curve)):
-            chosen |= {config_key(configs[i])
-                       for i in sweep_.envelope(curve, error, predicted).index}
-    return [by_key[k] for k in sorted(chosen)]
+            index |= set(sweep_.envelope(curve, error, predicted).index)
+        chosen.update({config_key(configs[i]): configs[i] for i in index})
+    return [chosen[k] for k in sorted(chosen)]
 
 
 def time_paths(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,

@@ -29,6 +29,25 @@ RULERS = {"flops": ("FLOPs per sample (ML-EM: expected)", "EM FLOPs / its FLOPs"
                       "_seconds")}
 
 
+def _save(fig, stem: Path) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf``, close it, return the paths."""
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt().close(fig)
+    return paths
+
+
+def _with_intervals(xs: Sequence[float], estimates: Sequence[dict]
+                    ) -> tuple[list[float], list[float], list[list[float]]]:
+    """``(x, value, yerr)`` of the reached estimates (value not ``None``), their intervals'
+    infinite ends clipped for drawing."""
+    ok = [(x, e) for x, e in zip(xs, estimates) if e["value"] is not None]
+    y = [e["value"] for _, e in ok]
+    return ([x for x, _ in ok], y, [[v - e["ci"][0] for v, (_, e) in zip(y, ok)],
+                                    [min(e["ci"][1], 1e300) - v for v, (_, e) in zip(y, ok)]])
+
+
 def cost_error(configs: Sequence[dict], sweep: speedup.Sweep, envs: dict, result: dict,
                out_dir: Path) -> list[Path]:
     """For each ruler (FLOPs, seconds): cost vs MSE (realisation-averaged points, envelopes
@@ -44,10 +63,7 @@ def cost_error(configs: Sequence[dict], sweep: speedup.Sweep, envs: dict, result
     for ruler, (xlabel, speed_label, suffix) in RULERS.items():
         fig = _cost_error_figure(configs, mse, costs[ruler], envs, result, ruler, xlabel,
                                  speed_label)
-        for ext in ("png", "pdf"):
-            paths.append(out_dir / f"cost_error{suffix}.{ext}")
-            fig.savefig(paths[-1], dpi=130)
-        plt().close(fig)
+        paths += _save(fig, out_dir / f"cost_error{suffix}")
     return paths
 
 
@@ -152,10 +168,7 @@ def quality(result: dict, out_dir: Path) -> list[Path]:
         ax_f.set(yscale="log", ylabel="FD (plug-in; biased up at small N)",
                  title=f"FD ({result['features']['features']} features)")
         fig.tight_layout()
-        for ext in ("png", "pdf"):
-            paths.append(out_dir / f"quality{suffix}.{ext}")
-            fig.savefig(paths[-1], dpi=130)
-        plt_.close(fig)
+        paths += _save(fig, out_dir / f"quality{suffix}")
     return paths
 
 
@@ -178,29 +191,23 @@ def oracle(result: dict, out_dir: Path) -> list[Path]:
                 if method in drawn:
                     continue
                 drawn.add(method)
-                cost = [t[f"cost_{side}"] for t in c["targets"].values()]
-                x = [e for e, k in zip(targets, cost) if k["value"] is not None]
-                y = [k["value"] for k in cost if k["value"] is not None]
-                lo = [k["ci"][0] for k in cost if k["value"] is not None]
-                hi = [min(k["ci"][1], 1e300) for k in cost if k["value"] is not None]
+                x, y, yerr = _with_intervals(
+                    targets, [t[f"cost_{side}"] for t in c["targets"].values()])
                 if not y:
                     continue
                 a = c.get("exponents", {}).get(side, {}).get("value")
                 label = method if a is None else f"{method}: a = {a:.2f}"
-                line = ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)],
-                                   marker="o", capsize=3, ls="none", label=label)
+                line = ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, ls="none",
+                                   label=label)
                 if a is not None:
                     gx = np.exp(np.mean(np.log(x)))
                     gy = np.exp(np.mean(np.log(y)))
                     grid = np.geomspace(min(x), max(x), 20)
                     ax.plot(grid, gy * (grid / gx) ** -a, color=line[0].get_color(), lw=1)
             if " vs em" in name:
-                v = [t["speedup"] for t in c["targets"].values()]
-                ok = [i for i, s in enumerate(v) if s["value"] is not None]
-                ax_s.errorbar([targets[i] for i in ok], [v[i]["value"] for i in ok],
-                              yerr=[[v[i]["value"] - v[i]["ci"][0] for i in ok],
-                                    [min(v[i]["ci"][1], 1e300) - v[i]["value"] for i in ok]],
-                              marker="o", capsize=3, label=name)
+                x, y, yerr = _with_intervals(
+                    targets, [t["speedup"] for t in c["targets"].values()])
+                ax_s.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name)
         ax.set(xscale="log", yscale="log", xlabel="target MSE to the oracle (ε)",
                ylabel=f"cost to reach ε: {xlabel}",
                title="oracle framing: cost to reach ε (95% intervals, failures counted)")
@@ -212,8 +219,5 @@ def oracle(result: dict, out_dir: Path) -> list[Path]:
         ax_s.invert_xaxis()
         ax_s.legend(fontsize=8)
         fig.tight_layout()
-        for ext in ("png", "pdf"):
-            paths.append(out_dir / f"oracle{suffix}.{ext}")
-            fig.savefig(paths[-1], dpi=130)
-        plt_.close(fig)
+        paths += _save(fig, out_dir / f"oracle{suffix}")
     return paths
