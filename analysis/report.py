@@ -202,6 +202,54 @@ def image_rows(d: Path) -> list[str]:
     lines += ["", wallclock_sentence(s)]
     if s.get("oracle"):
         lines += ["", *oracle_rows(s["oracle"], s.get("gamma"))]
+    if s.get("distributional"):
+        lines += ["", *distributional_rows(s["distributional"])]
+    return lines
+
+
+ERRORS = {"fd": "FD (features)", "moments": "pixel moments"}
+
+
+def distributional_rows(d: dict) -> list[str]:
+    """The distributional cost-to-ε table (:mod:`analysis.distributional`): per framing,
+    comparison, error and predeclared target, both methods' FLOPs to reach it and the speedup
+    in FLOPs and in seconds, with intervals and failures; then the exponents in FLOPs."""
+    floors = ", ".join(f"{ERRORS[r]} {fmt(f['value'])} {fmt_ci(f['ci'])}"
+                       for r, f in d["floor"].items())
+    lines = [f"Distributional error against the oracle ({d['samples_per_point']} samples a "
+             f"configuration against {d['oracle_samples']} oracle samples; floor, an "
+             f"independent oracle set against the oracle's: {floors}; targets are multiples of "
+             f"the floor; each method's path chosen on its selection sets):", "",
+             "| framing | comparison | error | target | FLOPs (base) [95% CI] | FLOPs (other) "
+             "[95% CI] | speedup, FLOPs [95% CI] | speedup, seconds [95% CI] | not reached "
+             "(FLOPs) |", "|---|---|---|---|---|---|---|---|---|"]
+    exps = []
+    for framing, comps in d["comparisons"].items():
+        for name, by_error in comps.items():
+            base, other = name.split(" vs ")[1], name.split(" vs ")[0]
+            for error, by_cost in by_error.items():
+                flops, secs = by_cost["flops"], by_cost.get("seconds")
+                for target, t in flops["targets"].items():
+                    ts = secs["targets"][target]["speedup"] if secs else None
+                    lines.append(
+                        f"| {framing} | {name} | {ERRORS[error]} | {target} | "
+                        f"{fmt_value(t['cost_base']['value'])} {fmt_ci(t['cost_base']['ci'])} | "
+                        f"{fmt_value(t['cost_other']['value'])} "
+                        f"{fmt_ci(t['cost_other']['ci'])} | "
+                        f"{fmt_value(t['speedup']['value'], '×')} {fmt_ci(t['speedup']['ci'])} | "
+                        + (f"{fmt_value(ts['value'], '×')} {fmt_ci(ts['ci'])}" if ts else "")
+                        + f" | {fmt_failures(t['not_reached'], base, other)} |")
+                if flops.get("exponents"):
+                    e = flops["exponents"]
+                    exps.append(f"| {framing} | {name} | {ERRORS[error]} | "
+                                f"{fmt_value(e['base']['value'])} {fmt_ci(e['base']['ci'])} | "
+                                f"{fmt_value(e['other']['value'])} {fmt_ci(e['other']['ci'])} | "
+                                f"{fmt_value(e['difference']['value'])} "
+                                f"{fmt_ci(e['difference']['ci'])} |")
+    if exps:
+        lines += ["", "Exponents a of FLOPs ∝ ε^-a over the targets (ε the distributional "
+                      "error):", "", "| framing | comparison | error | base | other | "
+                      "base − other |", "|---|---|---|---|---|---|", *exps]
     return lines
 
 

@@ -380,38 +380,53 @@ def compare_at_targets(evaluation: Sweep, selection: Sweep, base: str, other: st
         return np.broadcast_to(c, error.shape) if c.ndim == 1 else weights @ c.T, error
 
     (cb, eb), (co, eo) = along(paths["base"]), along(paths["other"])
-    out: dict = {"base": base, "other": other, "cost": cost, "targets": {},
+    out: dict = {"base": base, "other": other, "cost": cost,
                  "paths": {k: v.tolist() for k, v in paths.items()},
                  "num_realisations": units,
                  "num_selection_realisations": selection.num_realisations,
-                 "num_resamples": num_resamples}
-    reach = {"base": [], "other": []}
-    for name, target in targets.items():
-        reach_b, reach_o = cost_to_reach(cb, eb, target), cost_to_reach(co, eo, target)
-        reach["base"].append(reach_b)
-        reach["other"].append(reach_o)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = reach_b / reach_o
-        out["targets"][name] = {
-            "target_error": float(target),
-            "speedup": estimate(ratio[0], ratio[1:], units),
-            "cost_base": estimate(reach_b[0], reach_b[1:], units),
-            "cost_other": estimate(reach_o[0], reach_o[1:], units),
-            "not_reached": {"base": float(np.mean(np.isinf(reach_b[1:]))),
-                            "other": float(np.mean(np.isinf(reach_o[1:])))}}
-    if len(targets) >= 2:
-        goals = list(targets.values())
-        a_b, a_o = (cost_exponent(np.stack(reach[k], 1), goals) for k in ("base", "other"))
-        out["exponents"] = {"base": signed_estimate(a_b[0], a_b[1:], units),
-                            "other": signed_estimate(a_o[0], a_o[1:], units),
-                            "difference": signed_estimate(a_b[0] - a_o[0], a_b[1:] - a_o[1:],
-                                                          units)}
+                 "num_resamples": num_resamples,
+                 **compare_paths(cb, eb, co, eo, targets, units)}
     if budget is not None:
         err_b, err_o = error_at_cost(cb, eb, budget), error_at_cost(co, eo, budget)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = err_b / err_o
         out["error_ratio_at_budget"] = {"budget": float(budget),
                                         **estimate(ratio[0], ratio[1:], units)}
+    return out
+
+
+def compare_paths(cost_base: np.ndarray, error_base: np.ndarray, cost_other: np.ndarray,
+                  error_other: np.ndarray, targets: Mapping[str, float], num_units: int
+                  ) -> dict:
+    """Two methods' chosen paths at the ``targets``: ``(1 + B, L)`` costs and errors along each
+    path, row 0 on all evaluation units, rows ``1…B`` on resamples of them (an error need not
+    be a mean over units: a distance between sample distributions is recomputed on each
+    resample, :mod:`analysis.distributional`). Returns ``targets`` (per target: ``speedup``,
+    ``cost_base``, ``cost_other``, ``not_reached``) and, with two targets or more,
+    ``exponents`` (:func:`cost_exponent` of each method and their difference)."""
+    out: dict = {"targets": {}}
+    reach = {"base": [], "other": []}
+    for name, target in targets.items():
+        reach_b = cost_to_reach(cost_base, error_base, target)
+        reach_o = cost_to_reach(cost_other, error_other, target)
+        reach["base"].append(reach_b)
+        reach["other"].append(reach_o)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = reach_b / reach_o
+        out["targets"][name] = {
+            "target_error": float(target),
+            "speedup": estimate(ratio[0], ratio[1:], num_units),
+            "cost_base": estimate(reach_b[0], reach_b[1:], num_units),
+            "cost_other": estimate(reach_o[0], reach_o[1:], num_units),
+            "not_reached": {"base": float(np.mean(np.isinf(reach_b[1:]))),
+                            "other": float(np.mean(np.isinf(reach_o[1:])))}}
+    if len(targets) >= 2:
+        goals = list(targets.values())
+        a_b, a_o = (cost_exponent(np.stack(reach[k], 1), goals) for k in ("base", "other"))
+        out["exponents"] = {"base": signed_estimate(a_b[0], a_b[1:], num_units),
+                            "other": signed_estimate(a_o[0], a_o[1:], num_units),
+                            "difference": signed_estimate(a_b[0] - a_o[0], a_b[1:] - a_o[1:],
+                                                          num_units)}
     return out
 
 

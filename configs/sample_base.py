@@ -107,4 +107,21 @@ def get_config() -> ml_collections.ConfigDict:
     q.kid_subsets = 50  # KID: the mean over this many subsets ...
     q.kid_subset_size = 1000  # ... of min(this, samples, data) rows of each set
     q.bootstrap = 200  # resamples of the realisations for every KID/FD interval
+    # Distributional error at predeclared targets (analysis.distributional, docs/analysis.md):
+    # independent sample sets of each method's candidate configurations and of the oracle,
+    # judged in FD (the quality features) and pixel moments; targets = ratios × the floor
+    # (oracle against an independent oracle set). Off by default: its oracle set costs
+    # 2 × oracle_realisations × batch_size solves on the reference grid.
+    a.distributional = d = ml_collections.ConfigDict()
+    d.enabled = False
+    d.realisations = 16  # evaluation batches per configuration (the bootstrap's units)
+    d.selection_realisations = 4  # batches per configuration that choose each method's path
+    d.batch_size = 64
+    d.oracle_realisations = 16  # batches of the oracle set, and as many of the floor set
+    d.target_ratios = (32.0, 16.0, 8.0, 4.0, 2.0)  # × the floor, predeclared
+    d.curves = ("em", "mlem-variance-flops", "switch")
+    d.bootstrap = 1000
+    d.kid_subsets = 50
+    d.kid_subset_size = 500
+    d.kid_bootstrap = 100
     return config

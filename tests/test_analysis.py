@@ -239,10 +239,12 @@ def _projection_features() -> quality.Features:
                             {"features": "projection", "data": "40 noise images"})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_results(tiny_ladder, tmp_path_factory):
     """variance + cost_error (with KID/FD on projection features) on the tiny ladder, sharing
-    one loaded ladder (and its compiles)."""
+    one loaded ladder (and its compiles). Session-scoped: under pytest-xdist the worker that
+    runs the ``tiny_ladder`` group may interleave this module's tests with the group's other
+    modules, which would tear a module-scoped fixture down and compute it again."""
     from analysis import variance
 
     ctx = common.prepare(_tiny_config(), tiny_ladder, tmp_path_factory.mktemp("results"), False)
@@ -737,3 +739,104 @@ def test_prefix_ladder_is_the_first_levels(tiny_results):
     assert sub.params[0] is ladder.params[0] and sub.digests == ladder.digests[:1]
     with pytest.raises(ValueError, match="top: must be in 1..2"):
         ladders.prefix(ladder, 3)
+
+
+# --- distributional error (analysis.distributional) ------------------------------------------
+
+def test_distributional_helpers_match_the_reference_formulas():
+    from analysis import distributional as dist
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 50, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(4, 50, 6)) + 0.3
+    sa, sb = dist.Stats(a), dist.Stats(b)
+    counts = np.array([2.0, 0.0, 1.0])  # a resample: realisation 0 twice, 2 once
+    rows = np.concatenate([a[0], a[0], a[2]])
+    mu, sigma = sa.moments(counts)
+    np.testing.assert_allclose(mu, rows.mean(0))
+    np.testing.assert_allclose(sigma, np.cov(rows, rowvar=False))
+    got = dist.frechet(*sa.moments(), *sb.moments())
+    want = mlem_quality.fd(a.reshape(-1, 6), b.reshape(-1, 6))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert dist.frechet(*sa.moments(), *sa.moments()) == pytest.approx(0.0, abs=1e-6)
+    mu_b, sigma_b = sb.moments()
+    assert dist.moment_error(mu, sigma, mu_b, sigma_b) == pytest.approx(
+        np.sum((mu - mu_b) ** 2) / 6 + np.sum((sigma - sigma_b) ** 2) / 36)
+    # realisation r of a set has the same inputs whatever the configuration; sets differ
+    mesh = dist.parallel.make_mesh()
+    x1, _, k1 = dist.set_inputs(0, "evaluation", 1, 2, (4, 4, 1), mesh)
+    x2, _, k2 = dist.set_inputs(0, "evaluation", 1, 2, (4, 4, 1), mesh)
+    x3, _, _ = dist.set_inputs(0, "oracle", 1, 2, (4, 4, 1), mesh)
+    np.testing.assert_array_equal(x1, x2)
+    assert not np.allclose(x1, x3)
+
+
+def _distributional_ctx(ctx):
+    config = ctx.config.copy_and_resolve_references()
+    d = config.analysis.distributional
+    d.enabled, d.realisations, d.selection_realisations, d.batch_size = True, 3, 2, 8
+    d.oracle_realisations, d.bootstrap, d.target_ratios = 3, 30, (8.0, 4.0, 2.0)
+    d.kid_subsets, d.kid_subset_size, d.kid_bootstrap = 5, 8, 5
+    config.analysis.timing_batch_size = 4
+    return dataclasses.replace(ctx, config=config)
+
+
+def test_distributional_stage_targets_paths_and_resume(tiny_results, monkeypatch):
+    from analysis import distributional as dist
+
+    ctx = _distributional_ctx(tiny_results[0])
+    monkeypatch.setattr(quality, "features_for", lambda ctx: _projection_features())
+    summary = dist.stage(ctx)["distributional"]
+    result = json.loads((ctx.out / "distributional" / "distributional.json").read_text())
+    floor = result["floor"]["fd"]["value"]
+    assert floor > 0 and result["floor"]["moments"]["value"] > 0
+    assert result["targets"]["fd"] == {f"{r:g}x floor": pytest.approx(r * floor)
+                                       for r in (8, 4, 2)}
+    assert summary["samples_per_point"] == 24 and summary["oracle_samples"] == 24
+    own = result["framings"]["own"]
+    assert set(own["configurations"]) == {"em", "mlem-variance-flops", "switch"}
+    comp = own["comparisons"]["mlem-variance-flops vs em"]
+    for ruler in ("fd", "moments"):
+        for cost in ("flops", "seconds"):
+            c = comp[ruler][cost]
+            assert set(c["targets"]) == set(result["targets"][ruler])
+            for t in c["targets"].values():  # a failure is counted, never dropped
+                assert 0 <= t["not_reached"]["base"] <= 1 and "ci" in t["speedup"]
+            # the path: cheapest first, each on the selection sets below every cheaper one
+            key = lambda p: tuple(p[k] for k in ("level", "top", "top_evals", "steps"))
+            path = c["paths"]["em"]
+            assert {key(p) for p in path} <= {key(q) for q in own["configurations"]["em"]}
+            if cost == "flops":
+                assert [p["expected_flops"] for p in path] == sorted(
+                    p["expected_flops"] for p in path)
+    for configs in own["configurations"].values():
+        for p in configs:
+            assert p["error"]["fd"] > 0 and p["seconds"] > 0 and "value" in p["kid"]
+    # a second call solves nothing again (every set is on disk) and gives the same numbers
+    calls = []
+    monkeypatch.setattr(dist, "_solve_sets", lambda *a, **k: calls.append(a) or (_ for _ in ()
+                                                                                ).throw(
+        AssertionError("solved again")))
+    again = dist.stage(ctx)["distributional"]
+    assert not calls and again["floor"] == summary["floor"]
+    from analysis import report
+
+    text = "\n".join(report.distributional_rows(summary))
+    assert "| own | mlem-variance-flops vs em | FD (features) | 8x floor |" in text
+    assert "| own | mlem-variance-flops vs switch | pixel moments | 2x floor |" in text
+
+
+def test_distributional_candidates_are_chosen_on_selection_realisations(tiny_results):
+    from analysis import distributional as dist
+
+    ctx = tiny_results[0]
+    rows = cost_error.read_points(ctx.out / "cost_error" / "points.csv")
+    curves = ("em", "mlem-variance-flops", "switch")
+    chosen = dist.candidates(rows, ctx.config, curves)
+    judged = int(ctx.config.analysis.realisations)
+    scrambled = [{**r, "mse": r["mse"] * (1e3 if r["realisation"] < judged and r["method"] == "em"
+                                          and r["level"] == 1 else 1.0)} for r in rows]
+    assert dist.candidates(scrambled, ctx.config, curves) == chosen
+    for curve, configs in chosen.items():
+        steps = {r["steps"] for r in rows if r["curve"] == curve}
+        assert steps <= {c["steps"] for c in configs}  # the cheapest at every step count
