@@ -181,30 +181,20 @@ def make_probs(schedule: str, level_costs: np.ndarray, ts: np.ndarray, variances
     with ``V_k`` averaged over time; ``dyadic``: ``min(1, c·2^{−(1+γ/2)(k−1)})``; ``learned``:
     ``min(1, c·p_k(τ))`` with ``p`` the schedule file ``learned`` (``analysis.learn_probs``).
     """
-    num_steps = len(ts) - 1
-    if schedule == "learned":
-        if not learned or not Path(learned).is_file():
-            raise FileNotFoundError(f"config.analysis.learned_schedule: schedule file "
-                                    f"{learned!r} not found; write one with python -m "
-                                    f"analysis.learn_probs")
-        shape = schedules.load(learned, len(level_costs), ts)
-        make = lambda c: schedules.scaled(shape, c)
-    elif schedule == "dyadic":
-        if gamma is None:
-            raise ValueError("schedule 'dyadic' needs gamma: run python -m analysis.fit_gamma "
-                             "first (or drop 'dyadic' from config.analysis.schedules)")
-        make = lambda c: schedules.constant(schedules.dyadic(len(level_costs), gamma, c),
-                                            num_steps)
-    else:
-        v, inc = np.asarray(variances["variances"]), schedules.increment_costs(level_costs)
-        if schedule == "constant":
-            make = lambda c: schedules.constant(schedules.variance_optimal(v.mean(0), inc, c),
-                                                num_steps)
-        else:
-            make = lambda c: schedules.on_grid(schedules.variance_optimal(v, inc, c),
-                                               variances["bin_edges"], ts)
-    c = schedules.knob_for_top_evals(make, top_evals)
-    return c, make(c)
+    if schedule == "learned" and (not learned or not Path(learned).is_file()):
+        raise FileNotFoundError(f"config.analysis.learned_schedule: schedule file "
+                                f"{learned!r} not found; write one with python -m "
+                                f"analysis.learn_probs")
+    if schedule == "dyadic" and gamma is None:
+        raise ValueError("schedule 'dyadic' needs gamma: run python -m analysis.fit_gamma "
+                         "first (or drop 'dyadic' from config.analysis.schedules)")
+    v = None if variances is None else np.asarray(variances["variances"])
+    if schedule == "constant" and v is not None:
+        v = v.mean(0)  # constant in time: schedules.build's 'variance' on time-averaged V_k
+    return schedules.build({"learned": "file", "constant": "variance"}.get(schedule, schedule),
+                           ts, level_costs, top_evals=top_evals, gamma=gamma,
+                           file=learned or None, variances=v,
+                           bin_edges=None if variances is None else variances["bin_edges"])
 
 
 # --- coupling and the reference ------------------------------------------------------------------
@@ -555,13 +545,9 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
         """The probabilities of a configuration (ML-EM), its levels (switching), its
         pattern (searched now with ``search``, else the stored one) or ``None`` (EM)."""
         ts = coupling.grid(p["steps"])
-        if p["method"] == "em":
-            return None
-        if p["method"] == "switch":
-            return switch_levels(p, ts, p["top"])
-        p["c"], prob = make_probs(p["schedule"], prices[p["cost_model"]][:p["top"]], ts,
-                                  prefix_variances(v, p["top"]), gamma, p["top_evals"],
-                                  a.get("learned_schedule", ""))
+        if p["method"] in ("em", "switch"):
+            return probabilities(ctx, p, ts, prices, v, gamma)[1]
+        p["c"], prob = probabilities(ctx, p, ts, prices, v, gamma)
         if p["method"] != "pattern":
             return prob
         if search or "pattern" not in searched.get(_pattern_id(p), {}):
@@ -586,6 +572,21 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
         r["seconds"] = record["seconds"] if record else float("nan")
     write_points(path, rows)
     return rows, len(todo) * realisations
+
+
+def probabilities(ctx: common.Context, point: dict, ts: np.ndarray,
+                  prices: dict[str, np.ndarray], variances: dict | None, gamma: float | None
+                  ) -> tuple[float, Any]:
+    """``(c, arg)`` of a configuration on the grid ``ts``: ML-EM's (and a pattern's) knob and
+    ``(N, K)`` probabilities (:func:`make_probs`), a switching point's ``(N,)`` levels, or
+    ``None`` for EM (``c`` NaN for both)."""
+    if point["method"] == "em":
+        return float("nan"), None
+    if point["method"] == "switch":
+        return float("nan"), switch_levels(point, ts, point["top"])
+    return make_probs(point["schedule"], prices[point["cost_model"]][:point["top"]], ts,
+                      prefix_variances(variances, point["top"]), gamma, point["top_evals"],
+                      ctx.config.analysis.get("learned_schedule", ""))
 
 
 def search_pattern(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,

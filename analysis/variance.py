@@ -3,13 +3,12 @@
     python -m analysis.variance --config configs/mnist_sample.py --workdir runs/mnist \\
         --out results/mnist_cpu [--recompute]
 
-Forward-process samples: held-out images ``x₀`` (cycled if the split is smaller), solver times
-``τ`` stratified over ``config.analysis.num_time_bins`` equal bins of ``[0, 1 − t_min]``
-(sample ``i`` lies in bin ``i mod bins``, uniform inside it), ``x_t = α x₀ + σ ε`` with
-``t = 1 − τ`` and ``ε`` from ``fold_in(key(seed), i)``. Every level's reverse drift is
-evaluated at ``(x_t, τ)``; per sample we keep ``‖fᵏ − fᵏ⁻¹‖²`` (``f⁰ = 0``), ``‖fᵏ‖²`` and
-``‖fᵏ − fᴷ‖²`` (summed over pixels), cached in ``DIR/forward/drift_stats.npz`` and shared
-with :mod:`analysis.fit_gamma`. Writes ``DIR/variance/variances.json`` (read by
+The measurement is :mod:`mlem.variance` on the trained ladder: forward-process samples from
+held-out images ``x₀`` (cycled if the split is smaller), ``config.analysis.variance_samples``
+of them over ``config.analysis.num_time_bins`` equal bins of ``[0, 1 − t_min]``, seeded by
+``config.sampling.seed``. The per-sample statistics ``‖fᵏ − fᵏ⁻¹‖²``, ``‖fᵏ‖²`` and
+``‖fᵏ − fᴷ‖²`` are cached in ``DIR/forward/drift_stats.npz`` and shared with
+:mod:`analysis.fit_gamma`. Writes ``DIR/variance/variances.json`` (read by
 ``python -m sample`` and :mod:`analysis.cost_error`) and ``variance.png``. When the bottom
 level is the analytic Gaussian (``gaussian[_rank<r>]``), ``variances.json`` also holds
 ``without_gaussian``: the variances of the same ladder without it (its first network's
@@ -22,65 +21,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from analysis import common
-from mlem import data
-from mlem import ladder as ladders
+from mlem import data, variance
 from mlem.models import registry
+from mlem.variance import binned_variances
 
 STAGE = "variance"
 FORWARD = "forward"
 
 
-def bin_edges(t_min: float, num_bins: int) -> np.ndarray:
-    """``num_bins + 1`` equal-width edges of solver time ``[0, 1 − t_min]``."""
-    if num_bins < 1:
-        raise ValueError(f"config.analysis.num_time_bins: must be >= 1, got {num_bins}")
-    return np.linspace(0.0, 1.0 - t_min, num_bins + 1)
-
-
-def stratified_taus(edges: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
-    """``(n,)`` times: sample ``i`` uniform in bin ``i mod bins``."""
-    num_bins = len(edges) - 1
-    if num_samples < num_bins:
-        raise ValueError(f"config.analysis.variance_samples: need at least one sample per time "
-                         f"bin ({num_bins}), got {num_samples}")
-    index = np.arange(num_samples) % num_bins
-    u = np.random.default_rng(seed).uniform(size=num_samples)
-    return edges[index] + u * (edges[index + 1] - edges[index])
-
-
-def per_example_drifts(ladder: ladders.Ladder, params) -> list:
-    """Drifts ``fᵏ(x, τ)`` that accept a per-example ``τ`` of shape ``(B, 1, 1, 1)``."""
-
-    def eps(model, p):
-        fn = ladders.eps_fn(model, p)
-        return lambda x, t: fn(x, jnp.reshape(t, x.shape[:1]))
-
-    return [ladder.sde.drift_from_eps(eps(m, p)) for m, p in zip(ladder.models, params)]
-
-
-def _stats_fn(ladder: ladders.Ladder):
-    @jax.jit
-    def stats(params, x0, taus, noise):
-        sde = ladder.sde
-        x_t = sde.marginal(x0, sde.data_time(taus), noise)
-        tau = taus.reshape(-1, *(1,) * (x0.ndim - 1))
-        fs = [f(x_t, tau) for f in per_example_drifts(ladder, params)]
-        sq = lambda d: jnp.sum(jnp.square(d), axis=tuple(range(1, d.ndim)))
-        inc = [sq(f - g) for f, g in zip(fs, [jnp.zeros_like(x_t)] + fs[:-1])]
-        err = [sq(f - fs[-1]) for f in fs]
-        return jnp.stack(inc, 1), jnp.stack(err, 1), jnp.stack([sq(f) for f in fs], 1)
-
-    return stats
-
-
 def drift_statistics(ctx: common.Context) -> dict[str, np.ndarray]:
-    """Per-sample ``increment_sq`` and ``error_sq`` ``(n, K)``, ``taus`` ``(n,)``, ``bin_edges``.
+    """Per-sample ``increment_sq``, ``error_sq`` and ``drift_sq`` ``(n, K)``, ``taus`` ``(n,)``,
+    ``bin_edges`` (:func:`mlem.variance.drift_statistics` on held-out images).
 
     Cached in ``DIR/forward/`` and reused while the settings and manifest are unchanged.
     """
@@ -92,41 +46,19 @@ def drift_statistics(ctx: common.Context) -> dict[str, np.ndarray]:
     if common.load_stage(ctx.out, FORWARD, settings, ctx.recompute) is not None and path.exists():
         with np.load(path) as f:
             return dict(f)
-    edges = bin_edges(sde.t_min, settings["num_time_bins"])
-    n, batch = settings["num_samples"], settings["batch_size"]
-    taus = stratified_taus(edges, n, settings["seed"])
+    n, num_bins = settings["num_samples"], settings["num_time_bins"]
+    if not 1 <= num_bins <= n:
+        raise ValueError(f"config.analysis.num_time_bins, config.analysis.variance_samples: "
+                         f"need at least one bin and one sample per bin, got {num_bins} bins "
+                         f"and {n} samples")
     source = data.get_source(ctx.level_configs[0].data, "heldout")
-    key = jax.random.key(settings["seed"])
-    noise_fn = jax.jit(jax.vmap(
-        lambda i: jax.random.normal(jax.random.fold_in(key, i), ctx.ladder.image_shape)))
-    stats_fn, inc, err, drift = _stats_fn(ctx.ladder), [], [], []
-    for start in tqdm(range(0, n, batch), desc="forward drifts", unit="batch"):
-        idx = np.arange(start, min(start + batch, n))
-        x0 = jnp.asarray(source[idx % len(source)])
-        i, e, d = stats_fn(ctx.ladder.params, x0, jnp.asarray(taus[idx], jnp.float32),
-                           noise_fn(jnp.asarray(idx)))
-        inc.append(np.asarray(i, np.float64))
-        err.append(np.asarray(e, np.float64))
-        drift.append(np.asarray(d, np.float64))
-    result = {"taus": taus, "bin_edges": edges, "increment_sq": np.concatenate(inc),
-              "error_sq": np.concatenate(err), "drift_sq": np.concatenate(drift)}
+    result = variance.drift_statistics(
+        ctx.ladder, lambda idx: source[idx % len(source)], variance.bin_edges(sde.t_min, num_bins),
+        n, seed=settings["seed"], batch_size=settings["batch_size"], progress=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **result)
     common.save_stage(ctx.out, FORWARD, settings, {"file": path.name, "num_samples": n})
     return result
-
-
-def binned_variances(taus: np.ndarray, increment_sq: np.ndarray, edges: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bin mean ``(bins, K)`` of ``increment_sq`` and its standard error over samples."""
-    index = np.clip(np.searchsorted(edges, taus, side="right") - 1, 0, len(edges) - 2)
-    means, errors = [], []
-    for b in range(len(edges) - 1):
-        values = increment_sq[index == b]
-        means.append(values.mean(0))
-        errors.append(values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1
-                      else np.full(values.shape[1], np.nan))
-    return np.array(means), np.array(errors)
 
 
 def write_variances(ctx: common.Context) -> dict:

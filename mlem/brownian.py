@@ -22,12 +22,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["BatchPath", "Path", "SamplePaths", "check_path", "coarse_grid", "increments",
+           "sample_keys"]
+
 Array = jax.Array
+
+
+@runtime_checkable
+class Path(Protocol):
+    """What the solvers need of a Brownian path: its fine grid ``ts`` ``(N_fine + 1,)`` and
+    ``step(n, num_steps, like)``, the increment of step ``n`` of the nested grid of
+    ``num_steps`` steps, shaped and typed like ``like`` (the batch). :class:`BatchPath` and
+    :class:`SamplePaths` are the two built in; another must also be a pytree (it is an
+    argument of the jitted scans)."""
+
+    ts: Array
+
+    def step(self, n: Array, num_steps: int, like: Array) -> Array: ...
 
 
 class _Nested:
@@ -101,10 +118,11 @@ def increments(
     return _materialise(BatchPath(key, jnp.asarray(ts, dtype)), tuple(shape), dtype, num_steps)
 
 
-def check_path(path: BatchPath | SamplePaths, ts: Array, x0: Array) -> None:
+def check_path(path: Path, ts: Array, x0: Array) -> None:
     """Validate a path for a solve on ``ts`` from ``x0``; errors name the argument ``path``."""
-    if not isinstance(path, (BatchPath, SamplePaths)):
-        raise ValueError(f"path: expected brownian.BatchPath or brownian.SamplePaths, got "
+    if not isinstance(path, Path):
+        raise ValueError(f"path: expected brownian.BatchPath, brownian.SamplePaths or another "
+                         f"brownian.Path (ts and step(n, num_steps, like)), got "
                          f"{type(path).__name__}")
     num_steps, n_fine = ts.shape[0] - 1, path.ts.shape[0] - 1
     if path.ts.ndim != 1 or n_fine % num_steps:

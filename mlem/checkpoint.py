@@ -40,6 +40,12 @@ from jax.experimental import multihost_utils
 from mlem import cli, parallel
 from mlem.files import read_json
 
+__all__ = ["ABSENT_MEANS", "CHECKPOINT_DIR", "CONFIG_FILE", "CONFIG_HISTORY", "CORRUPT_DIR",
+           "PREVIOUS_DIR", "RECORD_SECTIONS", "RESUMABLE_FIELDS", "CheckpointNotFoundError",
+           "UnreadableCheckpointError", "WorkdirMismatchError", "check_workdir", "flatten",
+           "load_level", "load_record", "make_manager", "quarantined_steps", "record_config",
+           "restore_latest", "save", "set_aside_for_restart"]
+
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY = "config_history.jsonl"
 CHECKPOINT_DIR = "checkpoints"

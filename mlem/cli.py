@@ -30,6 +30,8 @@ from types import TracebackType
 from absl import flags
 from absl import logging as absl_logging
 
+__all__ = ["fail", "parse_flags", "quiet_background_errors", "quote"]
+
 _LIBRARY_DIRS = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "tensorstore"))
 _HINT = "--verbosity=1 shows the tracebacks"
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import ml_collections
 
+__all__ = ["load_config"]
+
 
 def load_config(spec: str | Path) -> ml_collections.ConfigDict:
     """``get_config([arg])`` of the config file ``spec`` (``path`` or ``path:arg``).

@@ -20,6 +20,10 @@ import numpy as np
 
 from mlem import sampling
 
+__all__ = ["compile_timer", "evaluation_probs", "expected_cost", "expected_evals",
+           "flops_and_seconds", "flops_per_sample", "median_seconds", "realised_cost",
+           "seconds_per_call"]
+
 Array = jax.Array
 
 

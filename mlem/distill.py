@@ -29,6 +29,9 @@ from mlem import checkpoint
 from mlem.ladder import param_digest
 from mlem.models import registry
 
+__all__ = ["RECORDED_FIELDS", "SHARED_FIELDS", "Teacher", "enabled", "load_teacher", "teacher_path",
+           "validate", "with_record"]
+
 # Filled in by training from the teacher's checkpoint; a config file leaves them unset.
 RECORDED_FIELDS = ("teacher_step", "teacher_param_sha256")
 # What the student and the teacher must share.

@@ -28,6 +28,9 @@ from flax import serialization
 
 from mlem.models.inception import InceptionV3
 
+__all__ = ["MnistClassifier", "accuracy", "classifier_features", "inception_feature_fn",
+           "load_or_train_classifier", "reference_stats", "train_classifier"]
+
 Array = jax.Array
 PARAMS_FILE, RECORD_FILE = "classifier.msgpack", "classifier.json"
 

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+__all__ = ["file_sha256", "read_json", "save_grid"]
+
 
 def read_json(path: str | Path, what: str = "file") -> Any:
     """``json.loads`` of ``path``; a malformed file is a one-line ``ValueError`` naming it

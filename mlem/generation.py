@@ -37,6 +37,10 @@ from mlem.files import read_json, save_grid
 from mlem.ladder import Ladder
 from mlem.sde import check_grid
 
+__all__ = ["COST_MODELS", "GRID_IMAGES", "METHODS", "SCHEDULES", "batch_inputs", "build_schedule",
+           "check_request", "default_out", "generate", "level_seconds", "load_variances", "run",
+           "sample_stats", "switch_levels", "time_grids", "with_overrides", "write_outputs"]
+
 Array = jax.Array
 METHODS = ("mlem", "em", "switch")
 SCHEDULES = ("constant", "variance", "file")
@@ -60,7 +64,8 @@ def time_grids(ladder: Ladder, steps: int, path_steps: int, grid: str = "uniform
 
 def build_schedule(config: ml_collections.ConfigDict, names: Sequence[str],
                    level_costs: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """``(N, K)`` ML-EM probabilities from ``config.sampling.schedule`` on the grid ``ts``.
+    """``(N, K)`` ML-EM probabilities from ``config.sampling.schedule`` on the grid ``ts``
+    (:func:`mlem.schedules.build`).
 
     ``names`` are ``config.levels`` (as recorded by ``analysis.variance``).
     ``constant``: ``sampling.probs``; ``variance``: ``p_k(τ) = min(1, c·sqrt(V_k(τ)/C_k))``
@@ -70,28 +75,24 @@ def build_schedule(config: ml_collections.ConfigDict, names: Sequence[str],
     ``c`` that evaluates the top level that many times per solve in expectation;
     ``file``: ``sampling.schedule_file``.
     """
-    sampling = config.sampling
-    num_levels, num_steps = len(names), len(ts) - 1
-    if sampling.schedule == "constant":
-        probs = tuple(sampling.probs)
-        if len(probs) != num_levels:
-            raise ValueError(f"sampling.probs: has {len(probs)} entries but the ladder has "
-                             f"{num_levels} levels; give one probability per level")
-        return schedules.constant(probs, num_steps)
-    if sampling.schedule == "variance":
+    sampling, name = config.sampling, config.sampling.schedule
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {name!r}")
+    inputs: dict[str, Any] = {}  # constant and file: the probabilities as given (c = 1)
+    if name == "constant":
+        inputs["probs"] = tuple(sampling.probs)
+        if len(inputs["probs"]) != len(names):
+            raise ValueError(f"sampling.probs: has {len(inputs['probs'])} entries but the "
+                             f"ladder has {len(names)} levels; give one probability per level")
+    elif name == "variance":
         path = sampling.variance_file or Path(config.results_dir) / "variance" / "variances.json"
-        edges, variances = load_variances(path, names)
-        inc_costs = schedules.increment_costs(level_costs)
-        make = lambda c: schedules.on_grid(schedules.variance_optimal(variances, inc_costs, c),
-                                           edges, ts)
+        inputs["bin_edges"], inputs["variances"] = load_variances(path, names)
         top = float(sampling.get("top_evals", 0.0))
-        return make(schedules.knob_for_top_evals(make, top) if top > 0 else sampling.c)
-    if sampling.schedule == "file":
-        path = _existing(sampling.schedule_file, "sampling.schedule_file",
-                         "write one with mlem.schedules.save")
-        return schedules.load(path, num_levels, ts)
-    raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got "
-                     f"{sampling.schedule!r}")
+        inputs.update({"top_evals": top} if top > 0 else {"c": sampling.c})
+    else:
+        inputs["file"] = _existing(sampling.schedule_file, "sampling.schedule_file",
+                                   "write one with mlem.schedules.save")
+    return schedules.build(name, ts, level_costs, **inputs)[1]
 
 
 def load_variances(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

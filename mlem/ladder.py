@@ -1,10 +1,11 @@
-"""A trained ladder (docs/design.md §2): loading it, its drifts ``f¹…fᴷ``, FLOPs and timing.
+"""A ladder (docs/design.md §2): loading it, its drifts ``f¹…fᴷ``, FLOPs and timing.
 
-A :class:`Ladder` holds the models and EMA parameters of levels 1…K (cheapest first), loaded
-from the checkpoints of a workdir's level subdirectories (:func:`load_ladder`). Levels are
-numbered from 1 at every public interface, ``-1`` meaning the top level. Parameters are
-passed to jitted solvers as arguments, never baked in as constants: the drifts are rebuilt
-inside the traced function from the ``params`` it receives.
+A :class:`Ladder` holds the models and parameters of levels 1…K (cheapest first): Flax
+modules with the EMA parameters of a workdir's level subdirectories (:func:`load_ladder`), or
+any ε-predicting functions (:meth:`Ladder.from_functions`, wrapped as :class:`FunctionLevel`).
+Levels are numbered from 1 at every public interface, ``-1`` meaning the top level.
+Parameters are passed to jitted solvers as arguments, never baked in as constants: the
+drifts are rebuilt inside the traced function from the ``params`` it receives.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,30 +27,107 @@ from mlem import brownian, checkpoint, cost, parallel, sampling, solvers
 from mlem.models import registry
 from mlem.sde import VPSDE
 
+__all__ = ["FunctionLevel", "Ladder", "LevelModel", "LevelNotTrainedError", "check_ordered",
+           "drifts", "em", "eps_fn", "level_costs", "level_flops", "level_index",
+           "level_seconds", "levels_and_rule", "load_ladder", "measure_flops", "mlem", "on_mesh",
+           "param_digest", "prefix", "switching"]
+
 Array = jax.Array
 Params = Any
 
 
+class LevelModel(Protocol):
+    """What a level's model must offer: Flax's ``apply({"params": p}, x, t, train=False)``,
+    ``x (B, *image_shape)``, ``t (B,)`` data times → ``ε̂`` like ``x``."""
+
+    def apply(self, variables: dict[str, Params], x: Array, t: Array,
+              train: bool = False) -> Array: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FunctionLevel:
+    """A level given as a plain function ``fn(params, x, t) → ε̂`` (``x (B, *image_shape)``,
+    ``t (B,)`` data times), with a Flax module's ``apply`` signature (:class:`LevelModel`)."""
+
+    fn: Callable[[Params, Array, Array], Array]
+
+    def apply(self, variables: dict[str, Params], x: Array, t: Array,
+              train: bool = False) -> Array:
+        return self.fn(variables["params"], x, t)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Ladder:
-    """Levels 1…K of a trained ladder; ``params[k]`` are the EMA parameters of ``models[k]``.
+    """Levels 1…K, cheapest first; ``params[k]`` are the parameters of ``models[k]``.
 
     ``steps`` and ``digests`` (when loaded from checkpoints) are the training step restored
     for each level and the sha256 of its parameters (:func:`param_digest`): the identity of
-    the ladder that results record.
+    the ladder that results record. ``costs``, when given (:meth:`from_functions`), are the
+    FLOPs per sample of one call of each level, fixed at construction; otherwise
+    :func:`level_flops` measures them.
     """
 
     names: tuple[str, ...]
-    models: tuple[nn.Module, ...]
+    models: tuple[LevelModel, ...]
     params: tuple[Params, ...]
-    image_shape: tuple[int, int, int]  # (H, W, C)
+    image_shape: tuple[int, ...]  # (H, W, C) for images; any sample shape
     sde: VPSDE
     steps: tuple[int, ...] = ()
     digests: tuple[str, ...] = ()
+    costs: tuple[float, ...] = ()
 
     @property
     def num_levels(self) -> int:
         return len(self.models)
+
+    @classmethod
+    def from_functions(
+        cls, eps_fns: Sequence[Callable[[Array, Array], Array]] | None = None, *,
+        apply_fns: Sequence[Callable[[Params, Array, Array], Array]] | None = None,
+        params: Sequence[Params] | None = None, image_shape: Sequence[int],
+        sde: VPSDE | None = None, costs: Sequence[float] | None = None,
+        names: Sequence[str] | None = None, batch_size: int = 1,
+    ) -> Ladder:
+        """A ladder of any ε-predictors, cheapest first, for :func:`em`, :func:`mlem`,
+        :func:`switching`, :func:`prefix` and :func:`mlem.variance.increment_variances`.
+
+        Args:
+          eps_fns: ``K`` functions ``ε̂(x, t)``, ``x (B, *image_shape)``, ``t (B,)`` data
+            times of ``sde``; arrays they close over are compiled in as constants.
+          apply_fns, params: instead, ``K`` functions ``apply(params[k], x, t)`` and their
+            parameters (any pytrees), passed to the jitted solvers as arguments. A model
+            trained on another noise schedule: :mod:`mlem.time_maps`.
+          image_shape: the shape of one sample.
+          sde: the :class:`~mlem.sde.VPSDE` whose data time ``t`` the functions take
+            (default ``VPSDE()``).
+          costs: ``K`` positive per-sample costs of one call (FLOPs, or any unit shared by
+            the levels); by default XLA's FLOPs of one call at ``batch_size``, divided by it
+            (as for trained levels, :func:`level_flops`).
+          names: ``K`` level names (default ``level1…levelK``).
+        """
+        if (eps_fns is None) == (apply_fns is None):
+            raise ValueError("eps_fns, apply_fns: give exactly one")
+        if eps_fns is not None:
+            if params is not None:
+                raise ValueError("params: only with apply_fns (eps_fns take none)")
+            apply_fns, params = [_without_params(f) for f in eps_fns], [()] * len(eps_fns)
+        elif params is None or len(params) != len(apply_fns):
+            raise ValueError(f"params: need one parameter pytree per apply function "
+                             f"({len(apply_fns)}), got "
+                             f"{'none' if params is None else len(params)}")
+        num_levels = len(apply_fns)
+        if num_levels < 1:
+            raise ValueError("eps_fns/apply_fns: need at least one level")
+        names = tuple(names) if names is not None else tuple(
+            f"level{k}" for k in range(1, num_levels + 1))
+        if len(names) != num_levels:
+            raise ValueError(f"names: need {num_levels} names, got {len(names)}")
+        ladder = cls(names, tuple(FunctionLevel(f) for f in apply_fns), tuple(params),
+                     tuple(int(n) for n in image_shape), VPSDE() if sde is None else sde)
+        costs = level_flops(ladder, batch_size) if costs is None else np.asarray(costs, float)
+        if costs.shape != (num_levels,) or not np.all(np.isfinite(costs) & (costs > 0)):
+            raise ValueError(f"costs: need {num_levels} positive per-level costs, got {costs}")
+        return dataclasses.replace(ladder, costs=tuple(costs.tolist()))
 
 
 class LevelNotTrainedError(FileNotFoundError):
@@ -108,7 +185,8 @@ def prefix(ladder: Ladder, top: int) -> Ladder:
         return ladder
     return dataclasses.replace(
         ladder, names=ladder.names[:top], models=ladder.models[:top],
-        params=ladder.params[:top], steps=ladder.steps[:top], digests=ladder.digests[:top])
+        params=ladder.params[:top], steps=ladder.steps[:top], digests=ladder.digests[:top],
+        costs=ladder.costs[:top])
 
 
 @functools.cache
@@ -131,7 +209,7 @@ def param_digest(params: Params) -> str:
     return digest.hexdigest()
 
 
-def eps_fn(model: nn.Module, params: Params) -> Callable[[Array, Array], Array]:
+def eps_fn(model: LevelModel, params: Params) -> Callable[[Array, Array], Array]:
     """``ε̂(x, t)`` of one level; ``t`` scalar or ``(B,)``; deterministic (no dropout)."""
 
     def eps(x: Array, t: Array) -> Array:
@@ -157,7 +235,10 @@ def levels_and_rule(ladder: Ladder, params: Sequence[Params], solver: str = "sde
 
 
 def level_flops(ladder: Ladder, batch_size: int) -> np.ndarray:
-    """``(K,)`` FLOPs per sample of one forward pass of each level, from XLA."""
+    """``(K,)`` FLOPs per sample of one forward pass of each level, from XLA (``ladder.costs``
+    when the ladder was given them)."""
+    if ladder.costs:
+        return np.array(ladder.costs)
     x, t = _probe(ladder, batch_size)
     return np.array([cost.flops_per_sample(_forward(m), p, x, t, batch_size=batch_size)
                      for m, p in zip(ladder.models, ladder.params)])
@@ -174,11 +255,15 @@ def level_costs(ladder: Ladder, batch_size: int, repeats: int = 5
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``(flops, seconds)``, each ``(K,)``: XLA's FLOPs per sample of one forward pass of each
     level and the median seconds of one call at ``batch_size`` on the default device (warm-up
-    excluded): what a step that evaluates it pays. One compilation per level."""
+    excluded): what a step that evaluates it pays. One compilation per level. The FLOPs are
+    ``ladder.costs`` when the ladder was given them."""
     x, t = _probe(ladder, batch_size)
+    levels = list(zip(ladder.models, ladder.params))
+    if ladder.costs:
+        return np.array(ladder.costs), np.array(
+            [cost.seconds_per_call(_forward(m), p, x, t, repeats=repeats) for m, p in levels])
     pairs = [cost.flops_and_seconds(_forward(m), p, x, t, batch_size=batch_size,
-                                    repeats=repeats)
-             for m, p in zip(ladder.models, ladder.params)]
+                                    repeats=repeats) for m, p in levels]
     return np.array([f for f, _ in pairs]), np.array([s for _, s in pairs])
 
 
@@ -192,8 +277,13 @@ def _probe(ladder: Ladder, batch_size: int) -> tuple[Array, Array]:
     return x, jnp.full((batch_size,), 0.5, jnp.float32)
 
 
-def _forward(model: nn.Module) -> Callable:
+def _forward(model: LevelModel) -> Callable:
     return lambda p, x, t: model.apply({"params": p}, x, t, train=False)
+
+
+def _without_params(eps: Callable[[Array, Array], Array]) -> Callable[[Params, Array, Array],
+                                                                     Array]:
+    return lambda params, x, t: eps(x, t)
 
 
 def check_ordered(flops: Sequence[float], names: Sequence[str]) -> None:

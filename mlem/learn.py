@@ -37,6 +37,10 @@ import optax
 
 from mlem import cost
 
+__all__ = ["LOGIT_MAX", "P_MAX", "P_MIN", "SolveLoss", "draw_terms", "expected_cost", "grid_probs",
+           "learn", "leave_one_out", "log_prob", "logits_from_probs", "loss_gradient",
+           "objective_gradient", "probs_from_logits", "step_bins"]
+
 Array = jax.Array
 # solve_loss(probs (N, K), realisation, key) -> (loss scalar, draws (N, K)) for one draw key.
 SolveLoss = Callable[[Array, Any, Array], tuple[Array, Array]]

@@ -16,6 +16,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = ["DATA_AXIS", "batch_sharded", "check_batch_size", "make_mesh",
+           "maybe_initialize_distributed", "multihost_requested", "replicated", "shard_batch"]
+
 DATA_AXIS = "data"
 
 

@@ -21,6 +21,8 @@ import numpy as np
 
 from mlem import sampling
 
+__all__ = ["bias", "cost", "draw", "evals", "evaluated", "select", "selection_report"]
+
 Array = jax.Array
 
 

@@ -30,6 +30,10 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
+__all__ = ["BLOCK_LIMIT", "GRAM_LIMIT", "Features", "Kernels", "fd", "fd_with_ci",
+           "frechet_distance", "gaussian_stats", "kid", "kid_difference_with_ci", "kid_subsets",
+           "kid_with_ci", "load_stats", "mmd2_unbiased", "polynomial_kernel", "save_stats"]
+
 Features = np.ndarray | Sequence[np.ndarray]
 # A (N, d) array (units: rows) or per-realisation arrays (n_r, d) (units: realisations).
 

@@ -43,11 +43,16 @@ import numpy as np
 from mlem import brownian
 from mlem.solvers import EulerMaruyama, UpdateRule
 
+__all__ = ["Diffusion", "Drift", "Level", "Path", "check_draws", "check_probs", "check_rates",
+           "check_ts", "euler_maruyama", "level_coefficients", "multilevel_euler_maruyama",
+           "multilevel_solve", "poisson_multilevel_euler_maruyama", "solve",
+           "switching_euler_maruyama", "switching_solve"]
+
 Array = jax.Array
 Drift = Callable[[Array, Array], Array]
 Level = Callable[[Array, Array], Array]  # a drift f(x, τ) or an ε-predictor ε̂(x, t)
 Diffusion = Callable[[Array], Array]
-Path = brownian.BatchPath | brownian.SamplePaths
+Path = brownian.Path  # BatchPath, SamplePaths, or any object with ts and step (a protocol)
 
 
 def euler_maruyama(

@@ -1,7 +1,8 @@
 """Probability schedules ``p_k(τ)`` for ML-EM (docs/design.md §1).
 
 Every schedule returns probabilities in (0, 1] with level 1 at 1: shape ``(K,)`` for a
-constant schedule or ``(N, K)`` on a grid of ``N`` steps.
+constant schedule or ``(N, K)`` on a grid of ``N`` steps. :func:`build` is the one factory
+of named schedules (:data:`SCHEDULES`) on a grid, each a family in the knob ``c``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,75 @@ from scipy import optimize
 
 from mlem import sampling
 from mlem.files import read_json
+
+__all__ = ["SCHEDULES", "build", "constant", "dyadic", "increment_costs", "knob_for_top_evals",
+           "load", "on_grid", "save", "scaled", "top_evals", "variance_optimal"]
+
+SCHEDULES = ("constant", "variance", "dyadic", "file")
+
+
+def build(name: str, ts: Sequence[float], costs: Sequence[float], *, c: float | None = None,
+          top_evals: float | None = None, probs: Sequence[float] | None = None,
+          variances: np.ndarray | None = None, bin_edges: Sequence[float] | None = None,
+          gamma: float | None = None, file: str | Path | None = None
+          ) -> tuple[float, np.ndarray]:
+    """``(c, probs (N, K))``: the schedule ``name`` on the grid ``ts`` at the knob ``c``.
+
+    Every schedule is a family in ``c`` (non-decreasing, level 1 at 1), for a ladder whose
+    ``K`` levels cost ``costs`` per call (FLOPs or seconds):
+
+    * ``constant``: ``min(1, c·probs_k)``, ``probs`` ``(K,)`` given (``c = 1``: ``probs``);
+    * ``variance``: ``min(1, c·sqrt(V_k/C_k))`` (:func:`variance_optimal`) with increment
+      costs ``C_k = c_k + c_{k−1}``; ``variances`` ``(K,)`` is constant in time (e.g. the
+      time average of a binned ``V``), ``(bins, K)`` holds ``V_k(τ)`` per bin of
+      ``bin_edges`` (:func:`mlem.variance.increment_variances`);
+    * ``dyadic``: ``min(1, c·2^{−(1+γ/2)(k−1)})`` with ``gamma`` (:func:`dyadic`);
+    * ``file``: ``min(1, c·p)`` with ``p`` the schedule file ``file`` (:func:`save`) on
+      ``ts`` (``c = 1``: the file as written).
+
+    Inputs a schedule does not use are ignored. The knob: ``c`` (default 1), or
+    ``top_evals`` (``0 < top_evals <= N``), which chooses the ``c`` that evaluates the top
+    level that many times per solve in expectation (:func:`knob_for_top_evals`).
+    """
+    make = _family(name, np.asarray(ts, np.float64), np.asarray(costs, np.float64), probs,
+                   variances, bin_edges, gamma, file)
+    if c is not None and top_evals is not None:
+        raise ValueError("c, top_evals: give at most one knob")
+    if top_evals is not None:
+        c = knob_for_top_evals(make, top_evals)
+    c = 1.0 if c is None else float(c)
+    return c, make(c)
+
+
+def _family(name, ts, costs, probs, variances, bin_edges, gamma, file
+            ) -> Callable[[float], np.ndarray]:
+    """``c ↦ (N, K)`` probabilities of the schedule ``name`` (see :func:`build`)."""
+    num_levels, num_steps = len(costs), len(ts) - 1
+    needs = lambda arg, value: value if value is not None else _missing(name, arg)
+    if name == "constant":
+        probs = needs("probs", probs)
+        if len(probs) != num_levels:
+            raise ValueError(f"probs: has {len(probs)} entries but the ladder has "
+                             f"{num_levels} levels; give one probability per level")
+        base = constant(probs, num_steps)
+        return lambda c: scaled(base, c)
+    if name == "variance":
+        v, inc = np.asarray(needs("variances", variances)), increment_costs(costs)
+        if v.ndim == 1:
+            return lambda c: constant(variance_optimal(v, inc, c), num_steps)
+        edges = needs("bin_edges", bin_edges)
+        return lambda c: on_grid(variance_optimal(v, inc, c), edges, ts)
+    if name == "dyadic":
+        gamma = needs("gamma", gamma)
+        return lambda c: constant(dyadic(num_levels, gamma, c), num_steps)
+    if name == "file":
+        base = load(needs("file", file), num_levels, ts)
+        return lambda c: scaled(base, c)
+    raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {name!r}")
+
+
+def _missing(name: str, arg: str):
+    raise ValueError(f"{arg}: the schedule {name!r} needs it")
 
 
 def constant(probs: Sequence[float], num_steps: int) -> np.ndarray:

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["GRIDS", "VPSDE", "DriftFn", "EpsFn", "check_grid", "gaussian_eps"]
+
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]  # ε̂(x_t, t): batch-first x, scalar or (B,) t
 DriftFn = Callable[[Array, Array], Array]  # f(x, τ): batch-first x, scalar τ

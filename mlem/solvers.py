@@ -15,7 +15,8 @@ Because the step is affine in ``u``, replacing ``u`` by the randomised telescope
 Euler the levels may stay drifts: a drift ``½β x − κ ε̂`` is itself affine in ε̂, and since
 ``Σ_j a_j = w_1 = 1`` the telescope of drifts is the drift of the telescope of ε̂.
 
-A rule is a frozen dataclass (hashable: a static argument of the jitted scans) with
+A rule is anything that satisfies the protocol :class:`UpdateRule`, so a user can add one:
+hashable (a static argument of the jitted scans; those here are frozen dataclasses), with
 ``stochastic`` (whether it consumes Brownian increments), ``level_time(τ)`` (the time at
 which the levels are called: solver time τ for drifts, data time ``t = 1 − τ`` for ε̂) and
 ``__call__(x, u, τ0, τ1, dw)``. The VP-SDE's conventions are those of :mod:`mlem.sde`.
@@ -25,14 +26,37 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 
 from mlem.sde import VPSDE, EpsFn
 
+__all__ = ["SOLVERS", "Ancestral", "DDIM", "Euler", "EulerMaruyama", "UpdateRule",
+           "check_solver", "for_vpsde"]
+
 Array = jax.Array
 SOLVERS = ("sde", "ode", "ddim", "ancestral")
+
+
+class UpdateRule(Protocol):
+    """What :mod:`mlem.sampling` needs of an update rule; the four below are examples.
+
+    ``__call__(x, u, τ0, τ1, dw)`` is one step from solver time ``τ0`` to ``τ1`` given the
+    level output ``u`` (the multilevel telescope ``Σ_j a_j uʲ`` under ML-EM), and must be
+    affine in ``u`` for ML-EM to stay unbiased. ``dw`` is the step's Brownian increment
+    (shaped like ``x``) when ``stochastic`` is true, else ``None``. ``level_time(τ)`` is the
+    time at which the levels are called. A rule is a static argument of the jitted scans, so
+    it must be hashable: a frozen dataclass, say.
+    """
+
+    stochastic: bool
+
+    def level_time(self, tau: Array) -> Array: ...
+
+    def __call__(self, x: Array, u: Array, tau0: Array, tau1: Array,
+                 dw: Array | None) -> Array: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +119,6 @@ class Ancestral:
         a, b, c = self.sde.ancestral_coefficients(self.sde.data_time(tau0),
                                                   self.sde.data_time(tau1))
         return a * x + b * u + c * dw / jnp.sqrt(tau1 - tau0)
-
-
-UpdateRule = EulerMaruyama | Euler | DDIM | Ancestral
 
 
 def check_solver(name: str) -> str:

@@ -36,6 +36,9 @@ import numpy as np
 
 from mlem import cost
 
+__all__ = ["DriftFn", "Hierarchy", "dyadic_hierarchy", "fourier_features", "fourier_flops",
+           "fourier_hierarchy", "level_errors", "level_variances", "xla_costs"]
+
 Array = jax.Array
 DriftFn = Callable[[Array, Array], Array]
 Params = dict[str, Array]

@@ -22,6 +22,8 @@ from mlem.models import gaussian, registry
 from mlem.sde import VPSDE
 from mlem.train_metrics import MetricsWriter
 
+__all__ = ["FIT_STEP", "fit_and_save", "heldout_loss"]
+
 FIT_STEP = 1  # the fit is the level's one "step"
 
 

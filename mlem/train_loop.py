@@ -39,6 +39,9 @@ from mlem.train_metrics import (
 )
 from mlem.training import TrainState
 
+__all__ = ["SAMPLE_SEED", "SAMPLE_STEPS", "heldout_loss", "make_sampler", "resume_state",
+           "train_and_evaluate", "validate"]
+
 SAMPLE_SEED = 1  # fixed initial noise and Brownian path of the sample grids
 SAMPLE_STEPS = 100  # Euler–Maruyama steps of the (quick, visual-only) sample grids
 

@@ -18,6 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
+__all__ = ["METRICS_FILE", "WINDOW_FILE", "MetricsWriter", "NonFiniteLossError", "Progress",
+           "assert_finite", "load_window", "save_window", "wandb_mode"]
+
 METRICS_FILE = "metrics.jsonl"
 WINDOW_FILE = "log_window.json"  # per-step metrics not yet logged, at each checkpoint
 

@@ -26,6 +26,10 @@ from mlem import parallel
 from mlem.models import registry
 from mlem.sde import VPSDE
 
+__all__ = ["HELDOUT_SEED", "TrainState", "build_model", "distill_loss", "ema_update",
+           "heldout_draws", "init_state", "make_heldout_distill_gap", "make_heldout_loss",
+           "make_optimizer", "make_train_step", "mean_heldout_loss", "per_example_loss"]
+
 Array = jax.Array
 HELDOUT_SEED = 0  # fixed noise and t draws of the held-out loss, shared by every level
 

@@ -22,6 +22,11 @@ from PIL import Image
 
 from mlem.data.pipeline import resize, to_signed
 
+__all__ = ["CROP", "PARTITION_FILES", "SPLIT_IDS", "TFDS_SPLITS", "CelebASource",
+           "DatasetNotFoundError", "FolderReader", "TfdsReader", "ZipReader", "celeba_source",
+           "decode_jpeg", "local_reader", "not_found", "parse_partition", "preprocess",
+           "tfds_reader"]
+
 CROP = 140
 PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")
 SPLIT_IDS = {"train": 0, "heldout": 1, "test": 2}

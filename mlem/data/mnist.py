@@ -20,6 +20,8 @@ import numpy as np
 
 from mlem.data.pipeline import ArraySource, resize, to_signed
 
+__all__ = ["SPLITS", "load_raw", "mnist5k", "mnist_source", "split_indices", "to_size"]
+
 NUM_CLASSES, PER_CLASS, HELDOUT_PER_CLASS = 10, 500, 50
 SPLITS = ("train", "heldout")
 

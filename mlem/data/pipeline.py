@@ -17,6 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
+__all__ = ["ArraySource", "BatchIterator", "Source", "TrainPipeline", "heldout_batches", "resize",
+           "resize_matrix", "to_signed"]
+
 # Stream tags: permutations and flips draw from different numpy SeedSequences.
 _PERM_STREAM, _FLIP_STREAM = 0, 1
 

@@ -11,6 +11,8 @@ import numpy as np
 
 from mlem.data.pipeline import ArraySource
 
+__all__ = ["NUM_BLOBS", "SEEDS", "SIZES", "blobs", "synthetic_source"]
+
 SIZES = {"train": 1024, "heldout": 256}
 SEEDS = {"train": 0, "heldout": 1}
 NUM_BLOBS = 3

@@ -27,6 +27,8 @@ import numpy as np
 
 from mlem.sde import VPSDE
 
+__all__ = ["GaussianEps", "fit"]
+
 Array = jnp.ndarray
 
 

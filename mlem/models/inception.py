@@ -22,6 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["FEATURES", "INPUT_SIZE", "MIN_SIZE", "BasicConv2d", "InceptionA", "InceptionB",
+           "InceptionC", "InceptionD", "InceptionE", "InceptionV3", "load_inception_params",
+           "random_variables", "variables_from_state_dict"]
+
 Array = jax.Array
 INPUT_SIZE = 299
 FEATURES = 2048

@@ -25,6 +25,8 @@ import flax.linen as nn
 from mlem.models.gaussian import GaussianEps
 from mlem.models.unet import UNet
 
+__all__ = ["GAUSSIAN", "LEVELS", "gaussian_rank", "get_level", "get_model", "level_names"]
+
 _CELEBA = dict(ch_mult=(1, 2, 2, 2), attn_resolutions=(16,), dropout=0.1)
 _MNIST = dict(ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0,
               norm_groups=4)

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["AttnBlock", "ResBlock", "UNet", "timestep_embedding"]
+
 Array = jax.Array
 _zero_init = nn.initializers.zeros
 
