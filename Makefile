@@ -1,12 +1,12 @@
 # mlem — the two commands a newcomer types are `make demo` and `make test`.
 # Set-up: a virtual environment in .venv with CPU JAX. For CUDA 12/13 GPUs run
 #   .venv/bin/pip install -U "jax[cuda13]"        (or "jax[cuda12]"; TPU VMs: "jax[tpu]")
-# after `make setup`; everything else is the same.
+# after `make setup`; everything else is the same (no target forces a platform: JAX uses the
+# accelerator it finds; the tests pin themselves to the CPU in tests/conftest.py).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export JAX_PLATFORMS ?= cpu
 
 .PHONY: setup test test-all lint demo reproduce-mnist demo-synthetic celeba-reference bench-sampler bench-train \
 	bench-coverage clean
