@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all lint demo reproduce-mnist demo-synthetic celeba-reference bench-sampler bench-train \
+.PHONY: setup test test-integration test-all lint demo reproduce-mnist demo-synthetic celeba-reference bench-sampler bench-train \
 	bench-coverage clean
 
 setup: $(STAMP)
@@ -26,8 +26,13 @@ $(STAMP): requirements.txt pyproject.toml
 # ladder stay on one worker (--dist loadgroup).
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup
 
+# Three tiers (docs/testing.md): unit and fast numerics; integration (pipelines, subprocesses,
+# trained ladders); slow numerical checks. CI runs the first two.
 test: setup
-	$(PYTEST) -m "not slow" tests
+	$(PYTEST) -m "not slow and not integration" tests
+
+test-integration: setup
+	$(PYTEST) -m "integration and not slow" tests
 
 test-all: setup
 	$(PYTEST) tests

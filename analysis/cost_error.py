@@ -228,7 +228,7 @@ def solver_settings(config: Any) -> tuple[str, str, dict]:
     return solver, grid, record
 
 
-def referenceconfig_key(ctx: common.Context, coupling: Coupling, realisations: int) -> dict:
+def reference_key(ctx: common.Context, coupling: Coupling, realisations: int) -> dict:
     """Everything the reference depends on."""
     ladder = ctx.ladder
     return {"levels": list(ladder.names), "steps": list(ladder.steps),
@@ -247,7 +247,7 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
     matches exactly (and not with ``--recompute``).
     """
     stage = ctx.out / STAGE
-    key = common.jsonable(referenceconfig_key(ctx, coupling, realisations))
+    key = common.jsonable(reference_key(ctx, coupling, realisations))
     key_file, array_file = stage / "reference.json", stage / "reference.npy"
     if not ctx.recompute and key_file.exists() and array_file.exists():
         if json.loads(key_file.read_text()) == key:

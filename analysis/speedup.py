@@ -114,14 +114,6 @@ def common_range(a: Sequence[float], b: Sequence[float]) -> tuple[float, float] 
     return (float(lo), float(hi)) if lo <= hi else None
 
 
-def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
-    """Least-squares slope of ``log y`` against ``log x`` (NaN with fewer than two points)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if x.size < 2 or np.ptp(np.log(x)) == 0:
-        return float("nan")
-    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
-
-
 # --- exploratory curves (pictures, never headlines) -----------------------------------------
 
 

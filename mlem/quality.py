@@ -32,7 +32,7 @@ import scipy.linalg
 
 __all__ = ["BLOCK_LIMIT", "GRAM_LIMIT", "Features", "Kernels", "fd", "fd_with_ci",
            "frechet_distance", "gaussian_stats", "kid", "kid_difference_with_ci", "kid_subsets",
-           "kid_with_ci", "load_stats", "mmd2_unbiased", "polynomial_kernel", "save_stats"]
+           "kid_with_ci", "load_stats", "polynomial_kernel", "save_stats"]
 
 Features = np.ndarray | Sequence[np.ndarray]
 # A (N, d) array (units: rows) or per-realisation arrays (n_r, d) (units: realisations).
@@ -96,12 +96,6 @@ def fd(features1: np.ndarray, features2: np.ndarray) -> float:
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``(x·y/d + 1)³``: ``(n, d), (m, d)`` → ``(n, m)``."""
     return (x @ y.T / x.shape[1] + 1.0) ** 3
-
-
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD² with :func:`polynomial_kernel` of ``x (m, d)`` and ``y (n, d)``."""
-    return float(_mmd2(polynomial_kernel(x, x)[None], polynomial_kernel(y, y)[None],
-                       polynomial_kernel(x, y)[None], np.arange(len(x))[None], None)[0])
 
 
 def _mmd2(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray, x_ids: np.ndarray,

@@ -28,6 +28,22 @@ os.environ.update({"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": _CACHE,
 
 TINY_LEVELS = ("tiny_level1", "tiny_level2")
 
+# The integration tier (`make test-integration`): whole pipelines on trained checkpoints,
+# command lines in subprocesses, and trained ladders; `make test` is the unit tier without them.
+INTEGRATION_FIXTURES = {"tiny_ladder"}  # every test on the trained tiny ladder
+INTEGRATION_MODULES = {"test_experiments", "test_cli_quiet", "test_distill"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the integration tier: tests that use :data:`INTEGRATION_FIXTURES` (directly or
+    through another fixture), those of :data:`INTEGRATION_MODULES`, and those marked
+    ``@pytest.mark.integration`` by hand (a subprocess or a whole training run)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or \
+                module in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def tiny_ladder(tmp_path_factory: pytest.TempPathFactory) -> Path:

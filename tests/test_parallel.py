@@ -53,6 +53,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.integration
 def test_eight_devices_match_one_device(tmp_path):
     """3 training steps with the batch split over 8 fake CPU devices vs on 1 device.
 

@@ -124,6 +124,7 @@ def test_bad_input_ends_in_one_error_line(inputs, tmp_path, capsys, args, messag
     assert not (tmp_path / "ref.npz").exists()
 
 
+@pytest.mark.integration
 def test_missing_weights_is_one_line_and_a_nonzero_exit(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "analysis.reference_stats", "--inception_weights",

@@ -189,6 +189,7 @@ def test_ladder_solves_take_a_solver():
         ladders.em(ladder, -1, x0, ts, key, solver="dpm")
 
 
+@pytest.mark.integration
 def test_generation_takes_solver_grid_and_switching_and_refuses_unknown_names(tmp_path):
     """``generate(solver=)`` on a ``logsnr`` grid for em, mlem and switch; the sample config's
     fields, their default output directory and the one-line CLI error for an unknown solver."""

@@ -210,6 +210,7 @@ def test_exponents_match_theory(gamma, tmp_path):
     assert slope < 0, "the speedup must grow as the error shrinks"
 
 
+@pytest.mark.integration
 def test_reduced_sweep_separates_the_exponents(tmp_path):
     """The theory in ``make test``: on a 10-level ladder at γ = 3 (16 seeds, ~40 s) ML-EM's
     cost exponent is clearly below EM's (theory: γ vs γ + 1), and ML-EM is faster at the low

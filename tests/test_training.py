@@ -123,6 +123,7 @@ def test_run_writes_metrics_checkpoints_and_samples(trained):
     assert any(moved)  # EMA lags the raw parameters
 
 
+@pytest.mark.integration
 def test_resume_in_a_new_process_is_bitwise_exact(trained, tmp_path, compile_cache):
     """2 steps in-process + a new `python -m train` process for 2 more == 4 steps at once.
 
@@ -220,6 +221,7 @@ def test_unreadable_run_is_quarantined_once_and_restarts_only_when_asked(trained
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.integration
 def test_metrics_after_a_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch):
     """log_every (3) does not divide checkpoint_every (2): the run dies at step 5, resumes
     from the checkpoint at 4, and its line at step 6 still averages steps 4–6."""
@@ -356,6 +358,7 @@ def test_non_finite_parameters_stop_the_run_before_any_save(trained, tmp_path, m
     ("--config.data.image_size=9", "image_size 9x9 is not divisible"),
     ("--config.training.num_steps=-5", "training.num_steps: must be a positive number, got -5"),
 ])
+@pytest.mark.integration
 def test_cli_bad_input_is_one_line_and_exit_1(flag, message, tmp_path, compile_cache):
     workdir = tmp_path / "run"
     proc = run_python(["-m", "train", "--config", "configs/tiny.py", "--workdir",
@@ -366,6 +369,7 @@ def test_cli_bad_input_is_one_line_and_exit_1(flag, message, tmp_path, compile_c
     assert not workdir.exists()
 
 
+@pytest.mark.integration
 def test_cli_missing_config_file_is_named(tmp_path, compile_cache):
     proc = run_python(["-m", "train", "--config", "configs/nope.py", "--workdir",
                        str(tmp_path / "run")], compile_cache)

@@ -1,6 +1,6 @@
 """One synthetic sweep end to end: solve, summarise, write the results directory.
 
-``run(cfg, out)`` writes ``summary.json`` (:func:`analysis.synthetic.summary.summarize` plus
+``run(cfg, out)`` writes ``summary.json`` (:func:`analysis.synthetic.summary.summarise` plus
 bootstrap intervals, wall time, seeds and devices), ``points.csv`` (seed averages),
 ``runs.csv`` (one row per configuration and seed) and ``cost_vs_error.png``.
 """
@@ -37,7 +37,7 @@ def run(cfg: SweepConfig, out_dir: str | Path, *, progress: bool = True) -> dict
     start = time.perf_counter()
     rows, ladder = run_sweep(cfg, cfg.hierarchy(), progress=progress)
     points = summaries.aggregate(rows)
-    summary = summaries.summarize(points, cfg, ladder)
+    summary = summaries.summarise(points, cfg, ladder)
     summary.update(summaries.bootstrap_statistics(rows, summary["fit_range"]))
     summary.update(summaries.speedups_at_targets(rows, cfg))
     summary["distributional"] = summaries.distributional_at_targets(rows, cfg,

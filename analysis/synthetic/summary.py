@@ -215,7 +215,7 @@ def _ladder_fields(ladder: dict) -> dict:
             "level_costs": np.asarray(ladder["level_costs"]).tolist()}
 
 
-def summarize(points: Sequence[dict], cfg: SweepConfig, ladder: dict) -> dict:
+def summarise(points: Sequence[dict], cfg: SweepConfig, ladder: dict) -> dict:
     """Envelopes, fit range, exponents and speedups of the sweep (see module docstring)."""
     fronts = envelopes(points)
     lo, hi = fit_range(fronts, cfg)
