@@ -17,9 +17,10 @@ The sampler core on callables: :func:`euler_maruyama`, :func:`multilevel_euler_m
 ``mlem.generation``, …), each with its own ``__all__``.
 """
 
-from mlem import cost, ladder, sampling, schedules, solvers, time_maps, variance
+import importlib
+
+from mlem import cost, sampling, schedules, solvers, time_maps
 from mlem.brownian import BatchPath, Path, SamplePaths
-from mlem.ladder import FunctionLevel, Ladder
 from mlem.sampling import (
     euler_maruyama,
     multilevel_euler_maruyama,
@@ -31,6 +32,28 @@ from mlem.sampling import (
 )
 from mlem.sde import VPSDE
 from mlem.solvers import DDIM, Ancestral, Euler, EulerMaruyama, UpdateRule
+
+# Loaded on first use: the ladder of trained networks needs the [train] extra (Flax, orbax,
+# ml_collections); the sampler core above needs only jax and numpy (pip install mlem).
+_LAZY = {"Ladder": ("mlem.ladder", "Ladder"), "FunctionLevel": ("mlem.ladder", "FunctionLevel"),
+         "ladder": ("mlem.ladder", None), "variance": ("mlem.variance", None)}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mlem' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"mlem.{name} needs the [train] extra: pip install 'mlem[train]' "
+                          f"({err})") from err
+    return loaded if attr is None else getattr(loaded, attr)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"  # as pyproject.toml
 

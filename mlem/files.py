@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 __all__ = ["file_sha256", "read_json", "save_grid"]
 
@@ -45,4 +44,6 @@ def save_grid(images: np.ndarray, path: Path) -> None:
         r, q = divmod(i, cols)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = pixels[i]
     path.parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image  # the [train] extra; the core installs without it
+
     Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)

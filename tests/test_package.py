@@ -26,8 +26,48 @@ def _requirements() -> tuple[set[str], set[str]]:
 def test_pyproject_dependencies_agree_with_requirements():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime, dev = _requirements()
-    assert set(project["dependencies"]) == runtime
-    assert set(project["optional-dependencies"]["dev"]) == dev
+    extras = project["optional-dependencies"]
+    assert set(project["dependencies"]) | set(extras["train"]) | set(extras["eval"]) == runtime
+    assert set(extras["dev"]) == dev
+
+
+# Everything outside the core install (pip install mlem: jax, numpy and scipy).
+NOT_CORE = ("flax", "optax", "orbax", "tensorflow", "tensorflow_datasets", "ml_collections",
+            "wandb", "absl", "PIL", "tqdm", "mlxtend", "matplotlib")
+BLOCKER = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {NOT_CORE!r}:
+            raise ImportError(f"blocked: {{name}} is not in the core install")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_the_core_imports_and_samples_without_the_extras(tmp_path):
+    """What ``pip install mlem`` (no extras) gives: ``import mlem``, an ML-EM solve, a
+    schedule; the ladder of trained networks says which extra it needs."""
+    script = BLOCKER + """
+import jax, jax.numpy as jnp, numpy as np
+import mlem, mlem.sampling
+ts = jnp.linspace(0.0, 0.99, 9)
+drifts = [lambda x, t: -x, lambda x, t: -1.1 * x]
+c, probs = mlem.schedules.build("constant", np.asarray(ts), np.array([1.0, 4.0]),
+                                probs=[1.0, 0.5])
+x, stats = mlem.multilevel_euler_maruyama(drifts, probs, lambda t: 1.0, jnp.ones((4, 2)), ts,
+                                          jax.random.key(0))
+assert x.shape == (4, 2) and stats["evals"].shape == (2,)
+try:
+    mlem.Ladder
+except ImportError as err:
+    assert "mlem[train]" in str(err), err
+    print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
+                          env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_import_mlem_outside_the_repository(tmp_path):

@@ -48,6 +48,8 @@ def _module_names(tree: ast.Module) -> tuple[set[str], set[str], list[str] | Non
                     bound.add(target.id)
                     if target.id == "__all__":
                         exported = ast.literal_eval(node.value)
+                    if target.id == "_LAZY":  # names the module's __getattr__ loads on use
+                        bound.update(ast.literal_eval(node.value))
     return {d for d in defs if not d.startswith("_")}, bound, exported
 
 
