@@ -8,7 +8,10 @@ Both framings of docs/design.md §3 on one coupled sweep: the *own-ladder* one (
 level, ML-EM and switching on levels 1–4, judged against level 4 on the 512-step grid) at
 the demo's targets, and the *oracle* one (level 4 on the 512-step grid is the oracle; EM at
 levels 1–3, ML-EM and switching on the prefix ladders 1–2 and 1–3) at ``oracle_targets``.
-Twice the demo's realisations, both ML-EM pricings and the paper's pattern search.
+Twice the demo's realisations, both ML-EM pricings and the paper's pattern search; then,
+in both framings, the distributional error against independent oracle samples
+(``analysis.distributional``: FD in the classifier's features and pixel moments, 1,024
+samples a configuration) at multiples of the oracle's finite-sample floor.
 """
 
 import ml_collections
