@@ -22,7 +22,8 @@ pathwise sweep never uses:
 
 **Errors** of a set of samples against the oracle set: ``fd``, the Fréchet distance of
 their features (:mod:`analysis.quality`: the MNIST classifier, Inception on CelebA), and
-``moments``, ``‖μ − μ*‖²/D + ‖Σ − Σ*‖_F²/D²`` of the pixels (``D`` pixels). KID (unbiased,
+``moments``, ``‖μ − μ*‖²/D + ‖Σ − Σ*‖_F²/D²`` of the pixels (``D`` pixels), both on the
+samples clipped to the data range as an image holds them. KID (unbiased,
 so no floor to subtract, but not positive: it cannot be a target on a log scale) is reported
 for each chosen configuration with its interval.
 
@@ -270,11 +271,13 @@ class Judge:
 
 
 def set_stats(samples: np.ndarray, feats: quality.Features) -> dict[str, Stats]:
-    """``{ruler: Stats}`` of ``(R, B, H, W, C)`` samples: features and pixels."""
+    """``{ruler: Stats}`` of ``(R, B, H, W, C)`` samples: their features and their pixels,
+    both of the samples as an image holds them (clipped to the data range ``[-1, 1]``, as the
+    feature networks see them): a coarse solve that diverges has a large but finite error."""
     r, b = samples.shape[:2]
     flat = samples.reshape(r * b, *samples.shape[2:])
     return {"fd": Stats(np.asarray(feats.fn(flat), np.float64).reshape(r, b, -1)),
-            "moments": Stats(samples.reshape(r, b, -1))}
+            "moments": Stats(np.clip(samples, -1.0, 1.0).reshape(r, b, -1))}
 
 
 # --- the analysis --------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ The public API (docs/design.md, docs/sampling.md "Your own ladder")::
 The sampler core on callables: :func:`euler_maruyama`, :func:`multilevel_euler_maruyama`,
 :func:`solve`, :func:`multilevel_solve`, :func:`switching_solve`, … with an update rule
 (:class:`UpdateRule`: :class:`EulerMaruyama`, :class:`Euler`, :class:`DDIM`,
-:class:`Ancestral`, or your own) and a Brownian path (:class:`Path`: :class:`BatchPath`,
+:class:`Ancestral`, or your own; :class:`MultistepRule`: :class:`DPMSolverPP2M`,
+:class:`Heun`) and a Brownian path (:class:`Path`: :class:`BatchPath`,
 :class:`SamplePaths`, or your own). Everything else lives in its module (``mlem.cost``,
 ``mlem.generation``, …), each with its own ``__all__``.
 """
@@ -31,7 +32,16 @@ from mlem.sampling import (
     switching_solve,
 )
 from mlem.sde import VPSDE
-from mlem.solvers import DDIM, Ancestral, Euler, EulerMaruyama, UpdateRule
+from mlem.solvers import (
+    DDIM,
+    Ancestral,
+    DPMSolverPP2M,
+    Euler,
+    EulerMaruyama,
+    Heun,
+    MultistepRule,
+    UpdateRule,
+)
 
 # Loaded on first use: the ladder of trained networks needs the [train] extra (Flax, orbax,
 # ml_collections); the sampler core above needs only jax and numpy (pip install mlem).
@@ -58,9 +68,10 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"  # as pyproject.toml
 
 __all__ = [
-    "DDIM", "VPSDE", "Ancestral", "BatchPath", "Euler", "EulerMaruyama", "FunctionLevel",
-    "Ladder", "Path", "SamplePaths", "UpdateRule", "__version__", "cost", "euler_maruyama",
-    "ladder", "multilevel_euler_maruyama", "multilevel_solve",
+    "DDIM", "VPSDE", "Ancestral", "BatchPath", "DPMSolverPP2M", "Euler", "EulerMaruyama",
+    "FunctionLevel", "Heun", "Ladder", "MultistepRule", "Path", "SamplePaths", "UpdateRule",
+    "__version__", "cost", "euler_maruyama", "ladder", "multilevel_euler_maruyama",
+    "multilevel_solve",
     "poisson_multilevel_euler_maruyama", "sampling", "schedules", "solve", "solvers",
     "switching_euler_maruyama", "switching_solve", "time_maps", "variance",
 ]

@@ -53,7 +53,8 @@ GRID_IMAGES = 64  # samples shown in samples.png
 def time_grids(ladder: Ladder, steps: int, path_steps: int, grid: str = "uniform"
                ) -> tuple[np.ndarray, np.ndarray]:
     """``(ts, path_ts)``: the ``steps + 1`` solver times, a sub-grid of the path's fine grid
-    of kind ``grid`` (``uniform``, ``quadratic`` or ``logsnr``: :meth:`VPSDE.time_grid`)."""
+    of kind ``grid`` (``uniform``, ``quadratic``, ``logsnr`` or ``karras``:
+    :meth:`VPSDE.time_grid`)."""
     if path_steps < 1 or steps < 1 or path_steps % steps:
         raise ValueError(f"steps={steps} must divide sampling.path_steps={path_steps} (the grid "
                          f"of the shared Brownian path); pick a divisor or set "
@@ -170,8 +171,9 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
     ``switch_at`` of the solver time, the top level after; :func:`switch_levels`).
 
     ``solver`` (:data:`mlem.solvers.SOLVERS`) is the update rule: ``sde`` (EM / ML-EM on the
-    reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim`` or ``ancestral``; ``em``, ``mlem``
-    and ``switch`` then mean the single-level, multilevel and switching solves with that rule.
+    reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim``, ``ancestral``, ``dpmpp2m``,
+    ``dpmpp2m-sde`` or ``heun``; ``em``, ``mlem`` and ``switch`` then mean the single-level,
+    multilevel and switching solves with that rule.
 
     Args:
       probs: ``(N, K)`` or ``(K,)`` ML-EM probabilities (ignored by EM).
@@ -207,7 +209,8 @@ def generate(ladder: Ladder, method: str, probs: np.ndarray | None, ts: np.ndarr
                 evals.append(np.asarray(stats["evals"]))
             else:
                 x, stats = ladders.em(sharded, level, x0, ts, key, path=path, solver=solver)
-                evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level - 1] * num_steps)
+                evals.append(np.eye(ladder.num_levels, dtype=np.int64)[level - 1]
+                             * int(stats["evals"][0]))  # N, or 2N − 1 for heun
             samples.append(_to_host(x))
         wall = time.perf_counter() - start
     evals = np.stack(evals).astype(np.int64)

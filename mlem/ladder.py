@@ -227,7 +227,7 @@ def drifts(ladder: Ladder, params: Sequence[Params]) -> list[Callable[[Array, Ar
 def levels_and_rule(ladder: Ladder, params: Sequence[Params], solver: str = "sde"):
     """The level callables and update rule of ``solver`` (:func:`mlem.solvers.for_vpsde`):
     reverse-SDE drifts (``sde``, exactly :func:`drifts`), PF-ODE drifts (``ode``) or the
-    ε-predictors themselves (``ddim``, ``ancestral``)."""
+    ε-predictors themselves (``ddim``, ``ancestral``, ``dpmpp2m``, ``dpmpp2m-sde``, ``heun``)."""
     if solver == "sde":
         return drifts(ladder, params), solvers.EulerMaruyama(ladder.sde.diffusion)
     eps = [eps_fn(m, p) for m, p in zip(ladder.models, params)]
@@ -326,8 +326,9 @@ def em(ladder: Ladder, level: int, x0: Array, ts: Array, key: Array,
 
     The Brownian increments come from ``increments``, ``path`` or ``key`` as in
     :func:`mlem.sampling.euler_maruyama`. ``solver`` (:data:`mlem.solvers.SOLVERS`) picks the
-    update rule: ``sde`` (EM on the reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim`` or
-    ``ancestral``; the deterministic ones draw no increments.
+    update rule: ``sde`` (EM on the reverse SDE), ``ode`` (Euler on the PF-ODE), ``ddim``,
+    ``ancestral``, ``dpmpp2m``, ``dpmpp2m-sde`` or ``heun`` (two calls per step); the
+    deterministic ones draw no increments.
     """
     index = level_index(level, ladder.num_levels)
     ts = _checked(ts, x0, path)
@@ -360,7 +361,8 @@ def mlem(ladder: Ladder, probs: Array, x0: Array, ts: Array, key: Array | None,
          draws: Array | None = None, solver: str = "sde") -> tuple[Array, dict[str, Array]]:
     """ML-EM over the whole ladder; ``probs`` ``(K,)`` or ``(N, K)`` (validated here).
 
-    ``draws``: optional ``(N, K)`` boolean fixed evaluation pattern (docs/patterns.md), as in
+    ``draws``: optional ``(N, K)`` boolean fixed evaluation pattern (``(N, 2, K)`` for
+    ``heun``, two calls per step; docs/patterns.md), as in
     :func:`mlem.sampling.multilevel_euler_maruyama`; ``key`` then drives only the Brownian
     path. The same compiled solver serves both (one trace each). ``solver`` as in :func:`em`:
     the multilevel estimator of :func:`mlem.sampling.multilevel_solve` with that update rule.
@@ -369,7 +371,7 @@ def mlem(ladder: Ladder, probs: Array, x0: Array, ts: Array, key: Array | None,
     num_steps = ts.shape[0] - 1
     probs = sampling.check_probs(probs, ladder.num_levels, num_steps)
     if draws is not None:
-        draws = sampling.check_draws(draws, ladder.num_levels, num_steps)
+        draws = sampling.check_draws(draws, ladder.num_levels, num_steps, None)
     solve = _solver(ladder, tuple(np.asarray(ts).tolist()), None, solvers.check_solver(solver))
     return solve(ladder.params, probs, x0, key, increments, path, draws)
 

@@ -26,6 +26,9 @@ The step itself is an *update rule* (:mod:`mlem.solvers`) fed the combined level
 the probability-flow ODE, DDIM and DDPM ancestral sampling (levels ε̂). Every such rule is
 affine in ``u``, so the one multilevel scan is unbiased for the top level with any of them
 (:func:`multilevel_solve`, :func:`solve`, :func:`switching_solve`; docs/solvers.md).
+A *multistep rule* (DPM-Solver++(2M), Heun) carries a state in the scan and asks for its
+outputs through ``evaluate(i, y, s)``: every call is a telescope with its own draws and the
+same skipping, so the estimator replaces the level output at every call.
 
 The solvers are pure: arrays and callables in, arrays out.
 """
@@ -41,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlem import brownian
-from mlem.solvers import EulerMaruyama, UpdateRule
+from mlem.solvers import EulerMaruyama, MultistepRule, UpdateRule, is_multistep
 
 __all__ = ["Diffusion", "Drift", "Level", "Path", "check_draws", "check_probs", "check_rates",
            "check_ts", "euler_maruyama", "level_coefficients", "multilevel_euler_maruyama",
@@ -81,7 +84,7 @@ def euler_maruyama(
 
 
 def solve(
-    level: Level, update: UpdateRule, x0: Array, ts: Array, key: Array | None, *,
+    level: Level, update: UpdateRule | MultistepRule, x0: Array, ts: Array, key: Array | None, *,
     increments: Array | None = None, path: Path | None = None, cost: float | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """One level with any update rule: ``X_{n+1} = update(X_n, u(X_n, ·), τ_n, τ_{n+1}, ΔW_n)``.
@@ -89,16 +92,18 @@ def solve(
     Args:
       level: ``u(x, s)`` called at ``s = update.level_time(τ_n)`` (a drift for EM and Euler,
         an ε-predictor for DDIM and ancestral; :func:`mlem.solvers.for_vpsde`).
-      update: an update rule of :mod:`mlem.solvers`.
+      update: an update rule of :mod:`mlem.solvers` (a multistep rule calls ``level`` where and
+        as often as its ``step`` asks).
       x0, ts, key, increments, path, cost: as in :func:`euler_maruyama`; a deterministic rule
         (``update.stochastic`` false) draws no increments and ignores ``increments``/``path``.
 
     Returns:
-      ``x_N`` and ``stats`` with ``evals`` of shape ``(1,)``.
+      ``x_N`` and ``stats`` with ``evals`` of shape ``(1,)``: the calls of ``level`` made
+      (``N`` for a one-call rule).
     """
     ts = check_ts(ts)
-    x = _em_scan(level, update, x0, ts, _noise(key, ts, x0, increments, path, update))
-    stats = {"evals": jnp.full((1,), ts.shape[0] - 1, jnp.int32)}
+    x, made = _em_scan(level, update, x0, ts, _noise(key, ts, x0, increments, path, update))
+    stats = {"evals": made.sum(dtype=jnp.int32).reshape(1)}
     return x, _with_cost(stats, None if cost is None else [cost])
 
 
@@ -134,7 +139,7 @@ def multilevel_euler_maruyama(
 
 
 def multilevel_solve(
-    levels: Sequence[Level], probs: Array, update: UpdateRule, x0: Array, ts: Array,
+    levels: Sequence[Level], probs: Array, update: UpdateRule | MultistepRule, x0: Array, ts: Array,
     key: Array | None, *, increments: Array | None = None, path: Path | None = None,
     costs: Sequence[float] | None = None, draws: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
@@ -147,20 +152,30 @@ def multilevel_solve(
     :func:`multilevel_euler_maruyama`, which is this function with
     ``update = EulerMaruyama(diffusion)``.
 
+    A multistep rule (:class:`mlem.solvers.MultistepRule`) gets the telescope at every call
+    it makes (``evaluate(i, y, s)``), each call ``i`` with its own draws (from
+    ``fold_in(fold_in(key_draws, n), i)`` for ``i ≥ 1``; call 0 draws as a one-call rule does)
+    and the same probabilities ``probs[n]``, and the same skipping; a call the rule does not
+    make (``calls``) computes no level.
+
     Args:
       levels: ``K`` callables ``uᵏ(x, s)``, cheapest first (drifts or ε-predictors).
       update: an update rule of :mod:`mlem.solvers`.
       probs, x0, ts, key, increments, path, costs, draws: as in
         :func:`multilevel_euler_maruyama`; a deterministic rule ignores ``increments``/``path``.
+        For a rule with ``E = update.evaluations > 1`` calls per step, ``draws`` is
+        ``(N, E, K)``.
 
     Returns:
-      ``x_N`` and ``stats`` with ``evals`` ``(K,)`` and ``draws`` ``(N, K)``, as in
+      ``x_N`` and ``stats`` with ``evals`` ``(K,)`` (evaluations made per level, all calls
+      counted) and ``draws`` ``(N, K)`` (``(N, E, K)`` when ``E > 1``), as in
       :func:`multilevel_euler_maruyama`.
     """
     if draws is None:
         return _multilevel(levels, probs, check_probs, _bernoulli_weights, update, x0, ts,
                            key, increments, path, costs)
-    check = lambda p, k, n: (check_probs(p, k, n), check_draws(draws, k, n))
+    calls = _evaluations(update)
+    check = lambda p, k, n: (check_probs(p, k, n), check_draws(draws, k, n, calls))
     return _multilevel(levels, probs, check, _fixed_weights, update, x0, ts, key,
                        increments, path, costs)
 
@@ -209,7 +224,8 @@ def _multilevel(drifts, params, check, sample_weights, update, x0, ts, key, incr
     draw_key = jax.random.split(key)[1] if key is not None else jax.random.key(0)
     x, draws, needed = _mlem_scan(drifts, update, x0, ts, params, draw_key, noise,
                                   sample_weights)
-    stats = {"evals": needed.sum(0, dtype=jnp.int32), "draws": draws}
+    evals = needed.reshape(-1, needed.shape[-1]).sum(0, dtype=jnp.int32)
+    stats = {"evals": evals, "draws": draws}
     return x, _with_cost(stats, costs)
 
 
@@ -237,7 +253,8 @@ def switching_euler_maruyama(
 
 
 def switching_solve(
-    level_fns: Sequence[Level], levels: Array, update: UpdateRule, x0: Array, ts: Array,
+    level_fns: Sequence[Level], levels: Array, update: UpdateRule | MultistepRule,
+    x0: Array, ts: Array,
     key: Array | None, *, increments: Array | None = None, path: Path | None = None,
     costs: Sequence[float] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
@@ -252,9 +269,10 @@ def switching_solve(
             (np.asarray(levels) >= 1) & (np.asarray(levels) <= len(drifts))):
         raise ValueError(f"levels: every level must lie in 1..{len(drifts)}")
     noise = _noise(key, ts, x0, increments, path, update)
-    x = _switch_scan(drifts, update, x0, ts, levels.astype(jnp.int32) - 1, noise)
-    stats = {"evals": jnp.bincount(levels - 1, length=len(drifts)).astype(jnp.int32)}
-    return x, _with_cost(stats, costs)
+    index = levels.astype(jnp.int32) - 1
+    x, made = _switch_scan(drifts, update, x0, ts, index, noise)
+    evals = jnp.zeros(len(drifts), jnp.int32).at[index].add(made.sum(1, dtype=jnp.int32))
+    return x, _with_cost({"evals": evals}, costs)
 
 
 def _increment(noise, update, n: Array, num_steps: int, like: Array) -> Array | None:
@@ -262,18 +280,55 @@ def _increment(noise, update, n: Array, num_steps: int, like: Array) -> Array | 
     return noise.step(n, num_steps, like) if update.stochastic else None
 
 
+def _evaluations(update) -> int:
+    """Level calls per step: ``update.evaluations`` of a multistep rule, else 1."""
+    return int(update.evaluations) if is_multistep(update) else 1
+
+
+def _init(update, x0: Array, ts: Array):
+    """The rule's carried state (``None`` for a one-call rule)."""
+    return update.init(x0, ts) if is_multistep(update) else None
+
+
+def _calls(update, t0: Array, t1: Array, state) -> Array:
+    """``(E,)`` booleans: the calls the step makes (always the one call of a plain rule)."""
+    return update.calls(t0, t1, state) if is_multistep(update) else jnp.ones((1,), bool)
+
+
+def _advance(update, evaluate, x: Array, state, t0: Array, t1: Array, dw: Array | None):
+    """One step of either kind of rule; ``evaluate(i, y, s)`` is its ``i``-th level output.
+    A one-call rule gets ``evaluate(0, x, level_time(τ0))``, exactly as before."""
+    if is_multistep(update):
+        return update.step(x, evaluate, t0, t1, dw, state)
+    return update(x, evaluate(0, x, update.level_time(t0)), t0, t1, dw), state
+
+
+def _unless_skipped(update, made: Array, f):
+    """``evaluate(i, y, s)`` of one level ``f``: for a multistep rule inside a ``lax.cond`` on
+    ``made[i]`` (a call not made computes nothing and gives zeros); a plain rule calls ``f``."""
+    if not is_multistep(update):
+        return lambda i, y, s: f(y, s)
+    return lambda i, y, s: jax.lax.cond(made[i], f, lambda y, s: jnp.zeros_like(y), y, s)
+
+
 @functools.partial(jax.jit, static_argnames=("drifts", "update"))
 def _switch_scan(drifts, update, x0, ts, index, noise):
+    """Returns ``x_N`` and the ``(N, E)`` calls made."""
     num_steps = ts.shape[0] - 1
     branches = [lambda x, t, f=f: f(x, t) for f in drifts]
 
-    def step(x, inputs):
+    def step(carry, inputs):
+        x, state = carry
         n, t0, t1, i = inputs
-        drift = jax.lax.switch(i, branches, x, update.level_time(t0))
-        return update(x, drift, t0, t1, _increment(noise, update, n, num_steps, x)), None
+        made = _calls(update, t0, t1, state)
+        evaluate = _unless_skipped(update, made,
+                                   lambda y, s: jax.lax.switch(i, branches, y, s))
+        dw = _increment(noise, update, n, num_steps, x)
+        return _advance(update, evaluate, x, state, t0, t1, dw), made
 
-    x, _ = jax.lax.scan(step, x0, (jnp.arange(num_steps), ts[:-1], ts[1:], index))
-    return x
+    (x, _), made = jax.lax.scan(step, (x0, _init(update, x0, ts)),
+                                (jnp.arange(num_steps), ts[:-1], ts[1:], index))
+    return x, made
 
 
 def _bernoulli_weights(key: Array, p: Array, eta: Array) -> tuple[Array, Array]:
@@ -305,15 +360,20 @@ def _poisson_weights(key: Array, rate: Array, eta: Array) -> tuple[Array, Array]
 
 @functools.partial(jax.jit, static_argnames=("drift", "update"))
 def _em_scan(drift, update, x0, ts, noise):
+    """Returns ``x_N`` and the ``(N, E)`` calls made."""
     num_steps = ts.shape[0] - 1
 
-    def step(x, inputs):
+    def step(carry, inputs):
+        x, state = carry
         n, t0, t1 = inputs
+        made = _calls(update, t0, t1, state)
         dw = _increment(noise, update, n, num_steps, x)
-        return update(x, drift(x, update.level_time(t0)), t0, t1, dw), None
+        return _advance(update, _unless_skipped(update, made, drift), x, state, t0, t1,
+                        dw), made
 
-    x, _ = jax.lax.scan(step, x0, (jnp.arange(num_steps), ts[:-1], ts[1:]))
-    return x
+    (x, _), made = jax.lax.scan(step, (x0, _init(update, x0, ts)),
+                                (jnp.arange(num_steps), ts[:-1], ts[1:]))
+    return x, made
 
 
 @functools.partial(jax.jit, static_argnames=("drifts", "update", "sample_weights"))
@@ -321,27 +381,48 @@ def _mlem_scan(drifts, update, x0, ts, probs, key, noise, sample_weights):
     """The multilevel scan; ``sample_weights(key, probs[n], η_n) → (w, draws)`` with
     ``E[w_k] = 1`` (Bernoulli: ``B/p``; Poisson: ``M/(λη)``; fixed draws: ``probs`` is the
     pair ``(p, B)`` of ``(N, K)`` arrays and ``w = B/p``). The combination ``Σ_j a_j uʲ`` of
-    the levels ``drifts`` (drifts or ε-predictors) goes to the update rule ``update``."""
-    num_steps = ts.shape[0] - 1
+    the levels ``drifts`` (drifts or ε-predictors) goes to the update rule ``update``, once
+    per call of the step, each call ``i`` with its own weights; returns ``x_N`` and the
+    ``(N, E, K)`` draws and evaluations made (``(N, K)`` when ``E = 1``)."""
+    num_steps, num_calls = ts.shape[0] - 1, _evaluations(update)
 
-    def step(x, inputs):
+    def step(carry, inputs):
+        x, state = carry
         n, t0, t1, p = inputs
-        weights, draws = sample_weights(jax.random.fold_in(key, n), p, t1 - t0)
-        coefs = level_coefficients(weights)  # a_j = w_j − w_{j+1}
-        needed = coefs != 0  # B_j ∨ B_{j+1}, unless the two uses of fʲ cancel
-        drift, s = jnp.zeros_like(x), update.level_time(t0)
-        for level, f in enumerate(drifts):
-            drift = jax.lax.cond(
-                needed[level], functools.partial(_add_level, f, s),
-                lambda acc, x, coef: acc, drift, x, coefs[level])
-        x = update(x, drift, t0, t1, _increment(noise, update, n, num_steps, x))
-        return x, (draws, needed)
+        key_n = jax.random.fold_in(key, n)
+        made = _calls(update, t0, t1, state)
+        weights, draws = zip(*(  # call 0 draws as before multistep rules existed
+            sample_weights(key_n if i == 0 else jax.random.fold_in(key_n, i),
+                           _for_call(p, i), t1 - t0) for i in range(num_calls)))
+        coefs = level_coefficients(jnp.stack(weights))  # (E, K): a_j = w_j − w_{j+1}
+        needed = (coefs != 0) & made[:, None]  # B_j ∨ B_{j+1}, unless the uses of fʲ cancel
+
+        def evaluate(i, y, s):
+            out = jnp.zeros_like(y)
+            for level, f in enumerate(drifts):
+                out = jax.lax.cond(
+                    needed[i, level], functools.partial(_add_level, f, s),
+                    lambda acc, y, coef: acc, out, y, coefs[i, level])
+            return out
+
+        dw = _increment(noise, update, n, num_steps, x)
+        carry = _advance(update, evaluate, x, state, t0, t1, dw)
+        return carry, (jnp.stack(draws), needed)
 
     n = jnp.arange(num_steps)
     probs = jax.tree.map(lambda a: a.astype(x0.dtype) if jnp.issubdtype(a.dtype, jnp.floating)
                          else a, probs)
-    x, (draws, needed) = jax.lax.scan(step, x0, (n, ts[:-1], ts[1:], probs))
+    (x, _), (draws, needed) = jax.lax.scan(step, (x0, _init(update, x0, ts)),
+                                           (n, ts[:-1], ts[1:], probs))
+    if num_calls == 1:
+        draws, needed = draws[:, 0], needed[:, 0]
     return x, draws, needed
+
+
+def _for_call(params, i: int):
+    """The step's parameters for call ``i``: fixed draws ``(E, K)`` give their row ``i``;
+    probabilities, rates and ``(K,)`` draws are shared by the calls."""
+    return jax.tree.map(lambda a: a[i] if a.ndim == 2 else a, params)
 
 
 def _add_level(f: Drift, t: Array, acc: Array, x: Array, coef: Array) -> Array:
@@ -392,17 +473,27 @@ def check_probs(probs: Array, num_levels: int, num_steps: int) -> Array:
     return probs.at[:, 0].set(1.0)
 
 
-def check_draws(draws: Array, num_levels: int, num_steps: int) -> Array:
-    """Validate fixed Bernoulli outcomes: a boolean ``(N, K)`` array; return it with column 0
-    set to true (the base level is always drawn)."""
+def check_draws(draws: Array, num_levels: int, num_steps: int,
+                evaluations: int | None = 1) -> Array:
+    """Validate fixed Bernoulli outcomes: a boolean ``(N, K)`` array, or ``(N, E, K)`` for a
+    rule with ``E = evaluations > 1`` level calls per step (``None``: either form); return it
+    with the base level's column set to true (the base level is always drawn)."""
     draws = jnp.asarray(draws)
-    if draws.shape != (num_steps, num_levels):
-        raise ValueError(f"draws: expected shape ({num_steps}, {num_levels}), one Bernoulli "
-                         f"outcome per step and level, got {draws.shape}")
+    if evaluations is None:
+        ok = draws.shape == (num_steps, num_levels) or (
+            draws.ndim == 3 and draws.shape[::2] == (num_steps, num_levels))
+        expected = f"({num_steps}, {num_levels}) or ({num_steps}, E, {num_levels})"
+    else:
+        shape = (num_steps, num_levels) if evaluations == 1 else (
+            num_steps, evaluations, num_levels)
+        ok, expected = draws.shape == shape, str(shape)
+    if not ok:
+        raise ValueError(f"draws: expected shape {expected}, one Bernoulli outcome per step"
+                         f"{'' if evaluations == 1 else ', call'} and level, got {draws.shape}")
     if draws.dtype != jnp.bool_:
         raise ValueError(f"draws: expected a boolean array of Bernoulli outcomes, got dtype "
                          f"{draws.dtype}")
-    return draws.at[:, 0].set(True)
+    return draws.at[..., 0].set(True)
 
 
 @jax.tree_util.register_dataclass

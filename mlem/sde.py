@@ -31,7 +31,7 @@ __all__ = ["GRIDS", "VPSDE", "DriftFn", "EpsFn", "check_grid", "gaussian_eps"]
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]  # ε̂(x_t, t): batch-first x, scalar or (B,) t
 DriftFn = Callable[[Array, Array], Array]  # f(x, τ): batch-first x, scalar τ
-GRIDS = ("uniform", "quadratic", "logsnr")
+GRIDS = ("uniform", "quadratic", "logsnr", "karras")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,18 +135,23 @@ class VPSDE:
 
     # --- Time grids ----------------------------------------------------------------------
 
-    def time_grid(self, num_steps: int, kind: str = "uniform") -> Array:
+    def time_grid(self, num_steps: int, kind: str = "uniform", *, rho: float = 7.0) -> Array:
         """``num_steps + 1`` increasing solver times from ``0`` to ``1 − t_min``.
 
         ``kind``: ``uniform`` in τ; ``quadratic``, data time ``t_i = t_min + (1 − t_min)(1 −
         i/N)²`` (steps shrink towards the data); ``logsnr``, uniform in ``λ(t)`` from ``λ(1)``
-        to ``λ(t_min)``. Each is ``φ(i/N)`` for a fixed ``φ``, so the grid of ``N`` steps is
-        every ``(P/N)``-th point of the grid of ``P`` steps of the same kind (nested grids:
-        coupled Brownian paths, :mod:`mlem.brownian`).
+        to ``λ(t_min)``; ``karras`` (EDM), uniform in ``σ̃^{1/ρ}`` with ``σ̃ = σ/α`` from
+        ``σ̃(1)`` to ``σ̃(t_min)`` (``rho``, default 7, is used by this kind only). Each is
+        ``φ(i/N)`` for a fixed ``φ``, so the grid of ``N`` steps is every ``(P/N)``-th point of
+        the grid of ``P`` steps of the same kind (nested grids: coupled Brownian paths,
+        :mod:`mlem.brownian`). The Karras grid nests because it ends at ``t_min``, as every grid
+        here does, rather than with EDM's extra step to ``σ̃ = 0`` (docs/solvers.md).
         """
         if num_steps < 1:
             raise ValueError(f"num_steps: must be >= 1, got {num_steps}")
         check_grid(kind)
+        if not rho > 0:
+            raise ValueError(f"rho: must be positive, got {rho}")
         u = np.arange(num_steps + 1, dtype=np.float64) / num_steps
         end = 1.0 - self.t_min
         if kind == "uniform":
@@ -156,7 +161,12 @@ class VPSDE:
         else:
             log_a2 = lambda t: -(self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min))
             lam0, lam1 = (log_a2(t) - np.log(-np.expm1(log_a2(t))) for t in (1.0, self.t_min))
-            tau = 1.0 - np.asarray(self.time_of_log_snr(lam0 + u * (lam1 - lam0)), np.float64)
+            if kind == "logsnr":
+                lam = lam0 + u * (lam1 - lam0)
+            else:  # σ̃ = exp(−λ/2); uniform in σ̃^{1/ρ}
+                r0, r1 = np.exp(-lam0 / (2 * rho)), np.exp(-lam1 / (2 * rho))
+                lam = -2.0 * rho * np.log(r0 + u * (r1 - r0))
+            tau = 1.0 - np.asarray(self.time_of_log_snr(lam), np.float64)
             tau[0], tau[-1] = 0.0, end
         return jnp.asarray(tau, jnp.float32)
 

@@ -2,12 +2,14 @@
 
     python -m sample --method mlem|em|switch --config configs/mnist_sample.py \\
         --workdir runs/mnist [--switch_level 1] [--switch_at 0.5] \\
-        [--solver sde|ode|ddim|ancestral] [--grid uniform|quadratic|logsnr] \\
+        [--solver sde|ode|ddim|ancestral|dpmpp2m|dpmpp2m-sde|heun] \\
+        [--grid uniform|quadratic|logsnr|karras] \\
         [--out DIR] [--num_samples N] [--steps N] [--seed S] [--batch_size B] \\
         [--em_level K] [--schedule constant|variance|file] [--config.sampling.c=30 ...]
 
 ``--solver`` picks the update rule fed by the (multilevel) level output (docs/solvers.md):
-EM on the reverse SDE (default), Euler on the probability-flow ODE, DDIM or DDPM ancestral;
+EM on the reverse SDE (default), Euler on the probability-flow ODE, DDIM, DDPM ancestral,
+DPM-Solver++(2M) (or its SDE variant) or EDM's Heun;
 ``--grid`` the time grid. Both are recorded in ``sample_stats.json``. ``--method switch`` runs
 level ``--switch_level`` before ``--switch_at`` of the solver time and the top level after.
 
@@ -44,9 +46,9 @@ _SWITCH_LEVEL = flags.DEFINE_integer("switch_level", None, "Level of --method sw
                                      "--switch_at (1-based).")
 _SWITCH_AT = flags.DEFINE_float("switch_at", None, "Fraction of the solver time at which "
                                 "--method switch moves to the top level.")
-_SOLVER = flags.DEFINE_string("solver", None, "'sde', 'ode', 'ddim' or 'ancestral' "
-                              "(config.sampling.solver).")
-_GRID = flags.DEFINE_string("grid", None, "'uniform', 'quadratic' or 'logsnr' "
+_SOLVER = flags.DEFINE_string("solver", None, "'sde', 'ode', 'ddim', 'ancestral', 'dpmpp2m', "
+                              "'dpmpp2m-sde' or 'heun' (config.sampling.solver).")
+_GRID = flags.DEFINE_string("grid", None, "'uniform', 'quadratic', 'logsnr' or 'karras' "
                             "(config.sampling.grid).")
 _ALLOW_OLDER = flags.DEFINE_bool(
     "allow_older_checkpoints", False, "Use the newest readable checkpoint of a level whose "

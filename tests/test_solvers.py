@@ -37,7 +37,7 @@ def test_unknown_grid_and_solver_name_the_argument():
     with pytest.raises(ValueError, match="grid: must be one of uniform, quadratic, logsnr"):
         SDE.time_grid(8, "cosine")
     with pytest.raises(ValueError, match="solver: must be one of sde, ode, ddim, ancestral"):
-        solvers.for_vpsde(SDE, "heun", [])
+        solvers.for_vpsde(SDE, "rk4", [])
 
 
 def test_step_coefficients_follow_the_forward_marginals():
@@ -105,9 +105,10 @@ def test_one_multilevel_step_is_unbiased_for_the_top_level(solver):
 @pytest.mark.parametrize("solver", solvers.SOLVERS)
 def test_all_probabilities_one_is_the_single_level_solver_at_the_top_exactly(solver):
     """Weights 1 − 1 = 0 below the top: only the top level is evaluated and the update gets
-    ``0 + 1·uᴷ = uᴷ``. The samples agree to float32 rounding: EM bit for bit, the other rules
-    within a few ulps (XLA's CPU backend may compile the step coefficients' ``exp`` differently
-    in the two scans; seen ≤ 4e-7 under the suite's ``--xla_backend_optimization_level=0``)."""
+    ``0 + 1·uᴷ = uᴷ`` (at every call: Heun makes 2·16 − 1). The samples agree to float32
+    rounding: EM bit for bit, the other rules within a few ulps (XLA's CPU backend may compile
+    the step coefficients' ``exp`` differently in the two scans; seen ≤ 4e-7 under the
+    suite's ``--xla_backend_optimization_level=0``)."""
     levels, rule = solvers.for_vpsde(SDE, solver, _eps_ladder())
     x0 = jax.random.normal(jax.random.key(1), (8, 2))
     ts = SDE.time_grid(16, "logsnr")
@@ -118,7 +119,7 @@ def test_all_probabilities_one_is_the_single_level_solver_at_the_top_exactly(sol
     if solver == "sde":
         np.testing.assert_array_equal(x_ml, x_top)
     np.testing.assert_allclose(x_ml, x_top, rtol=0, atol=2e-6)
-    np.testing.assert_array_equal(stats["evals"], [0, 0, 16])
+    np.testing.assert_array_equal(stats["evals"], [0, 0, 31 if solver == "heun" else 16])
 
 
 def test_multilevel_ddim_evaluates_only_the_needed_levels():
@@ -223,16 +224,17 @@ def test_generation_takes_solver_grid_and_switching_and_refuses_unknown_names(tm
     assert generation.default_out("w", switch).name.startswith("switch_level2_at0.25_")
     with pytest.raises(ValueError, match="switch_level: must be in 1..4"):
         generation.run(generation.with_overrides(switch, switch_level=7), tmp_path)
-    for name, bad in (("solver", "heun"), ("grid", "cosine")):
+    for name, bad in (("solver", "rk4"), ("grid", "cosine")):
         with pytest.raises(ValueError, match=f"{name}: must be one of"):
             generation.run(generation.with_overrides(config, **{name: bad}), tmp_path)
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "sample", "--config", "configs/mnist_sample.py",
-                           "--workdir", str(tmp_path), "--solver", "heun"], cwd=root,
+                           "--workdir", str(tmp_path), "--solver", "rk4"], cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: solver: must be one of sde, ode, ddim, ancestral, got 'heun'")
+        "error: solver: must be one of sde, ode, ddim, ancestral, dpmpp2m, dpmpp2m-sde, heun, "
+        "got 'rk4'")
 
 
 def test_synthetic_ode_sweep_uses_euler_and_draws_no_noise(tmp_path):
@@ -270,7 +272,7 @@ def test_cost_error_takes_the_solver_and_grid_of_the_analysis_config():
     config.analysis.solver, config.analysis.grid = "ddim", "logsnr"
     assert cost_error.solver_settings(config) == ("ddim", "logsnr",
                                                   {"solver": "ddim", "grid": "logsnr"})
-    config.analysis.solver = "heun"
+    config.analysis.solver = "rk4"
     with pytest.raises(ValueError, match="solver: must be one of"):
         cost_error.solver_settings(config)
     for solver, grid in celeba64_sample.SOLVERS:
