@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -175,26 +176,46 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
                   VPSDE(**dict(sde_items)), tuple(steps), tuple(map(param_digest, params)))
 
 
-@functools.cache
+def _per_ladder(fn: Callable) -> Callable:
+    """``functools.cache`` for a function of a ladder (and hashable arguments) that forgets a
+    ladder's entries once the ladder itself is gone: a plain cache would keep every ladder,
+    and its parameters, alive. No cached value may refer to its own ladder."""
+    entries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @functools.wraps(fn)
+    def cached(ladder, *args):
+        mine = entries.setdefault(ladder, {})
+        if args not in mine:
+            mine[args] = fn(ladder, *args)
+        return mine[args]
+
+    return cached
+
+
 def prefix(ladder: Ladder, top: int) -> Ladder:
     """The ladder of levels ``1…top`` (the whole ladder itself when ``top`` is ``K``; one
-    object per pair, so compiled solvers are reused)."""
+    object per pair while the ladder lives, so compiled solvers are reused)."""
     if not 1 <= top <= ladder.num_levels:
         raise ValueError(f"top: must be in 1..{ladder.num_levels}, got {top}")
-    if top == ladder.num_levels:
-        return ladder
+    return ladder if top == ladder.num_levels else _prefix(ladder, top)
+
+
+@_per_ladder
+def _prefix(ladder: Ladder, top: int) -> Ladder:
     return dataclasses.replace(
         ladder, names=ladder.names[:top], models=ladder.models[:top],
         params=ladder.params[:top], steps=ladder.steps[:top], digests=ladder.digests[:top],
         costs=ladder.costs[:top])
 
 
-@functools.cache
 def on_mesh(ladder: Ladder, mesh: Mesh) -> Ladder:
     """The ladder with its parameters on every device of ``mesh`` (itself on one device;
-    one object per pair, so compiled solvers are reused)."""
-    if mesh.size == 1:
-        return ladder
+    one object per pair while the ladder lives, so compiled solvers are reused)."""
+    return ladder if mesh.size == 1 else _on_mesh(ladder, mesh)
+
+
+@_per_ladder
+def _on_mesh(ladder: Ladder, mesh: Mesh) -> Ladder:
     return dataclasses.replace(
         ladder, params=jax.device_put(ladder.params, parallel.replicated(mesh)))
 
@@ -295,13 +316,16 @@ def check_ordered(flops: Sequence[float], names: Sequence[str]) -> None:
                          f"got {listing}")
 
 
-@functools.cache
+@_per_ladder
 def _solver(ladder: Ladder, ts: tuple[float, ...], level: int | str | None,
             solver: str = "sde"):
     """The jitted solve with update rule ``solver``: one level at 0-based ``level``, the
     multilevel estimator (``None``; ``arg`` the probabilities) or switching (``"switch"``;
-    ``arg`` the per-step levels). ``sde`` is EM / ML-EM on the reverse SDE."""
+    ``arg`` the per-step levels). ``sde`` is EM / ML-EM on the reverse SDE. It closes over
+    the ladder without its parameters (they are arguments), so the cache entry does not
+    keep the ladder alive."""
     ts = np.asarray(ts, np.float32)
+    ladder = dataclasses.replace(ladder, params=())
 
     @jax.jit
     def solve(params, arg, x0, key, increments, path, draws=None):

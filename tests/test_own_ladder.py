@@ -112,3 +112,28 @@ def test_example_runs_and_ml_em_is_cheaper_than_em_at_similar_error(capsys):
     assert em_mse < ml_mse < min(cheap_mse, biased_mse) / 4  # ... and far more accurate
     printed = capsys.readouterr().out
     assert "ml-em 64 steps" in printed and "MSE vs reference" in printed
+
+
+def test_a_ladder_and_its_parameters_are_freed_after_its_solves():
+    """The per-ladder caches (prefix ladders, compiled solvers) forget a ladder once it is
+    gone: a long session that loads many ladders does not keep their parameters."""
+    import gc
+    import weakref
+
+    import jax
+    import jax.numpy as jnp
+
+    import mlem
+
+    scale = lambda c: (lambda p, x, t: p * c * x)
+    ladder = mlem.Ladder.from_functions(apply_fns=[scale(0.9), scale(1.0), scale(1.1)],
+                                        params=[jnp.float32(1.0)] * 3, image_shape=(2, 2, 1),
+                                        sde=mlem.VPSDE(), costs=[1.0, 2.0, 4.0])
+    ts, x0, key = ladder.sde.time_grid(4), jnp.ones((2, 2, 2, 1)), jax.random.key(0)
+    mlem.ladder.em(ladder, -1, x0, ts, key)
+    mlem.ladder.mlem(mlem.ladder.prefix(ladder, 2), [1.0, 0.5], x0, ts, key)
+    mlem.ladder.switching(ladder, [1, 1, 3, 3], x0, ts, key)
+    alive = weakref.ref(ladder)
+    del ladder
+    gc.collect()
+    assert alive() is None
