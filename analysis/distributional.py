@@ -74,7 +74,7 @@ DEFAULTS = {"enabled": False, "realisations": 16, "selection_realisations": 4,
             "batch_size": 64, "oracle_realisations": 16,
             "target_ratios": (32.0, 16.0, 8.0, 4.0, 2.0),
             "curves": ("em", "mlem-variance-flops", "switch"), "bootstrap": 1000,
-            "kid_subsets": 50, "kid_subset_size": 500, "kid_bootstrap": 100}
+            "kid_subsets": 10, "kid_subset_size": 500, "kid_bootstrap": 30}
 
 
 def settings(config: Any) -> dict:
@@ -297,8 +297,8 @@ def analyse(ctx: common.Context, cands: Mapping[str, Mapping[str, list[dict]]], 
     oracle = set_stats(oracle_x, feats)
     judge = Judge(oracle, counts_of(s["realisations"], s["bootstrap"], 0),
                   counts_of(s["oracle_realisations"], s["bootstrap"], 1))
-    floor = judge.errors(set_stats(floor_x, feats),
-                         counts_of(s["oracle_realisations"], s["bootstrap"], 2))
+    floor = debiased(judge.errors(set_stats(floor_x, feats),
+                                  counts_of(s["oracle_realisations"], s["bootstrap"], 2)))
     oracle_features = feats.fn(oracle_x.reshape(-1, *oracle_x.shape[2:]))
     targets = {ruler: {f"{r:g}x floor": r * float(floor[ruler][0]) for r in s["target_ratios"]}
                for ruler in RULERS}
@@ -310,7 +310,7 @@ def analyse(ctx: common.Context, cands: Mapping[str, Mapping[str, list[dict]]], 
             sel, ev = f["selection"], f["evaluation"]
         selection_err[cid] = {k: float(v[0]) for k, v in judge.errors(
             set_stats(sel, feats), np.ones((1, sel.shape[0]))).items()}
-        evaluation_err[cid] = judge.errors(set_stats(ev, feats))
+        evaluation_err[cid] = debiased(judge.errors(set_stats(ev, feats)))
         units = [feats.fn(x) for x in ev]
         kid[cid] = metrics.kid_with_ci(units, oracle_features, s["kid_subsets"],
                                        min(s["kid_subset_size"], len(oracle_features)),
@@ -340,12 +340,30 @@ def analyse(ctx: common.Context, cands: Mapping[str, Mapping[str, list[dict]]], 
                     if any(not path for path in paths.values()):
                         continue
                     (cb, eb), (co, eo) = along(paths[base]), along(paths[other])
+                    fit = [n for n, t in targets[ruler].items() if all(
+                        np.isfinite(speedup.cost_to_reach(
+                            [c_of(p) for p in paths[k]],
+                            [selection_err[config_id(p)][ruler] for p in paths[k]], t)[0])
+                        for k in (base, other))]  # reached by both on the selection sets
                     comps.setdefault(f"{other} vs {base}", {}).setdefault(ruler, {})[c_name] = {
                         "paths": {k: [_describe(p) for p in v] for k, v in paths.items()},
                         **speedup.compare_paths(cb, eb, co, eo, targets[ruler],
-                                                s["realisations"])}
+                                                s["realisations"], fit)}
         result["framings"][name] = {"configurations": configs, "comparisons": comps}
     return result
+
+
+def debiased(errors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Resampled errors shifted by their mean excess over the point value (row 0). A resample
+    with repeated batches has fewer distinct samples, which inflates a plug-in distance (FD,
+    moments) by a finite-sample bias that the point value does not carry; without the shift
+    every interval sits above its point. Kept positive (a log scale follows)."""
+    out = {}
+    for ruler, e in errors.items():
+        point, boot = e[0], e[1:]
+        shifted = boot - (boot.mean() - point)
+        out[ruler] = np.concatenate([[point], np.maximum(shifted, 1e-6 * point)])
+    return out
 
 
 def _pairs(by_curve: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -407,6 +425,32 @@ def time_configurations(ctx: common.Context, points: Sequence[dict], s: dict) ->
     return {config_id(p): float(records["|".join(config_key(p))]["seconds"]) for p in points}
 
 
+SAMPLE_KEYS = ("realisations", "selection_realisations", "batch_size", "oracle_realisations",
+               "seed", "ref_steps", "solver", "grid")  # what the stored sets depend on
+
+
+def keep_samples(ctx: common.Context, record: Mapping) -> None:
+    """Keep the stored sets (and their timings) when the settings they depend on
+    (:data:`SAMPLE_KEYS`, beside the results directory's manifest) are those they were made
+    with; otherwise (or with ``--recompute``) delete them. The analysis-only settings
+    (targets, curves, resamples, KID) never cost a regeneration."""
+    folder = ctx.out / STAGE
+    key_file = folder / "samples" / "samples.json"
+    want = {k: record[k] for k in SAMPLE_KEYS if k in record}
+    if key_file.exists():
+        have = json.loads(key_file.read_text())
+    else:  # sets written before the key file existed: the stage record's settings
+        stage_file = folder / common.STAGE
+        old = json.loads(stage_file.read_text())["settings"] if stage_file.exists() else {}
+        have = {k: old[k] for k in SAMPLE_KEYS if k in old}
+    if ctx.recompute or have != common.jsonable(want):
+        for f in (folder / "samples").glob("*.npz"):
+            f.unlink()
+        (folder / "timings.json").unlink(missing_ok=True)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(common.jsonable(want), indent=1) + "\n")
+
+
 def stage(ctx: common.Context) -> dict:
     """Generate (resuming), time, judge; write ``distributional.json`` and merge the summary
     (``{}`` when ``config.analysis.distributional.enabled`` is off)."""
@@ -431,17 +475,12 @@ def stage(ctx: common.Context) -> dict:
     record = {k: v for k, v in s.items() if k != "enabled"}
     record.update(seed=int(ctx.config.sampling.seed), ref_steps=int(ctx.config.analysis.ref_steps),
                   features=feats.record, **cost_error.solver_settings(ctx.config)[2])
-    folder = ctx.out / STAGE
-    if common.load_stage(ctx.out, STAGE, record, ctx.recompute) is None and (folder / "samples"
-                                                                             ).exists():
-        for f in (folder / "samples").glob("*.npz"):  # other settings: nothing is reusable
-            f.unlink()
-        (folder / "timings.json").unlink(missing_ok=True)
+    keep_samples(ctx, record)
     common.save_stage(ctx.out, STAGE, record, {"result": "distributional.json"})
     generate(ctx, points, s)
     seconds = time_configurations(ctx, points, s)
     result = common.jsonable(analyse(ctx, cands, s, feats, seconds))
-    (folder / "distributional.json").write_text(json.dumps(result, indent=1) + "\n")
+    (ctx.out / STAGE / "distributional.json").write_text(json.dumps(result, indent=1) + "\n")
     return common.merge_summary(ctx.out, {"distributional": summary_fields(result, s)})
 
 

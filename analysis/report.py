@@ -229,7 +229,8 @@ def distributional_rows(d: dict) -> list[str]:
             base, other = name.split(" vs ")[1], name.split(" vs ")[0]
             for error, by_cost in by_error.items():
                 flops, secs = by_cost["flops"], by_cost.get("seconds")
-                for target, t in flops["targets"].items():
+                for target, t in sorted(flops["targets"].items(),
+                                        key=lambda kv: -kv[1]["target_error"]):
                     ts = secs["targets"][target]["speedup"] if secs else None
                     lines.append(
                         f"| {framing} | {name} | {ERRORS[error]} | {target} | "
@@ -242,14 +243,16 @@ def distributional_rows(d: dict) -> list[str]:
                 if flops.get("exponents"):
                     e = flops["exponents"]
                     exps.append(f"| {framing} | {name} | {ERRORS[error]} | "
+                                f"{', '.join(flops['exponent_targets'])} | "
                                 f"{fmt_value(e['base']['value'])} {fmt_ci(e['base']['ci'])} | "
                                 f"{fmt_value(e['other']['value'])} {fmt_ci(e['other']['ci'])} | "
                                 f"{fmt_value(e['difference']['value'])} "
                                 f"{fmt_ci(e['difference']['ci'])} |")
     if exps:
-        lines += ["", "Exponents a of FLOPs ∝ ε^-a over the targets (ε the distributional "
-                      "error):", "", "| framing | comparison | error | base | other | "
-                      "base − other |", "|---|---|---|---|---|---|", *exps]
+        lines += ["", "Exponents a of FLOPs ∝ ε^-a (ε the distributional error) over the "
+                      "targets both paths reach on their selection sets:", "",
+                      "| framing | comparison | error | targets | base | other | base − other |",
+                      "|---|---|---|---|---|---|---|", *exps]
     return lines
 
 

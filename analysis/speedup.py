@@ -388,8 +388,8 @@ def compare_at_targets(evaluation: Sweep, selection: Sweep, base: str, other: st
 
 
 def compare_paths(cost_base: np.ndarray, error_base: np.ndarray, cost_other: np.ndarray,
-                  error_other: np.ndarray, targets: Mapping[str, float], num_units: int
-                  ) -> dict:
+                  error_other: np.ndarray, targets: Mapping[str, float], num_units: int,
+                  exponent_targets: Sequence[str] | None = None) -> dict:
     """Two methods' chosen paths at the ``targets``: ``(1 + B, L)`` costs and errors along each
     path, row 0 on all evaluation units, rows ``1…B`` on resamples of them (an error need not
     be a mean over units: a distance between sample distributions is recomputed on each
@@ -412,9 +412,13 @@ def compare_paths(cost_base: np.ndarray, error_base: np.ndarray, cost_other: np.
             "cost_other": estimate(reach_o[0], reach_o[1:], num_units),
             "not_reached": {"base": float(np.mean(np.isinf(reach_b[1:]))),
                             "other": float(np.mean(np.isinf(reach_o[1:])))}}
-    if len(targets) >= 2:
-        goals = list(targets.values())
-        a_b, a_o = (cost_exponent(np.stack(reach[k], 1), goals) for k in ("base", "other"))
+    fit = list(targets) if exponent_targets is None else list(exponent_targets)
+    if len(fit) >= 2:
+        pick = [list(targets).index(n) for n in fit]
+        goals = [targets[n] for n in fit]
+        a_b, a_o = (cost_exponent(np.stack(reach[k], 1)[:, pick], goals)
+                    for k in ("base", "other"))
+        out["exponent_targets"] = fit
         out["exponents"] = {"base": signed_estimate(a_b[0], a_b[1:], num_units),
                             "other": signed_estimate(a_o[0], a_o[1:], num_units),
                             "difference": signed_estimate(a_b[0] - a_o[0], a_b[1:] - a_o[1:],
