@@ -164,6 +164,16 @@ def _save(path: Path, **arrays: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def _schedule_inputs(ctx: common.Context) -> tuple[dict, dict | None, float | None]:
+    """``(prices, variances, gamma)`` that :func:`analysis.cost_error.probabilities` needs
+    for the sweep's schedules (the variances and γ only when a schedule uses them)."""
+    prices = {m: cost_error.level_costs(ctx, m) for m in cost_error.cost_model_names(ctx.config)}
+    names = comparison.schedule_names(ctx.config)
+    v = cost_error.variances_for(ctx) if {"variance", "constant"} & set(names) else None
+    gamma = cost_error.fitted_gamma(ctx.out) if "dyadic" in names else None
+    return prices, v, gamma
+
+
 def generate(ctx: common.Context, points: Sequence[dict], s: dict) -> None:
     """Solve the oracle and floor sets and each configuration's selection and evaluation
     sets not yet in ``samples/`` (one file per configuration, written when complete)."""
@@ -183,14 +193,11 @@ def generate(ctx: common.Context, points: Sequence[dict], s: dict) -> None:
                                              "floor": s["oracle_realisations"]},
                               s["batch_size"], shape, mesh, f"oracle ({len(path_ts) - 1} steps)")
         _save(folder / "oracle.npz", **sets)
-    prices = {m: cost_error.level_costs(ctx, m) for m in cost_error.cost_model_names(ctx.config)}
-    names = comparison.schedule_names(ctx.config)
-    v = cost_error.variances_for(ctx) if {"variance", "constant"} & set(names) else None
-    gamma = cost_error.fitted_gamma(ctx.out) if "dyadic" in names else None
+    schedule_inputs = _schedule_inputs(ctx)
     todo = [p for p in points if not (folder / f"{config_id(p)}.npz").exists()]
     for p in tqdm(todo, desc="distributional sets"):
         ts = coupling.grid(p["steps"])
-        arg = cost_error.probabilities(ctx, p, ts, prices, v, gamma)[1]
+        arg = cost_error.probabilities(ctx, p, ts, *schedule_inputs)[1]
         fn = cost_error._solve_fn(ladder, ts, solver)
         sets, evals = _solve_sets(lambda inputs, fn=fn, p=p, arg=arg: fn(p, arg, inputs), seed,
                                   {"selection": s["selection_realisations"],
@@ -409,14 +416,11 @@ def time_configurations(ctx: common.Context, points: Sequence[dict], s: dict) ->
     coupling = cost_error.Coupling(int(ctx.config.sampling.seed), np.asarray(
         ctx.ladder.sde.time_grid(int(ctx.config.analysis.ref_steps), grid), np.float32),
         timing.batch_size, ctx.ladder.image_shape, mesh)
-    prices = {m: cost_error.level_costs(ctx, m) for m in cost_error.cost_model_names(ctx.config)}
-    names = comparison.schedule_names(ctx.config)
-    v = cost_error.variances_for(ctx) if {"variance", "constant"} & set(names) else None
-    gamma = cost_error.fitted_gamma(ctx.out) if "dyadic" in names else None
+    schedule_inputs = _schedule_inputs(ctx)
     todo = [p for p in points if "|".join(config_key(p)) not in records]
     for p in tqdm(todo, desc="timing as deployed"):
         ts = coupling.grid(p["steps"])
-        arg = cost_error.probabilities(ctx, p, ts, prices, v, gamma)[1]
+        arg = cost_error.probabilities(ctx, p, ts, *schedule_inputs)[1]
         fn = cost_error._solve_fn(ladder, ts, solver)
         records["|".join(config_key(p))] = cost_error.time_deployed(
             lambda inputs, fn=fn, p=p, arg=arg: fn(p, arg, inputs), coupling, timing)

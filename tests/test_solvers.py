@@ -139,17 +139,19 @@ def test_multilevel_ddim_evaluates_only_the_needed_levels():
     assert np.all(np.isfinite(x)) and int(stats["evals"][2]) == 0
 
 
-def test_ancestral_noise_is_the_coupled_brownian_path():
-    """Ancestral solves on nested grids of one path converge to the fine solve (coupling):
-    the coarse-to-fine gap shrinks as the grid refines."""
-    (level,), rule = solvers.for_vpsde(SDE, "ancestral", [gaussian_eps(SDE, MEAN, STD)])
+@pytest.mark.parametrize("solver, grid", [("ancestral", "quadratic"), ("dpmpp2m-sde", "karras")])
+def test_stochastic_rule_noise_is_the_coupled_brownian_path(solver, grid):
+    """Ancestral and 2M-SDE solves on nested grids of one path converge to the fine solve
+    (coupling: their ξ is ΔW/sqrt(Δτ)): the coarse-to-fine gap shrinks as the grid refines,
+    and is far below the gap to a solve with an independent path."""
+    (level,), rule = solvers.for_vpsde(SDE, solver, [gaussian_eps(SDE, MEAN, STD)])
     x0 = jax.random.normal(jax.random.key(0), (256, 2))
-    path = brownian.BatchPath(jax.random.key(1), SDE.time_grid(512, "quadratic"))
-    solve = lambda n: sampling.solve(level, rule, x0, SDE.time_grid(n, "quadratic"), None,
+    path = brownian.BatchPath(jax.random.key(1), SDE.time_grid(512, grid))
+    solve = lambda n: sampling.solve(level, rule, x0, SDE.time_grid(n, grid), None,
                                      path=path)[0]
     fine = solve(512)
     gaps = [float(jnp.sqrt(jnp.mean((solve(n) - fine) ** 2))) for n in (16, 64)]
-    independent = sampling.solve(level, rule, x0, SDE.time_grid(512, "quadratic"),
+    independent = sampling.solve(level, rule, x0, SDE.time_grid(512, grid),
                                  jax.random.key(9))[0]
     assert gaps[1] < 0.7 * gaps[0]
     assert gaps[0] < 0.5 * float(jnp.sqrt(jnp.mean((independent - fine) ** 2)))

@@ -450,22 +450,6 @@ def test_the_gaussian_level_reproduces_its_data_through_each_new_solver(solver):
     np.testing.assert_allclose(np.cov(x.T), _COV, atol=0.012)
 
 
-def test_dpmpp2m_sde_noise_is_the_coupled_brownian_path():
-    """2M-SDE solves on nested Karras grids of one path converge to the fine solve, much
-    closer than a solve with an independent path (its ξ is ΔW/sqrt(Δτ), as ancestral's)."""
-    (level,), rule = solvers.for_vpsde(SDE, "dpmpp2m-sde", [gaussian_eps(SDE, MEAN, STD)])
-    x0 = jax.random.normal(jax.random.key(0), (256, 2))
-    path = brownian.BatchPath(jax.random.key(1), SDE.time_grid(512, "karras"))
-    solve = lambda n: sampling.solve(level, rule, x0, SDE.time_grid(n, "karras"), None,
-                                     path=path)[0]
-    fine = solve(512)
-    gaps = [float(jnp.sqrt(jnp.mean((solve(n) - fine) ** 2))) for n in (16, 64)]
-    independent = sampling.solve(level, rule, x0, SDE.time_grid(512, "karras"),
-                                 jax.random.key(9))[0]
-    assert gaps[1] < 0.7 * gaps[0]
-    assert gaps[0] < 0.5 * float(jnp.sqrt(jnp.mean((independent - fine) ** 2)))
-
-
 def test_ladder_and_generation_take_the_new_solvers_and_the_karras_grid():
     """``ladder.em/mlem/switching(..., solver=)`` and ``generation.generate`` with heun count
     its 2N − 1 calls; the Karras grid is a grid of ``generation.time_grids``."""
