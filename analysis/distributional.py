@@ -134,37 +134,40 @@ def config_id(point: Mapping) -> str:
 # --- generating the sets -------------------------------------------------------------------------
 
 def set_inputs(seed: int, which: str, realisation: int, batch_size: int,
-               image_shape: tuple[int, ...], mesh: Any) -> tuple[jax.Array, None, jax.Array]:
-    """``(x0, None, key)`` of realisation ``realisation`` of the set ``which`` (:data:`SETS`):
-    the solve draws its increments and Bernoulli draws from ``key`` on its own grid."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), STREAM),
+               image_shape: tuple[int, ...], mesh: Any, stream: int = STREAM
+               ) -> tuple[jax.Array, None, jax.Array]:
+    """``(x0, None, key)`` of realisation ``realisation`` of the set ``which`` (:data:`SETS`)
+    in the random stream ``stream``: the solve draws its increments and Bernoulli draws from
+    ``key`` on its own grid."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream),
                              SETS[which] * 1_000_000 + realisation)
     x0 = jax.random.normal(jax.random.fold_in(key, 0), (batch_size, *image_shape))
     return jax.device_put(x0, parallel.batch_sharded(mesh)), None, jax.random.fold_in(key, 1)
 
 
-def _solve_sets(solve, seed: int, sets: Mapping[str, int], batch_size: int,
-                image_shape: tuple[int, ...], mesh: Any, desc: str
+def solve_sets(solve, seed: int, sets: Mapping[str, int], batch_size: int,
+                image_shape: tuple[int, ...], mesh: Any, desc: str, stream: int = STREAM
                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``({set: (R, B, H, W, C)}, (ΣR, K) realised evaluations)`` of ``solve`` on ``sets``."""
+    """``({set: (R, B, H, W, C)}, (ΣR, K) realised evaluations)`` of ``solve`` on ``sets``
+    (the inputs of :func:`set_inputs` in the stream ``stream``)."""
     samples, evals = {}, []
     for which, num in sets.items():
         out = []
         for r in tqdm(range(num), desc=f"{desc} {which}", leave=False):
-            x, stats = solve(set_inputs(seed, which, r, batch_size, image_shape, mesh))
+            x, stats = solve(set_inputs(seed, which, r, batch_size, image_shape, mesh, stream))
             out.append(np.asarray(x, np.float32))
             evals.append(np.asarray(stats["evals"], np.float64))
         samples[which] = np.stack(out)
     return samples, np.stack(evals)
 
 
-def _save(path: Path, **arrays: np.ndarray) -> None:
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
 
 
-def _schedule_inputs(ctx: common.Context) -> tuple[dict, dict | None, float | None]:
+def schedule_inputs(ctx: common.Context) -> tuple[dict, dict | None, float | None]:
     """``(prices, variances, gamma)`` that :func:`analysis.cost_error.probabilities` needs
     for the sweep's schedules (the variances and γ only when a schedule uses them)."""
     prices = {m: cost_error.level_costs(ctx, m) for m in cost_error.cost_model_names(ctx.config)}
@@ -189,21 +192,21 @@ def generate(ctx: common.Context, points: Sequence[dict], s: dict) -> None:
     if not (folder / "oracle.npz").exists():
         oracle = lambda inputs: ladders.em(ladder, -1, inputs[0], path_ts, inputs[2],
                                            solver=solver)
-        sets, _ = _solve_sets(oracle, seed, {"oracle": s["oracle_realisations"],
+        sets, _ = solve_sets(oracle, seed, {"oracle": s["oracle_realisations"],
                                              "floor": s["oracle_realisations"]},
                               s["batch_size"], shape, mesh, f"oracle ({len(path_ts) - 1} steps)")
-        _save(folder / "oracle.npz", **sets)
-    schedule_inputs = _schedule_inputs(ctx)
+        save_npz(folder / "oracle.npz", **sets)
+    sched = schedule_inputs(ctx)
     todo = [p for p in points if not (folder / f"{config_id(p)}.npz").exists()]
     for p in tqdm(todo, desc="distributional sets"):
         ts = coupling.grid(p["steps"])
-        arg = cost_error.probabilities(ctx, p, ts, *schedule_inputs)[1]
+        arg = cost_error.probabilities(ctx, p, ts, *sched)[1]
         fn = cost_error._solve_fn(ladder, ts, solver)
-        sets, evals = _solve_sets(lambda inputs, fn=fn, p=p, arg=arg: fn(p, arg, inputs), seed,
+        sets, evals = solve_sets(lambda inputs, fn=fn, p=p, arg=arg: fn(p, arg, inputs), seed,
                                   {"selection": s["selection_realisations"],
                                    "evaluation": s["realisations"]},
                                   s["batch_size"], shape, mesh, "|".join(config_key(p)))
-        _save(folder / f"{config_id(p)}.npz", **sets, evals=evals)
+        save_npz(folder / f"{config_id(p)}.npz", **sets, evals=evals)
 
 
 # --- the errors --------------------------------------------------------------------------------
@@ -252,28 +255,32 @@ def moment_error(mu: np.ndarray, sigma: np.ndarray, mu_ref: np.ndarray,
 
 
 class Judge:
-    """The errors of sets against the oracle set, on all realisations (row 0) and on
-    ``num_resamples`` paired resamples: ``method_counts (1 + B, R)`` of the methods'
-    realisations and, independently, ``oracle_counts (1 + B, R_o)`` of the oracle's."""
+    """The errors of sets against a reference set (``{ruler: Stats}``, rulers of
+    :data:`RULERS`), on all realisations (row 0) and on ``num_resamples`` paired resamples:
+    ``method_counts (1 + B, R)`` of the methods' realisations and, independently,
+    ``ref_counts (1 + B, R_o)`` of the reference's units."""
 
-    def __init__(self, oracle: Mapping[str, Stats], method_counts: np.ndarray,
-                 oracle_counts: np.ndarray):
-        self.method_counts = method_counts
+    def __init__(self, reference: Mapping[str, Stats], method_counts: np.ndarray,
+                 ref_counts: np.ndarray):
+        self.method_counts, self.rulers = method_counts, [r for r in RULERS if r in reference]
         self.refs = []
-        for counts in oracle_counts:
-            mf, sf = oracle["fd"].moments(counts)
-            mp, sp = oracle["moments"].moments(counts)
-            self.refs.append((mf, sf, _sym_sqrt(sf), mp, sp))
+        for counts in ref_counts:
+            ref = {r: reference[r].moments(counts) for r in self.rulers}
+            if "fd" in ref:
+                ref["root"] = _sym_sqrt(ref["fd"][1])
+            self.refs.append(ref)
 
     def errors(self, stats: Mapping[str, Stats], counts: np.ndarray | None = None
                ) -> dict[str, np.ndarray]:
         """``{ruler: (1 + B,)}`` errors of a set (``counts``: resamples of its own
         realisations, default the paired ones)."""
         counts = self.method_counts if counts is None else counts
-        out = {r: np.empty(len(counts)) for r in RULERS}
-        for b, (c, (mf, sf, root, mp, sp)) in enumerate(zip(counts, self.refs)):
-            out["fd"][b] = frechet(*stats["fd"].moments(c), mf, sf, root)
-            out["moments"][b] = moment_error(*stats["moments"].moments(c), mp, sp)
+        out = {r: np.empty(len(counts)) for r in self.rulers}
+        for b, (c, ref) in enumerate(zip(counts, self.refs)):
+            if "fd" in ref:
+                out["fd"][b] = frechet(*stats["fd"].moments(c), *ref["fd"], ref["root"])
+            if "moments" in ref:
+                out["moments"][b] = moment_error(*stats["moments"].moments(c), *ref["moments"])
         return out
 
 
@@ -416,11 +423,11 @@ def time_configurations(ctx: common.Context, points: Sequence[dict], s: dict) ->
     coupling = cost_error.Coupling(int(ctx.config.sampling.seed), np.asarray(
         ctx.ladder.sde.time_grid(int(ctx.config.analysis.ref_steps), grid), np.float32),
         timing.batch_size, ctx.ladder.image_shape, mesh)
-    schedule_inputs = _schedule_inputs(ctx)
+    sched = schedule_inputs(ctx)
     todo = [p for p in points if "|".join(config_key(p)) not in records]
     for p in tqdm(todo, desc="timing as deployed"):
         ts = coupling.grid(p["steps"])
-        arg = cost_error.probabilities(ctx, p, ts, *schedule_inputs)[1]
+        arg = cost_error.probabilities(ctx, p, ts, *sched)[1]
         fn = cost_error._solve_fn(ladder, ts, solver)
         records["|".join(config_key(p))] = cost_error.time_deployed(
             lambda inputs, fn=fn, p=p, arg=arg: fn(p, arg, inputs), coupling, timing)
@@ -433,20 +440,21 @@ SAMPLE_KEYS = ("realisations", "selection_realisations", "batch_size", "oracle_r
                "seed", "ref_steps", "solver", "grid")  # what the stored sets depend on
 
 
-def keep_samples(ctx: common.Context, record: Mapping) -> None:
-    """Keep the stored sets (and their timings) when the settings they depend on
-    (:data:`SAMPLE_KEYS`, beside the results directory's manifest) are those they were made
+def keep_samples(ctx: common.Context, record: Mapping, stage_name: str = STAGE,
+                 keys: Sequence[str] = SAMPLE_KEYS) -> None:
+    """Keep the stored sets of ``stage_name`` (and their timings) when the settings they
+    depend on (``keys``, beside the results directory's manifest) are those they were made
     with; otherwise (or with ``--recompute``) delete them. The analysis-only settings
     (targets, curves, resamples, KID) never cost a regeneration."""
-    folder = ctx.out / STAGE
+    folder = ctx.out / stage_name
     key_file = folder / "samples" / "samples.json"
-    want = {k: record[k] for k in SAMPLE_KEYS if k in record}
+    want = {k: record[k] for k in keys if k in record}
     if key_file.exists():
         have = json.loads(key_file.read_text())
     else:  # sets written before the key file existed: the stage record's settings
         stage_file = folder / common.STAGE
         old = json.loads(stage_file.read_text())["settings"] if stage_file.exists() else {}
-        have = {k: old[k] for k in SAMPLE_KEYS if k in old}
+        have = {k: old[k] for k in keys if k in old}
     if ctx.recompute or have != common.jsonable(want):
         for f in (folder / "samples").glob("*.npz"):
             f.unlink()

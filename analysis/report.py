@@ -204,6 +204,8 @@ def image_rows(d: Path) -> list[str]:
         lines += ["", *oracle_rows(s["oracle"], s.get("gamma"))]
     if s.get("distributional"):
         lines += ["", *distributional_rows(s["distributional"])]
+    if s.get("samplers"):
+        lines += ["", *samplers_rows(s["samplers"])]
     return lines
 
 
@@ -253,6 +255,55 @@ def distributional_rows(d: dict) -> list[str]:
                       "targets both paths reach on their selection sets:", "",
                       "| framing | comparison | error | targets | base | other | base − other |",
                       "|---|---|---|---|---|---|---|", *exps]
+    return lines
+
+
+def samplers_rows(d: dict) -> list[str]:
+    """The samplers table (:mod:`analysis.samplers`): per reference, error and predeclared
+    target, the cheapest single-level sampler of any kind against the cheapest multilevel
+    one (framing ``all``), their FLOPs and the multilevel speedup in FLOPs and seconds; then
+    the speedups in the ``own`` and ``oracle`` framings."""
+    refs = d["references"]
+    floors = "; ".join(f"{name}: " + ", ".join(
+        f"{ERRORS[r]} {fmt(f['value'])} {fmt_ci(f['ci'])}" for r, f in ref["floor"].items())
+        for name, ref in refs.items())
+    lines = [f"The samplers users pick ({d['configurations']} configurations, each on its "
+             f"selection sets; the {d['evaluated']} on a chosen path judged on their evaluation "
+             f"sets). Floors (oracle: an independent oracle set; data: the oracle set against "
+             f"the held-out data): {floors}. Speedup = cheapest single-level ÷ cheapest "
+             f"multilevel (> 1: multilevel is cheaper):", "",
+             "| reference | error | target | cheapest single-level | FLOPs [95% CI] | cheapest "
+             "multilevel | FLOPs [95% CI] | speedup, FLOPs [95% CI] | speedup, seconds [95% CI] "
+             "| not reached (FLOPs) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    others = []
+    for framing, by_ref in d["comparisons"].items():
+        for ref, by_error in by_ref.items():
+            for error, by_cost in by_error.items():
+                flops, secs = by_cost["flops"], by_cost.get("seconds")
+                for target, t in sorted(flops["targets"].items(),
+                                        key=lambda kv: -kv[1]["target_error"]):
+                    ts = secs["targets"][target]["speedup"] if secs else None
+                    sec = f"{fmt_value(ts['value'], '×')} {fmt_ci(ts['ci'])}" if ts else ""
+                    fl = f"{fmt_value(t['speedup']['value'], '×')} {fmt_ci(t['speedup']['ci'])}"
+                    fails = fmt_failures(t["not_reached"], "single", "multilevel")
+                    if framing != "all":
+                        others.append(f"| {framing} | {ref} | {ERRORS[error]} | {target} | "
+                                      f"{fl} | {sec} | {fails} |")
+                        continue
+                    by = flops["reached_by"][target]
+                    lines.append(
+                        f"| {ref} | {ERRORS[error]} | {target} | {by['single'] or 'not reached'}"
+                        f" | {fmt_value(t['cost_base']['value'])} "
+                        f"{fmt_ci(t['cost_base']['ci'])} | {by['multilevel'] or 'not reached'} | "
+                        f"{fmt_value(t['cost_other']['value'])} "
+                        f"{fmt_ci(t['cost_other']['ci'])} | {fl} | {sec} | {fails} |")
+    if others:
+        lines += ["", "The same in the `own` framing (the top level alone against the full "
+                      "ladder) and the `oracle` framing (levels and prefixes below the oracle's "
+                      "network):", "",
+                  "| framing | reference | error | target | speedup, FLOPs [95% CI] | speedup, "
+                  "seconds [95% CI] | not reached (FLOPs) |", "|---|---|---|---|---|---|---|",
+                  *others]
     return lines
 
 

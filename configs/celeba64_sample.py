@@ -4,9 +4,13 @@
 
 The solvers a GPU user would run (``SOLVERS``, docs/solvers.md), each with ``--solver`` and
 a grid (``--grid``): EM on the reverse SDE (``sde``, the paper's), Euler on the PF-ODE
-(``ode``), DDIM (``ddim``, usually with ``--grid logsnr`` or ``quadratic``) and DDPM
-ancestral (``ancestral``); the sweep takes ``--config.analysis.solver=...`` and
-``--config.analysis.grid=...``.
+(``ode``), DDIM (``ddim``, usually with ``--grid logsnr`` or ``quadratic``), DDPM
+ancestral (``ancestral``), DPM-Solver++(2M) and its SDE variant (``dpmpp2m``,
+``dpmpp2m-sde``, usually with ``--grid logsnr``) and EDM's Heun (``heun`` with ``--grid
+karras``); the sweep takes ``--config.analysis.solver=...`` and ``--config.analysis.grid=...``.
+``analysis.samplers`` (enabled below, after ``analysis.distributional``) compares the
+cheapest single-level sampler of every kind with the cheapest multilevel one in FID-space
+distance to the oracle and to the data.
 
 Batches are split over all local devices (``sampling.batch_size`` and
 ``analysis.batch_size`` must be multiples of the device count). Defaults and the meaning of
@@ -18,7 +22,8 @@ import ml_collections
 from configs import sample_base
 
 REF_STEPS = 2048
-SOLVERS = (("sde", "uniform"), ("ode", "uniform"), ("ddim", "logsnr"), ("ancestral", "uniform"))
+SOLVERS = (("sde", "uniform"), ("ode", "uniform"), ("ddim", "logsnr"), ("ancestral", "uniform"),
+           ("dpmpp2m", "logsnr"), ("dpmpp2m-sde", "logsnr"), ("heun", "karras"))
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -61,4 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     a.quality.reference = "runs/celeba64/celeba64_train_inception.npz"  # make celeba-reference
     a.quality.kid_subsets = 100
     a.quality.bootstrap = 100
+    # Distribution (docs/analysis.md): the oracle set, then every sampler users pick.
+    a.distributional.enabled = True
+    a.samplers.enabled = True
+    a.samplers.grids = ("uniform", "quadratic", "logsnr", "karras")
+    a.samplers.steps = (10, 20, 40, 80, 160)
     return config

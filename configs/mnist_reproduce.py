@@ -38,4 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Distributional error (analysis.distributional): 1,024 samples a configuration, against
     # 1,024 oracle samples (level 4, 512 steps), floor from 1,024 more.
     a.distributional.enabled = True
+    # The samplers users pick (analysis.samplers): 420 configurations on 256 samples each,
+    # those on a chosen path on 1,024 more.
+    a.samplers.enabled = True
     return config

@@ -124,4 +124,19 @@ def get_config() -> ml_collections.ConfigDict:
     d.kid_subsets = 10  # KID of every candidate (reported, never a target): subsets ...
     d.kid_subset_size = 500  # ... of this many rows ...
     d.kid_bootstrap = 30  # ... and resamples of its batches for the interval
+    # The samplers users pick (analysis.samplers, docs/solvers.md): every solver × grid ×
+    # steps, single-level (each level) and multilevel (each prefix ladder), the cheapest of
+    # each kind against the oracle set of analysis.distributional and the held-out data.
+    a.samplers = sp = ml_collections.ConfigDict()
+    sp.enabled = False
+    sp.solvers = ("sde", "ddim", "dpmpp2m", "dpmpp2m-sde", "heun")
+    sp.grids = ("uniform", "logsnr", "karras")
+    sp.steps = (8, 16, 32, 64)
+    sp.top_fraction = 0.125  # multilevel: expected top-level calls = top_fraction × steps
+    sp.selection_realisations = 4  # batches every configuration solves (they choose)
+    sp.realisations = 16  # batches of the configurations on a chosen path (they judge)
+    sp.batch_size = 64
+    sp.oracle_ratios = (32.0, 16.0, 8.0, 4.0, 2.0)  # × the distributional floor
+    sp.data_ratios = (4.0, 2.0, 1.5, 1.25)  # × the oracle set's FD to the held-out data
+    sp.bootstrap = 1000
     return config

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import ml_collections
 
-from analysis import common, cost_error, distributional, figures, fit_gamma, quality, variance
+from analysis import (common, cost_error, distributional, figures, fit_gamma, quality, samplers,
+                      variance)
 from mlem import checkpoint, train_loop
 from mlem.config_files import load_config
 
 STAGES = {"fit_gamma": fit_gamma.stage, "variance": variance.stage,
           "cost_error": cost_error.stage, "distributional": distributional.stage,
-          "figures": figures.stage}
+          "samplers": samplers.stage, "figures": figures.stage}
 # What the demo's summary.json promises (docs/design.md §3), in the stage summaries' names.
 HEADLINE = ("gamma", "gamma_ci", "best_method", "speedup_at_equal_mse",
             "wallclock_speedup_at_equal_mse", "mse_ratio_at_equal_cost",

@@ -814,7 +814,7 @@ def test_distributional_stage_targets_paths_and_resume(tiny_results, monkeypatch
             assert p["error"]["fd"] > 0 and p["seconds"] > 0 and "value" in p["kid"]
     # a second call solves nothing again (every set is on disk) and gives the same numbers
     calls = []
-    monkeypatch.setattr(dist, "_solve_sets", lambda *a, **k: calls.append(a) or (_ for _ in ()
+    monkeypatch.setattr(dist, "solve_sets", lambda *a, **k: calls.append(a) or (_ for _ in ()
                                                                                 ).throw(
         AssertionError("solved again")))
     again = dist.stage(ctx)["distributional"]
@@ -824,6 +824,72 @@ def test_distributional_stage_targets_paths_and_resume(tiny_results, monkeypatch
     text = "\n".join(report.distributional_rows(summary))
     assert "| own | mlem-variance-flops vs em | FD (features) | 8x floor |" in text
     assert "| own | mlem-variance-flops vs switch | pixel moments | 2x floor |" in text
+
+
+def test_samplers_stage_single_against_multilevel(tiny_results, monkeypatch):
+    """analysis.samplers: every configuration solves its selection sets; only those on a
+    path chosen on them solve evaluation sets; FLOPs count the calls made (Heun's two a
+    step); comparisons at both references' targets count failures; a rerun solves nothing."""
+    from analysis import distributional as dist
+    from analysis import samplers
+
+    ctx = _distributional_ctx(tiny_results[0])
+    ctx.config.analysis.samplers = dict(
+        enabled=True, solvers=("sde", "heun"), grids=("uniform", "karras"), steps=(2, 4),
+        top_fraction=0.5, selection_realisations=2, realisations=3, batch_size=8,
+        bootstrap=30, oracle_ratios=(8.0, 2.0), data_ratios=(2.0, 1.25))
+    monkeypatch.setattr(quality, "features_for", lambda ctx: _projection_features())
+    dist.stage(ctx)  # its oracle set is the reference
+    summary = samplers.stage(ctx)["samplers"]
+    result = json.loads((ctx.out / "samplers" / "samplers.json").read_text())
+    k = ctx.ladder.num_levels
+    assert summary["configurations"] == len(result["selection"]) == 2 * 2 * 2 * (k + k - 1)
+    folder = ctx.out / "samplers" / "samples"
+    assert len(list(folder.glob("*.selection.npz"))) == summary["configurations"]
+    assert 0 < len(list(folder.glob("*.evaluation.npz"))) == summary["evaluated"] \
+        < summary["configurations"]
+    for row in result["selection"]:
+        if row["kind"] == "single":
+            calls = row["steps"] * (2 if row["solver"] == "heun" else 1) - (
+                row["solver"] == "heun")
+            assert row["flops"] == pytest.approx(ctx.flops[row["level"] - 1] * calls)
+    refs = result["references"]
+    assert set(refs) == {"oracle", "data"} and set(refs["data"]["targets"]) == {"fd"}
+    fd_floor = refs["oracle"]["floor"]["fd"]["value"]
+    assert refs["oracle"]["targets"]["fd"] == {"8x floor": pytest.approx(8 * fd_floor),
+                                               "2x floor": pytest.approx(2 * fd_floor)}
+    comp = result["comparisons"]["all"]
+    for ref, ruler in (("oracle", "fd"), ("oracle", "moments"), ("data", "fd")):
+        for cost in ("flops", "seconds"):
+            c = comp[ref][ruler][cost]
+            assert set(c["targets"]) == set(refs[ref]["targets"][ruler])
+            for t in c["targets"].values():  # a failure is counted, never dropped
+                assert 0 <= t["not_reached"]["other"] <= 1 and "ci" in t["speedup"]
+            assert {p["kind"] for p in c["paths"]["single"]} == {"single"}
+            assert {p["kind"] for p in c["paths"]["multilevel"]} == {"multilevel"}
+            if cost == "flops":  # the path is the selection envelope: cheaper, then better
+                sel = {r["id"]: r for r in result["selection"]}
+                path = [next(r for r in sel.values() if r["kind"] == p["kind"]
+                             and all(r[f] == p[f] for f in ("solver", "grid", "steps",
+                                                            "level", "top")))
+                        for p in c["paths"]["single"]]
+                errs = [r["selection_error"][ref][ruler] for r in path]
+                assert errs == sorted(errs, reverse=True)
+    own = result["comparisons"]["own"]["oracle"]["fd"]["flops"]["paths"]
+    assert {p["level"] for p in own["single"]} == {k}
+    assert {p["top"] for p in own["multilevel"]} == {k}
+    assert (ctx.out / "samplers" / "samplers.png").stat().st_size > 0
+    calls = []
+    monkeypatch.setattr(dist, "solve_sets", lambda *a, **kw: calls.append(a) or (
+        _ for _ in ()).throw(AssertionError("solved again")))
+    again = samplers.stage(ctx)["samplers"]
+    assert not calls and again["comparisons"] == summary["comparisons"]
+    from analysis import report
+
+    text = "\n".join(report.samplers_rows(summary))
+    assert "| oracle | FD (features) | 8x floor |" in text
+    assert "| data | FD (features) | 1.25x oracle |" in text
+    assert "| own | oracle | pixel moments | 2x floor |" in text
 
 
 def test_distributional_candidates_are_chosen_on_selection_realisations(tiny_results):

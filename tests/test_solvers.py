@@ -279,3 +279,11 @@ def test_cost_error_takes_the_solver_and_grid_of_the_analysis_config():
         cost_error.solver_settings(config)
     for solver, grid in celeba64_sample.SOLVERS:
         assert solvers.check_solver(solver) and grid in GRIDS
+    from analysis import samplers
+
+    s = samplers.settings(celeba64_sample.get_config())  # the GPU config's samplers stage
+    assert s["enabled"] and {"dpmpp2m", "heun"} <= set(s["solvers"])
+    config = mnist_sample.get_config()
+    config.analysis.samplers.grids = ("uniform", "cosine")
+    with pytest.raises(ValueError, match="grid"):
+        samplers.settings(config)
