@@ -249,9 +249,7 @@ def analyse(ctx: common.Context, configs: Sequence[dict], s: Mapping, feats: qua
         ev_err[cid] = {n: debiased(j.errors(st)) for n, j in judges.items()}
     costs = {"flops": flops, "seconds": seconds}
     comparisons = {}
-    for (framing, ref, ruler, _), single in chosen["flops"].items():
-        if _ != "single":
-            continue
+    for framing, ref, ruler in dict.fromkeys(k[:3] for k in chosen["flops"]):
         targets = refs[ref][3][ruler]
         for c_name, by in chosen.items():
             p_single, p_multi = by[(framing, ref, ruler, "single")], \
@@ -340,7 +338,7 @@ def figure(result: Mapping, path: Any, ruler: str = "fd") -> None:
                                           [r["selection_error"][ref][ruler] for r in pts])
                 ax.loglog(env.cost, env.error, style, marker="o", ms=3, color=f"C{i}",
                           label=f"{solver} ({kind})")
-        for name, t in result["references"][ref]["targets"][ruler].items():
+        for t in result["references"][ref]["targets"][ruler].values():
             ax.axhline(t, color="0.8", lw=0.8, zorder=0)
         ax.set(xlabel="FLOPs per sample", ylabel=f"{ruler.upper()} to {ref}",
                title=f"selection envelopes against the {ref} (exploratory)")

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import ml_collections
 
-from analysis import (common, cost_error, distributional, figures, fit_gamma, quality, samplers,
-                      variance)
+from analysis import (
+    common,
+    cost_error,
+    distributional,
+    figures,
+    fit_gamma,
+    quality,
+    samplers,
+    variance,
+)
 from mlem import checkpoint, train_loop
 from mlem.config_files import load_config
 
