@@ -258,6 +258,31 @@ def distributional_rows(d: dict) -> list[str]:
     return lines
 
 
+def solver_comparison_rows(c: dict) -> list[str]:
+    """The synthetic testbed's best single-level solver against its best multilevel one
+    (:mod:`analysis.synthetic.solvers`): per error and target, both costs, the speedup and
+    failures; the solvers on each path."""
+    kind = "ODE" if c["noise"] == 0 else "SDE"
+    lines = [f"Synthetic {kind}, γ = {c['gamma']:g}: the cheapest single-level solver against "
+             f"the cheapest multilevel one over the solvers {', '.join(c['solvers'])} (speedup "
+             f"> 1: multilevel is cheaper):", "",
+             "| error | target | single-level cost [95% CI] | multilevel cost [95% CI] | "
+             "speedup [95% CI] | not reached | solvers on the paths (single; multilevel) |",
+             "|---|---|---|---|---|---|---|"]
+    for error, name in (("mse", "pathwise"), ("dist", "distributional")):
+        e = c[error]
+        used = "; ".join(", ".join(sorted({p["solver"] for p in e["paths"][k]}))
+                         for k in ("single", "multilevel"))
+        for target, t in e["targets"].items():
+            lines.append(f"| {name} | {target} | {fmt_value(t['cost_single']['value'])} "
+                         f"{fmt_ci(t['cost_single']['ci'])} | "
+                         f"{fmt_value(t['cost_multilevel']['value'])} "
+                         f"{fmt_ci(t['cost_multilevel']['ci'])} | "
+                         f"{fmt_value(t['speedup']['value'], '×')} {fmt_ci(t['speedup']['ci'])} "
+                         f"| {fmt_failures(t['not_reached'], 'single', 'multilevel')} | {used} |")
+    return lines
+
+
 def samplers_rows(d: dict) -> list[str]:
     """The samplers table (:mod:`analysis.samplers`): per reference, error and predeclared
     target, the cheapest single-level sampler of any kind against the cheapest multilevel
@@ -430,6 +455,9 @@ def report(dirs: Sequence[str | Path]) -> str:
     if learned:
         lines += ["", *learn_rows(learned)]
     for d in (d for d in dirs if d not in synthetic and d not in learned):
+        if "solver_comparison" in kinds[d]:
+            lines += ["", *solver_comparison_rows(kinds[d]["solver_comparison"])]
+            continue
         lines += ["", *(poisson_rows(d) if "correction_evals" in kinds[d] else image_rows(d))]
     return "\n".join(lines).strip() + "\n"
 

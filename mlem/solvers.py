@@ -29,7 +29,10 @@ multilevel telescope under ML-EM):
 * :class:`DPMSolverPP2M` — DPM-Solver++(2M) (``dpmpp2m``; with ``eta = 1`` its SDE variant,
   ``dpmpp2m-sde``): one call per step, the previous step's data prediction carried;
 * :class:`Heun` — EDM's Heun on ``σ̃ = σ/α`` (``heun``): two calls per step, Euler (= DDIM)
-  on the last.
+  on the last;
+* :class:`DriftHeun` — Heun's method on any drift-form SDE with additive noise (the
+  stochastic Heun scheme; Heun's second-order method for an ODE): two calls per step. The
+  synthetic testbed's second-order solver (:mod:`analysis.synthetic`).
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ import jax.numpy as jnp
 
 from mlem.sde import VPSDE, EpsFn
 
-__all__ = ["SOLVERS", "Ancestral", "DDIM", "DPMSolverPP2M", "Euler", "EulerMaruyama", "Evaluate",
-           "Heun", "MultistepRule", "UpdateRule", "check_solver", "for_vpsde", "is_multistep"]
+__all__ = ["SOLVERS", "Ancestral", "DDIM", "DPMSolverPP2M", "DriftHeun", "Euler", "EulerMaruyama",
+           "Evaluate", "Heun", "MultistepRule", "UpdateRule", "check_solver", "for_vpsde", "is_multistep"]
 
 Array = jax.Array
 SOLVERS = ("sde", "ode", "ddim", "ancestral", "dpmpp2m", "dpmpp2m-sde", "heun")
@@ -273,6 +276,44 @@ class Heun:
         second = evaluate(1, predicted, t1)
         corrected = a * x + 0.5 * b * (first + second)
         return jnp.where(self.calls(tau0, tau1, end)[1], corrected, predicted), end
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftHeun:
+    """Heun's method on ``dX = f(X, τ) dτ + g(τ) dW`` with levels that are drifts ``f``::
+
+        x̂ = x + h f(x, τ0) + g(τ0) ΔW,   x' = x + h (f(x, τ0) + f(x̂, τ1))/2 + g(τ0) ΔW
+
+    the stochastic Heun scheme (weak order 2 for additive noise; for ``diffusion=None``, an
+    ODE, Heun's second-order method). Two calls per step, both always made. Under ML-EM
+    each call is its own telescope; as for :class:`Heun`, the corrector is evaluated at a
+    point that depends on the first randomised output, so the step is not unbiased for the
+    top level given the state (docs/solvers.md). The state is unused (``None``).
+    """
+
+    diffusion: Callable[[Array], Array] | None = None
+    evaluations = 2
+
+    @property
+    def stochastic(self) -> bool:
+        return self.diffusion is not None
+
+    def level_time(self, tau: Array) -> Array:
+        return tau
+
+    def init(self, x0: Array, ts: Array) -> None:
+        return None
+
+    def calls(self, tau0: Array, tau1: Array, state: None) -> Array:
+        return jnp.array([True, True])
+
+    def step(self, x: Array, evaluate: Evaluate, tau0: Array, tau1: Array, dw: Array | None,
+             state: None) -> tuple[Array, None]:
+        h = tau1 - tau0
+        noise = 0.0 if self.diffusion is None else self.diffusion(tau0) * dw
+        first = evaluate(0, x, tau0)
+        second = evaluate(1, x + h * first + noise, tau1)
+        return x + 0.5 * h * (first + second) + noise, state
 
 
 def check_solver(name: str) -> str:

@@ -189,6 +189,50 @@ def test_tiny_sweep_writes_summary_points_and_figure(tmp_path):
     assert printed[-1].startswith(f"| {tmp_path.name} | {dist['floor']:.3g} | ")
 
 
+def test_heun_sweeps_pool_with_euler_into_best_single_against_best_multilevel(tmp_path):
+    """--solver heun doubles every cost (two calls a step) on the same seeds; the pooled
+    comparison takes each curve's path over both solvers on the selection seeds, reports
+    pathwise and distributional targets with failures, and refuses runs of other sweeps."""
+    from analysis import report
+    from analysis.synthetic import solvers as compare
+
+    base = dict(gamma=3.0, num_levels=6, perturbation_rms=1.0, seeds=4, batch_size=8,
+                ref_steps=2**8, em_steps=(4, 16, 64), mlem_min_top=4, mlem_step_offsets=(0,),
+                mlem_top_evals=(0.5, 4.0), max_steps=64, floor_factor=1.0, fit_decades=1.0,
+                min_fit_decades=0.1, noise=0.0, oracle_seeds=4)
+    for solver in ("euler", "heun"):
+        pipeline.run(sweep.SweepConfig(**base, solver=solver), tmp_path / solver,
+                     progress=False)
+    rows = {solver: compare.load(tmp_path / solver)[0] for solver in ("euler", "heun")}
+    key = lambda r: (r["method"], r["level"], r["steps"], r["top_evals"], r["seed"])
+    euler = {key(r): r for r in rows["euler"]}
+    for r in rows["heun"]:
+        if r["method"] == "em":
+            assert r["cost"] == pytest.approx(2 * euler[key(r)]["cost"])
+    fine = [r for r in rows["heun"] if r["method"] == "em" and r["level"] == 6
+            and r["steps"] == 64]  # second order: Heun is closer to the reference
+    assert np.mean([r["mse"] for r in fine]) < np.mean(
+        [euler[key(r)]["mse"] for r in fine])
+    result = compare.run([tmp_path / "euler", tmp_path / "heun"], tmp_path / "both")
+    assert result["solvers"] == ["euler", "heun"]
+    for error in ("mse", "dist"):
+        e = result[error]
+        assert e["evaluation_seeds"] == 2 and e["selection_seeds"] == 2
+        assert {p["method"] for p in e["paths"]["single"]} == {"em"}
+        assert {p["method"] for p in e["paths"]["multilevel"]} == {"mlem"}
+        for t in e["targets"].values():
+            assert set(t["not_reached"]) == {"base", "other"} and "ci" in t["speedup"]
+    assert len(result["mse"]["targets"]) == compare.NUM_TARGETS
+    text = report.report([tmp_path / "both"])
+    assert "| pathwise | RMSE" in text and "| distributional | 8x floor |" in text
+    pipeline.run(sweep.SweepConfig(**{**base, "seeds": 5}), tmp_path / "other",
+                 progress=False)
+    with pytest.raises(ValueError, match="differ in seeds"):
+        compare.run([tmp_path / "euler", tmp_path / "other"], tmp_path / "bad")
+    with pytest.raises(ValueError, match="solver"):
+        sweep.SweepConfig(**base, solver="rk4")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("gamma", [2.5, 3.0, 4.0])
 def test_exponents_match_theory(gamma, tmp_path):

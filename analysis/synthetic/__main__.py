@@ -2,11 +2,14 @@
 
     python -m analysis.synthetic --gamma 3 --out results/synthetic_gamma3 \\
         [--quick] [--seeds 32] [--levels 13] [--schedule variance|dyadic] [--ode]
+        [--solver euler|heun]
 
 Flags → :func:`analysis.synthetic.pipeline.run`, which writes ``summary.json``,
 ``points.csv``, ``runs.csv`` and ``cost_vs_error.png`` into ``--out``; the headline numbers
 are printed as JSON. ``--ode`` sets the noise to zero: Euler and multilevel Euler on the ODE
-``dX = f*(X) dτ`` against its exact-drift solution (docs/solvers.md).
+``dX = f*(X) dτ`` against its exact-drift solution (docs/solvers.md). ``--solver heun``
+solves with Heun's method (:class:`mlem.solvers.DriftHeun`), single-level and multilevel;
+``python -m analysis.synthetic.solvers`` compares the best of two such runs.
 
 Bad input (``--levels`` under 2, ``--seeds`` under 1, ``--gamma`` not
 positive, a sweep whose envelopes share too short an error range) prints one ``error: ...``
@@ -33,6 +36,9 @@ _SCHEDULE = flags.DEFINE_enum("schedule", "variance", ["variance", "dyadic"],
                               "dyadic p_k ∝ 2^{-(1+γ/2)k}")
 _ODE = flags.DEFINE_bool("ode", False, "zero diffusion: Euler and ML-Euler on the ODE "
                          "dX = f*(X) dτ (docs/solvers.md)")
+_SOLVER = flags.DEFINE_enum("solver", "euler", ["euler", "heun"],
+                            "euler: EM (Euler on the ODE); heun: Heun's method, stochastic "
+                            "Heun on the SDE (two calls a step), single-level and multilevel")
 flags.mark_flag_as_required("out")
 
 PRINTED_KEYS = (
@@ -50,7 +56,8 @@ def main(argv: list[str]) -> None:
     from analysis.synthetic import pipeline  # after flag parsing: a bad flag fails fast
     from analysis.synthetic.sweep import SweepConfig
 
-    overrides = {"schedule": _SCHEDULE.value, "noise": 0.0 if _ODE.value else 1.0}
+    overrides = {"schedule": _SCHEDULE.value, "noise": 0.0 if _ODE.value else 1.0,
+                 "solver": _SOLVER.value}
     if _SEEDS.value is not None:
         overrides["seeds"] = _SEEDS.value
     make = SweepConfig.quick if _QUICK.value else SweepConfig.with_levels

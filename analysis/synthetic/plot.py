@@ -18,8 +18,9 @@ def _cost_error_panel(ax, points: Sequence[dict], summary: dict) -> None:
     """All points, both envelopes and the fitted ``cost ∝ error^{-s}`` over the fit range."""
     lo, hi = summary["fit_range"]
     ode = summary.get("config", {}).get("noise", 1.0) == 0
+    heun = summary.get("config", {}).get("solver", "euler") == "heun"
     for method, (colour, label, key) in _STYLES.items():
-        label = label.replace("EM", "Euler") if ode else label
+        label = label.replace("EM", "Heun" if heun else "Euler") if ode or heun else label
         pts = [p for p in points if p["method"] == method]
         ax.scatter([p["rmse"] for p in pts], [p["cost"] for p in pts], s=6, alpha=0.25,
                    color=colour)

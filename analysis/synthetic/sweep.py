@@ -16,6 +16,10 @@ With ``noise = 0`` (``python -m analysis.synthetic --ode``) the SDE is the ODE
 multilevel Euler (the same estimator fed to that rule) and the reference is Euler with the
 exact drift on ``ref_steps`` steps. The Bernoulli draws make the multilevel solve a random
 ODE whose randomisation variance the schedule controls exactly as for the SDE.
+With ``solver = "heun"`` both are Heun's method instead (:class:`mlem.solvers.DriftHeun`:
+stochastic Heun on the SDE, Heun's second-order method on the ODE; two level calls a
+step, each its own telescope under ML-EM, so every cost doubles); the reference stays the
+exact drift with EM/Euler on ``ref_steps`` steps.
 
 Error = squared error over samples and dimensions (one MSE per seed), and the
 *distributional* error of the seed's batch (:func:`moment_error`: its mean and covariance
@@ -38,6 +42,8 @@ from tqdm import tqdm
 
 from mlem import brownian, cost, sampling, schedules, solvers, synthetic
 
+SOLVERS = {"euler": 1, "heun": 2}  # the sweep's solvers and their level calls per step
+
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
@@ -50,6 +56,7 @@ class SweepConfig:
     perturbation_freq: float = 0.5  # frequency of the random-feature fields in e_k
     level_correlation: float = 1.0  # e_k = ρ u_0 + sqrt(1 − ρ²) u_k; 1: exact V_k ∝ 4^-k
     noise: float = 1.0  # the diffusion g; 0: the ODE dX = f*(X) dτ, solved by (ML-)Euler
+    solver: str = "euler"  # "euler" (EM; Euler on the ODE) or "heun" (two calls a step)
     batch_size: int = 32
     seeds: int = 32
     ref_steps: int = 2**15
@@ -69,6 +76,8 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver: one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.schedule not in ("variance", "dyadic"):
             raise ValueError(f"schedule: 'variance' or 'dyadic', got {self.schedule!r}")
         if self.seeds < 1 or self.batch_size < 1:
@@ -147,16 +156,21 @@ def mlem_plan(cfg: SweepConfig, hierarchy, variances) -> list[dict]:
 # --- Solves ----------------------------------------------------------------------------------
 
 
-def update_rule(hierarchy) -> solvers.EulerMaruyama | solvers.Euler:
-    """EM for the SDE; Euler (no increments) when the hierarchy has zero noise (an ODE)."""
+def update_rule(hierarchy, solver: str = "euler"
+                ) -> solvers.EulerMaruyama | solvers.Euler | solvers.DriftHeun:
+    """``euler``: EM for the SDE, Euler (no increments) when the hierarchy has zero noise (an
+    ODE); ``heun``: :class:`mlem.solvers.DriftHeun` (stochastic Heun; Heun's method on the
+    ODE)."""
+    if solver == "heun":
+        return solvers.DriftHeun(None if hierarchy.noise == 0 else hierarchy.diffusion)
     return solvers.Euler() if hierarchy.noise == 0 else solvers.EulerMaruyama(hierarchy.diffusion)
 
 
-@functools.partial(jax.jit, static_argnames=("hierarchy",))
-def _em_solve(hierarchy, level, x0, ts, increments):
-    """EM at a traced ``level`` index: one compilation per step count."""
+@functools.partial(jax.jit, static_argnames=("hierarchy", "solver"))
+def _em_solve(hierarchy, level, x0, ts, increments, solver="euler"):
+    """The single-level solve at a traced ``level`` index: one compilation per step count."""
     drift = lambda x, t: jax.lax.switch(level, hierarchy.drifts, x, t)
-    return sampling.solve(drift, update_rule(hierarchy), x0, ts, None,
+    return sampling.solve(drift, update_rule(hierarchy, solver), x0, ts, None,
                           increments=increments)[0]
 
 
@@ -219,29 +233,31 @@ def _em_rows(cfg: SweepConfig, hierarchy, seed: int, x0, ref, paths, bar,
     rows = []
     for n in cfg.em_steps:
         for level in range(cfg.num_levels):
-            x = _em_solve(hierarchy, level, x0, *paths[n])
+            x = _em_solve(hierarchy, level, x0, *paths[n], solver=cfg.solver)
+            calls = n * SOLVERS[cfg.solver]
             rows.append(dict(method="em", level=level + 1, steps=n, top_evals=None, c=None,
-                             seed=seed, cost=n * hierarchy.costs[level],
-                             realised_cost=n * hierarchy.costs[level], mse=_mse(x, ref),
+                             seed=seed, cost=calls * hierarchy.costs[level],
+                             realised_cost=calls * hierarchy.costs[level], mse=_mse(x, ref),
                              dist=moment_error(x, moments)))
             bar.update()
     return rows
 
 
 def _mlem_rows(plan, hierarchy, seed: int, x0, ref, k_bern, paths, bar,
-               moments) -> list[dict]:
-    """One row per run of ``plan`` on seed ``seed``'s paths and Bernoulli key."""
+               moments, solver: str = "euler") -> list[dict]:
+    """One row per run of ``plan`` on seed ``seed``'s paths and Bernoulli key (each level
+    call of a step draws its own Bernoullis with the step's probabilities)."""
     rows = []
     for run in plan:
         top, steps = run["top"], run["steps"]
         ts, inc = paths[steps]
         x, stats = sampling.multilevel_solve(
-            hierarchy.drifts[:top], run["probs"], update_rule(hierarchy), x0, ts, k_bern,
+            hierarchy.drifts[:top], run["probs"], update_rule(hierarchy, solver), x0, ts, k_bern,
             increments=inc)
         costs = hierarchy.costs[:top]
         rows.append(dict(method="mlem", level=top, steps=steps, top_evals=run["top_evals"],
                          c=run["c"], seed=seed,
-                         cost=cost.expected_cost(run["probs"], costs, steps),
+                         cost=SOLVERS[solver] * cost.expected_cost(run["probs"], costs, steps),
                          realised_cost=cost.realised_cost(stats, costs), mse=_mse(x, ref),
                          dist=moment_error(x, moments)))
         bar.update()
@@ -272,7 +288,8 @@ def run_sweep(cfg: SweepConfig, hierarchy: synthetic.Hierarchy, *, progress: boo
         paths = {n: (ts_ref[:: cfg.ref_steps // n], _coarsen(fine, n))
                  for n in {*cfg.em_steps, *(run["steps"] for run in plan)}}
         rows += _em_rows(cfg, hierarchy, s, x0, ref, paths, bar, moments)
-        rows += _mlem_rows(plan, hierarchy, s, x0, ref, k_bern, paths, bar, moments)
+        rows += _mlem_rows(plan, hierarchy, s, x0, ref, k_bern, paths, bar, moments,
+                           cfg.solver)
     bar.close()
     errors = synthetic.level_errors(hierarchy, jnp.concatenate(probe))
     return rows, {"level_errors": errors, "level_variances": variances,
