@@ -53,7 +53,7 @@ reproduce-mnist: setup
 
 # The synthetic HTMC testbed: exact drift, controllable γ (the exact check of the theory).
 demo-synthetic: setup
-	$(PY) -m analysis.synthetic --gamma 3 --quick --out results/synthetic_quick
+	$(PY) -m analysis.testbed --gamma 3 --quick --out results/synthetic_quick
 
 # FID/KID reference statistics of the CelebA 64×64 train split (docs/quality.md); hours on a
 # CPU. INCEPTION_WEIGHTS: pytorch-fid's weights as an npz; CELEBA: img_align_celeba.zip.

@@ -162,8 +162,8 @@ def prepare(config: Any, workdir: str | Path, out: str | Path, recompute: bool) 
     """
     import jax
 
-    from mlem import checkpoint
     from mlem import ladder as ladders
+    from mlem.train import checkpoint
 
     ladder = ladders.load_ladder(config, workdir)
     out = open_results(out, make_manifest(config, workdir, ladder), recompute)

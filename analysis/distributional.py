@@ -64,7 +64,7 @@ from analysis import common, comparison, cost_error, quality, speedup
 from analysis.comparison import config_key
 from mlem import ladder as ladders
 from mlem import parallel
-from mlem import quality as metrics
+from mlem.eval import metrics
 
 STAGE = "distributional"
 STREAM = 3  # fold_in(key(seed), STREAM): the distributional sets (the sweep uses 0, 2)
@@ -237,7 +237,7 @@ def _sym_sqrt(sigma: np.ndarray) -> np.ndarray:
 
 def frechet(mu: np.ndarray, sigma: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
             sqrt_ref: np.ndarray | None = None) -> float:
-    """The Fréchet distance of :func:`mlem.quality.frechet_distance` by symmetric
+    """The Fréchet distance of :func:`mlem.eval.metrics.frechet_distance` by symmetric
     eigendecompositions (``tr (Σ₁Σ₂)^½ = Σ √eig(Σ₂^½ Σ₁ Σ₂^½)``): faster, for the bootstrap;
     ``sqrt_ref`` is ``Σ_ref^½`` when already known."""
     root = _sym_sqrt(sigma_ref) if sqrt_ref is None else sqrt_ref

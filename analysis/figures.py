@@ -45,7 +45,7 @@ def heldout_curves(config: Any, workdir: Path, flops: np.ndarray) -> dict[str, n
 
     Training FLOPs ≈ 3 × forward FLOPs per sample × batch size × step.
     """
-    from mlem import checkpoint
+    from mlem.train import checkpoint
 
     curves = {}
     for name, path, c in zip(config.levels, common.level_workdirs(config, workdir), flops):

@@ -9,7 +9,7 @@
     Three parameters from K levels: with ``K = 3`` the curve passes through every point and
     with ``K = 4`` one degree of freedom is left, so read the interval, not the point.
     Interval: the per-example held-out losses are recomputed (same data, noise and times as
-    :func:`mlem.training.make_heldout_loss`); examples are resampled jointly across levels
+    :func:`mlem.train.objective.make_heldout_loss`); examples are resampled jointly across levels
     and each level's loss is shifted by its resampled mean minus its full mean.
 (b) **Drift error.** ``δ_k = sqrt(E‖fᵏ − fᴷ‖²)`` over forward-process samples and times
     (:func:`analysis.variance.drift_statistics`), ``log δ_k = const − (1/γ) log c_k`` fitted on
@@ -33,8 +33,9 @@ from scipy import optimize
 from tqdm import tqdm
 
 from analysis import common, fits, speedup, variance
-from mlem import data, training
+from mlem import data
 from mlem.models import registry
+from mlem.train import objective
 
 STAGE = "fit_gamma"
 EXPONENT_BOUNDS = (0.02, 10.0)  # bounds on b = 2/γ, i.e. γ ∈ [0.2, 100]
@@ -129,7 +130,7 @@ def per_example_heldout_losses(ctx: common.Context) -> np.ndarray:
     cfg = ctx.level_configs[0]
     batches = data.heldout_batches(data.get_source(cfg.data, "heldout"),
                                    cfg.eval.batch_size, cfg.eval.num_batches)
-    sde, key = ctx.ladder.sde, jax.random.key(training.HELDOUT_SEED)
+    sde, key = ctx.ladder.sde, jax.random.key(objective.HELDOUT_SEED)
 
     def draws(index: int, shape):
         t_key, noise_key = jax.random.split(jax.random.fold_in(key, index))
@@ -139,7 +140,7 @@ def per_example_heldout_losses(ctx: common.Context) -> np.ndarray:
 
     columns = []
     for model, params in zip(ctx.ladder.models, ctx.ladder.params):
-        loss = jax.jit(lambda p, x0, t, e, m=model: training.per_example_loss(
+        loss = jax.jit(lambda p, x0, t, e, m=model: objective.per_example_loss(
             m, sde, p, x0, t, e, False))
         columns.append(np.concatenate([
             np.asarray(loss(params, jnp.asarray(x0), *draws(i, x0.shape)))

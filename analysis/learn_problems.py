@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analysis import common, cost_error
-from mlem import brownian, learn, parallel, sampling, synthetic
+from mlem import brownian, learn, parallel, sampling, testbed
 from mlem import ladder as ladders
 
 
@@ -81,14 +81,14 @@ def synthetic_problem(cfg: LearnConfig, gamma: float, *, num_levels: int = 6, st
                       ref_steps: int = 256, batch_size: int = 32, eval_realisations: int = 16,
                       selection_realisations: int = 16,
                       variance_bins: int = 8, seed: int = 0) -> Problem:
-    """The dyadic ladder (:func:`mlem.synthetic.dyadic_hierarchy`, declared costs
+    """The dyadic ladder (:func:`mlem.testbed.dyadic_hierarchy`, declared costs
     ``c_k = 2^{γk}``) on ``steps`` steps; reference: EM with the top level on ``ref_steps``.
 
     Realisation ``i`` (``batch_size`` samples, its own ``X_0``, Brownian path and Bernoulli
     key) comes from ``fold_in(key(seed), i)`` for evaluation and from
     ``fold_in(key(seed + train_seed_offset), i)`` for training.
     """
-    h = synthetic.dyadic_hierarchy(gamma, num_levels, seed=seed)
+    h = testbed.dyadic_hierarchy(gamma, num_levels, seed=seed)
     ts_ref = np.linspace(0.0, 1.0, ref_steps + 1, dtype=np.float32)
     ts = np.asarray(brownian.coarse_grid(ts_ref, steps))
 
@@ -132,7 +132,7 @@ def synthetic_problem(cfg: LearnConfig, gamma: float, *, num_levels: int = 6, st
                    meta=meta, num_selection=selection_realisations)
 
 
-def _synthetic_variances(h: synthetic.Hierarchy, root: jax.Array, bins: int,
+def _synthetic_variances(h: testbed.Hierarchy, root: jax.Array, bins: int,
                          samples: int = 256, per_bin: int = 4) -> dict:
     """``V_k`` per time bin from states of top-level EM trajectories (training keys)."""
     n = bins * per_bin
@@ -146,7 +146,7 @@ def _synthetic_variances(h: synthetic.Hierarchy, root: jax.Array, bins: int,
 
     _, xs = jax.lax.scan(step, x0, (jnp.arange(n) / n, dw))
     xs = np.asarray(xs).reshape(bins, per_bin * samples, h.dim)
-    v = np.stack([synthetic.level_variances(h, jnp.asarray(x)) for x in xs])
+    v = np.stack([testbed.level_variances(h, jnp.asarray(x)) for x in xs])
     return {"bin_edges": np.linspace(0.0, 1.0, bins + 1).tolist(), "variances": v.tolist()}
 
 

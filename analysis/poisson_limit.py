@@ -3,7 +3,7 @@ the same whatever the step count, while the error settles.
 
     python -m analysis.poisson_limit --out results/poisson_limit [--gamma 3] [--seeds 16]
 
-Ladder: :func:`mlem.synthetic.dyadic_hierarchy` (``K`` levels, ``V_k ∝ 4^{-k}``, declared
+Ladder: :func:`mlem.testbed.dyadic_hierarchy` (``K`` levels, ``V_k ∝ 4^{-k}``, declared
 cost ``c_k = 2^{γk}``). Rates: the variance-optimal shape ``λ_k ∝ sqrt(V_k / C_k)`` (``V_k``
 measured, ``C_k`` the increment costs), scaled so that the top level has ``top_rate`` events
 per solve. For each step count ``N`` and seed (its own ``X_0``, Brownian path and events;
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from mlem import brownian, cli, sampling, schedules, synthetic
+from mlem import brownian, cli, sampling, schedules, testbed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +52,10 @@ class PoissonConfig:
             raise ValueError("seeds must be >= 2 and top_rate positive")
 
 
-def rates_for(hierarchy: synthetic.Hierarchy, top_rate: float, seed: int) -> np.ndarray:
+def rates_for(hierarchy: testbed.Hierarchy, top_rate: float, seed: int) -> np.ndarray:
     """``(K,)`` rates ``λ_k ∝ sqrt(V_k / C_k)`` with ``λ_K = top_rate`` (``λ_1`` unused: 1)."""
     probe = hierarchy.sample_x0(jax.random.key(seed + 1), 4096)
-    shape = np.sqrt(synthetic.level_variances(hierarchy, probe)
+    shape = np.sqrt(testbed.level_variances(hierarchy, probe)
                     / schedules.increment_costs(hierarchy.costs))
     rates = top_rate * shape / shape[-1]
     rates[0] = 1.0
@@ -65,7 +65,7 @@ def rates_for(hierarchy: synthetic.Hierarchy, top_rate: float, seed: int) -> np.
 def run(cfg: PoissonConfig, out: str | Path) -> dict:
     """Measure every step count on every seed; write ``summary.json`` and the figure."""
     start = time.perf_counter()
-    h = synthetic.dyadic_hierarchy(cfg.gamma, cfg.num_levels, cfg.dim, seed=cfg.seed)
+    h = testbed.dyadic_hierarchy(cfg.gamma, cfg.num_levels, cfg.dim, seed=cfg.seed)
     rates = rates_for(h, cfg.top_rate, cfg.seed)
     ref_ts = jnp.linspace(0.0, 1.0, cfg.ref_steps + 1)
     rmse, em_rmse = np.zeros((2, len(cfg.steps), cfg.seeds))

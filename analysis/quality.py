@@ -3,7 +3,7 @@
 MSE to the coupled reference says how close a sampler's paths are to the top level's; KID
 and FD say how close its *distribution* is to the data's. ``config.analysis.quality``:
 
-* ``features``: ``'classifier'`` (MNIST-5k: the small classifier of :mod:`mlem.features`,
+* ``features``: ``'classifier'`` (MNIST-5k: the small classifier of :mod:`mlem.eval.features`,
   trained once and cached in ``WORKDIR/classifier``; the data are the 500 held-out
   digits), ``'inception'`` (CelebA: the FID Inception-v3 with the weights file
   ``inception_weights``; the data are the features and ``(μ, Σ)`` in the npz ``reference``
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from analysis import common, comparison
-from mlem import features as feature_nets
 from mlem import files
-from mlem import quality as metrics
+from mlem.eval import features as feature_nets
+from mlem.eval import metrics
 
 FEATURES = ("classifier", "inception")
 CLASSIFIER_DIR = "classifier"  # under the workdir
@@ -126,7 +126,7 @@ def check_files(config: Any) -> dict:
 
 def _inception(ctx: common.Context, q: dict) -> Features:
     from analysis import reference_stats
-    from mlem.models.inception import load_inception_params
+    from mlem.eval.inception import load_inception_params
 
     check_files(ctx.config)
     weights, reference = q["inception_weights"], q["reference"]

@@ -11,11 +11,11 @@ The data is that of the sample config's first training config (``config.train_co
 through :func:`mlem.data.get_source` like training reads it (docs/data.md). Every image of
 the split (or the first ``--max_images``) goes through
 ``features.inception_feature_fn(load_inception_params(weights))``; the Gaussian fit is
-streamed (:func:`mlem.features.reference_stats`) and ``kid_rows`` feature rows, chosen
+streamed (:func:`mlem.eval.features.reference_stats`) and ``kid_rows`` feature rows, chosen
 uniformly at random (``--seed``) before streaming, are kept for KID, so memory stays flat.
 
-The output, one npz (written atomically by :func:`mlem.quality.save_stats`, so
-:func:`mlem.quality.load_stats` reads its ``mu``/``sigma``; :func:`load_reference` reads all):
+The output, one npz (written atomically by :func:`mlem.eval.metrics.save_stats`, so
+:func:`mlem.eval.metrics.load_stats` reads its ``mu``/``sigma``; :func:`load_reference` reads all):
 ``mu (2048,)``, ``sigma (2048, 2048)`` float64 (pytorch-fid's keys), ``features
 (kid_rows, 2048)`` float32, ``feature_rows (kid_rows,)`` int64 (their image indices in the
 split) and ``record``: a JSON string with the provenance (:func:`compute` lists it).
@@ -38,10 +38,11 @@ from tqdm import tqdm
 
 from analysis import cli
 from mlem import cli as mlem_cli
-from mlem import data, features, files, quality
+from mlem import data, files
 from mlem.config_files import load_config
 from mlem.data.pipeline import BatchIterator
-from mlem.models.inception import load_inception_params
+from mlem.eval import features, metrics
+from mlem.eval.inception import load_inception_params
 
 DEFAULT_CONFIG = "configs/celeba64_sample.py"
 FEATURE_NET = "FID Inception-v3 pool3 (pytorch-fid pt_inception-2015-12-05 architecture)"
@@ -103,7 +104,7 @@ def split_stats(source: data.Source, feature_fn: Callable[[np.ndarray], np.ndarr
 def save_reference(path: str | Path, stats: ReferenceStats, record: dict[str, Any]) -> None:
     """One npz at ``path`` (atomic): ``mu``, ``sigma``, ``features``, ``feature_rows`` and
     ``record`` (a JSON string)."""
-    quality.save_stats(path, stats.mu, stats.sigma, features=stats.features,
+    metrics.save_stats(path, stats.mu, stats.sigma, features=stats.features,
                        feature_rows=stats.rows.astype(np.int64),
                        record=np.asarray(json.dumps(record, sort_keys=True)))
 
@@ -111,7 +112,7 @@ def save_reference(path: str | Path, stats: ReferenceStats, record: dict[str, An
 def load_reference(path: str | Path) -> dict[str, Any]:
     """``{"mu", "sigma", "features", "feature_rows", "record"}`` of a file written by
     :func:`save_reference` (``record`` as a dict)."""
-    mu, sigma = quality.load_stats(path)
+    mu, sigma = metrics.load_stats(path)
     with np.load(path) as f:
         missing = {"features", "feature_rows", "record"} - set(f.files)
         if missing:

@@ -2,7 +2,7 @@
 
     python -m analysis.report results/mnist_cpu results/synthetic_gamma2.5_seeds96 ...
 
-A directory written by ``analysis.synthetic`` gives one row of the synthetic table; one
+A directory written by ``analysis.testbed`` gives one row of the synthetic table; one
 written by the image pipeline (``make demo``, ``experiments.celeba64``) gives its headline
 table, every comparison (each ML-EM schedule against EM, in FLOPs and in seconds) and the
 plain wall-clock sentence. Every number is read from the directory's ``summary.json`` (and
@@ -260,7 +260,7 @@ def distributional_rows(d: dict) -> list[str]:
 
 def solver_comparison_rows(c: dict) -> list[str]:
     """The synthetic testbed's best single-level solver against its best multilevel one
-    (:mod:`analysis.synthetic.solvers`): per error and target, both costs, the speedup and
+    (:mod:`analysis.testbed.solvers`): per error and target, both costs, the speedup and
     failures; the solvers on each path."""
     kind = "ODE" if c["noise"] == 0 else "SDE"
     lines = [f"Synthetic {kind}, γ = {c['gamma']:g}: the cheapest single-level solver against "

@@ -3,7 +3,7 @@
     python -m benchmarks.sampler [--gamma 3] [--batch_size 512] [--steps 64] [--c 8] [--repeats 5]
         [--levels 4] [--base_features 16]
 
-Uses :func:`mlem.synthetic.fourier_hierarchy` (level ``k`` = the first ``M_k`` random Fourier
+Uses :func:`mlem.testbed.fourier_hierarchy` (level ``k`` = the first ``M_k`` random Fourier
 features, ``M_k`` growing by ``2^γ``), with parameters passed to ``jit`` as arguments. Prints:
 
 * per level: features, FLOPs per sample (hand count and XLA), time per evaluation;
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from mlem import brownian, cli, cost, sampling, schedules, synthetic
+from mlem import brownian, cli, cost, sampling, schedules, testbed
 
 _GAMMA = flags.DEFINE_float("gamma", 3.0, "Cost growth exponent: M_k grows by 2^gamma.")
 _BATCH = flags.DEFINE_integer("batch_size", 512, "Samples per solve.")
@@ -44,7 +44,7 @@ _LEVELS = flags.DEFINE_integer("levels", 4, "Levels of the synthetic ladder.")
 _BASE_FEATURES = flags.DEFINE_integer("base_features", 16, "Fourier features of level 1.")
 
 
-def build_solvers(hierarchy: synthetic.Hierarchy):
+def build_solvers(hierarchy: testbed.Hierarchy):
     """Jitted EM-at-level, ML-EM and evaluations-alone functions taking parameters as arguments."""
     diffusion = hierarchy.diffusion
 
@@ -94,7 +94,7 @@ def level_table(hierarchy, evaluations_alone, x0, flops, repeats: int) -> list[s
 def run(gamma: float = 3.0, batch: int = 512, steps: int = 64, c: float = 8.0, repeats: int = 5,
         *, num_levels: int = 4, base_features: int = 16, seed: int = 0) -> dict:
     """All measurements of the module docstring; prints the table and returns the numbers."""
-    hierarchy = synthetic.fourier_hierarchy(gamma, num_levels, base_features=base_features,
+    hierarchy = testbed.fourier_hierarchy(gamma, num_levels, base_features=base_features,
                                             exact_factor=2, seed=seed)
     params = hierarchy.level_params
     num_levels = hierarchy.num_levels
@@ -102,7 +102,7 @@ def run(gamma: float = 3.0, batch: int = 512, steps: int = 64, c: float = 8.0, r
     ts = jnp.linspace(0.0, 1.0, steps + 1)
     increments = brownian.increments(jax.random.key(seed + 1), ts, x0.shape)
     key = jax.random.key(seed + 2)
-    flops = synthetic.xla_costs(hierarchy, batch)
+    flops = testbed.xla_costs(hierarchy, batch)
     mlem, mlem_paths, em, evaluations_alone = build_solvers(hierarchy)
 
     print(f"devices: {jax.devices()}  platform: {jax.default_backend()}  "

@@ -3,7 +3,7 @@
     python -m benchmarks.train                        # MNIST ladder on CPU, CelebA on GPU/TPU
     python -m benchmarks.train --config configs/celeba64_level3.py --dtype bfloat16 --steps 50
 
-Times the jitted training step of :mod:`mlem.training` (forward, backward, AdamW, EMA) on a
+Times the jitted training step of :mod:`mlem.train.objective` (forward, backward, AdamW, EMA) on a
 fixed random batch already on the devices, so data loading is excluded. FLOPs per step are
 XLA's count for the compiled step (``cost_analysis``), summed over devices; achieved
 FLOP/s = FLOPs per step × steps/s. A benchmark, not a test.
@@ -20,9 +20,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from mlem import parallel, training
+from mlem import parallel
 from mlem.config_files import load_config
 from mlem.sde import VPSDE
+from mlem.train import objective
 
 _CONFIGS = flags.DEFINE_multi_string("config", None, "Config files (default: a whole ladder).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per level.")
@@ -41,14 +42,14 @@ def bench_level(config, steps: int, warmup: int) -> dict:
     """Compile, warm up and time ``steps`` training steps of one config."""
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.training.batch_size, mesh.size)
-    model, tx = training.build_model(config), training.make_optimizer(config.optim)
+    model, tx = objective.build_model(config), objective.make_optimizer(config.optim)
     shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
     key = jax.random.key(config.seed)
-    state = jax.jit(lambda k: training.init_state(model, tx, k, shape),
+    state = jax.jit(lambda k: objective.init_state(model, tx, k, shape),
                     out_shardings=parallel.replicated(mesh))(key)
     batch = np.random.default_rng(0).uniform(-1, 1, (config.training.batch_size, *shape))
     batch = parallel.shard_batch(batch.astype(np.float32), parallel.batch_sharded(mesh))
-    step_fn = training.make_train_step(model, tx, VPSDE(**config.sde),
+    step_fn = objective.make_train_step(model, tx, VPSDE(**config.sde),
                                        config.training.ema_decay, key, mesh)
     compiled = step_fn.lower(state, batch).compile()
     cost = compiled.cost_analysis()

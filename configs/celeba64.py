@@ -17,7 +17,7 @@ from ml_collections import config_dict
 def get_config(level: str = "5") -> ml_collections.ConfigDict:
     """Level ``level`` (1–5) of the ladder (``configs/celeba64.py:3`` on the command line), or
     ``gaussian``: the analytic bottom level ``gaussian_rank32`` (a one-pass fit,
-    :mod:`mlem.train_gaussian`)."""
+    :mod:`mlem.train.gaussian_fit`)."""
     if level not in {*(str(k) for k in range(1, 6)), "gaussian"}:
         raise ValueError(f"configs/celeba64.py:LEVEL: LEVEL must be 1..5 or gaussian, "
                          f"got {level!r}")
@@ -45,7 +45,7 @@ def get_config(level: str = "5") -> ml_collections.ConfigDict:
 
     config.distill = distill = ml_collections.ConfigDict()
     distill.teacher_workdir = ""  # '' = no teacher; relative: a sibling of --workdir
-    distill.weight = 0.0  # w: loss = (1 − w)·‖ε̂ − ε‖² + w·‖ε̂ − ε̂_teacher‖² (mlem.distill)
+    distill.weight = 0.0  # w: loss = (1 − w)·‖ε̂ − ε‖² + w·‖ε̂ − ε̂_teacher‖² (mlem.train.distill)
     distill.teacher_step = config_dict.placeholder(int)  # recorded by training, not set
     distill.teacher_param_sha256 = config_dict.placeholder(str)  # recorded by training
 
@@ -77,5 +77,5 @@ def get_config(level: str = "5") -> ml_collections.ConfigDict:
     wandb.project = "mlem"
     wandb.entity = config_dict.placeholder(str)
     if level == "gaussian":
-        config.training.num_steps = 1  # the one-pass fit (mlem.train_gaussian.FIT_STEP)
+        config.training.num_steps = 1  # the one-pass fit (mlem.train.gaussian_fit.FIT_STEP)
     return config

@@ -22,7 +22,7 @@ DISTILL_WEIGHT = 1.0  # w of the distilled levels: match the teacher only
 def get_config(level: str = "4") -> ml_collections.ConfigDict:
     """Level ``level`` (1–4) of the ladder (``configs/mnist.py:3`` on the command line),
     ``KdT`` (level K distilled from the sibling workdir ``levelT``, T > K), or ``gaussian``:
-    the analytic bottom level ``gaussian`` (a one-pass fit, :mod:`mlem.train_gaussian`)."""
+    the analytic bottom level ``gaussian`` (a one-pass fit, :mod:`mlem.train.gaussian_fit`)."""
     arg = level
     level, _, teacher = arg.partition("d")
     if level not in {*(str(k) for k in range(1, 5)), "gaussian"} or (teacher and not (
@@ -53,7 +53,7 @@ def get_config(level: str = "4") -> ml_collections.ConfigDict:
 
     config.distill = distill = ml_collections.ConfigDict()
     distill.teacher_workdir = ""  # '' = no teacher; relative: a sibling of --workdir
-    distill.weight = 0.0  # w: loss = (1 − w)·‖ε̂ − ε‖² + w·‖ε̂ − ε̂_teacher‖² (mlem.distill)
+    distill.weight = 0.0  # w: loss = (1 − w)·‖ε̂ − ε‖² + w·‖ε̂ − ε̂_teacher‖² (mlem.train.distill)
     distill.teacher_step = config_dict.placeholder(int)  # recorded by training, not set
     distill.teacher_param_sha256 = config_dict.placeholder(str)  # recorded by training
 
@@ -88,5 +88,5 @@ def get_config(level: str = "4") -> ml_collections.ConfigDict:
         distill.teacher_workdir = f"level{teacher}"
         distill.weight = DISTILL_WEIGHT
     if level == "gaussian":
-        config.training.num_steps = 1  # the one-pass fit (mlem.train_gaussian.FIT_STEP)
+        config.training.num_steps = 1  # the one-pass fit (mlem.train.gaussian_fit.FIT_STEP)
     return config

@@ -26,8 +26,8 @@ from analysis import (
     samplers,
     variance,
 )
-from mlem import checkpoint, train_loop
 from mlem.config_files import load_config
+from mlem.train import checkpoint, loop
 
 STAGES = {"fit_gamma": fit_gamma.stage, "variance": variance.stage,
           "cost_error": cost_error.stage, "distributional": distributional.stage,
@@ -93,7 +93,7 @@ def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path
             continue
         print(f"[train] level {k}/{len(configs)}: {config.model.level} -> {level_dir}", flush=True)
         start = time.perf_counter()
-        train_loop.train_and_evaluate(config, level_dir)
+        loop.train_and_evaluate(config, level_dir)
         seconds[level] = time.perf_counter() - start
     return seconds
 

@@ -5,7 +5,7 @@ being handled and its whole chain of causes); :func:`quote` is how the line quot
 exception: its type and first line.
 
 The checkpoint library can be noisy when it fails. A failed restore leaves nothing behind
-any more (:mod:`mlem.checkpoint` finishes the reads still in flight before orbax closes
+any more (:mod:`mlem.train.checkpoint` finishes the reads still in flight before orbax closes
 their event loop; abandoned, they called back into the closed loop and were finalised at
 exit, hundreds of tracebacks after the ``error:`` line). A failed async save (a full disk)
 still has orbax log the same traceback three or four times, from its save threads and again

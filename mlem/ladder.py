@@ -24,9 +24,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from mlem import brownian, checkpoint, cost, parallel, sampling, solvers
+from mlem import brownian, cost, parallel, sampling, solvers
 from mlem.models import registry
 from mlem.sde import VPSDE
+from mlem.train import checkpoint
 
 __all__ = ["FunctionLevel", "Ladder", "LevelModel", "LevelNotTrainedError", "check_ordered",
            "drifts", "em", "eps_fn", "level_costs", "level_flops", "level_index",
@@ -139,7 +140,7 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
     """The ladder ``config.levels`` (subdirectories of ``workdir``, cheapest first).
 
     Each level is its newest checkpoint, or an error naming the level, the step and the file
-    (:func:`mlem.checkpoint.load_level`), unless ``config.allow_older_checkpoints`` (then the
+    (:func:`mlem.train.checkpoint.load_level`), unless ``config.allow_older_checkpoints`` (then the
     newest readable step, recorded in ``Ladder.steps``). A level without a checkpoint raises
     :class:`LevelNotTrainedError` naming the workdir expected and the train command
     (``config.train_configs``); levels that disagree on data or SDE raise ``ValueError``.

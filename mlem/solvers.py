@@ -32,7 +32,7 @@ multilevel telescope under ML-EM):
   on the last;
 * :class:`DriftHeun` — Heun's method on any drift-form SDE with additive noise (the
   stochastic Heun scheme; Heun's second-order method for an ODE): two calls per step. The
-  synthetic testbed's second-order solver (:mod:`analysis.synthetic`).
+  synthetic testbed's second-order solver (:mod:`analysis.testbed`).
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ import jax.numpy as jnp
 
 from mlem.sde import VPSDE, EpsFn
 
-__all__ = ["SOLVERS", "Ancestral", "DDIM", "DPMSolverPP2M", "DriftHeun", "Euler", "EulerMaruyama",
-           "Evaluate", "Heun", "MultistepRule", "UpdateRule", "check_solver", "for_vpsde", "is_multistep"]
+__all__ = ["SOLVERS", "Ancestral", "DDIM", "DPMSolverPP2M", "DriftHeun", "Euler",
+           "EulerMaruyama", "Evaluate", "Heun", "MultistepRule", "UpdateRule", "check_solver",
+           "for_vpsde", "is_multistep"]
 
 Array = jax.Array
 SOLVERS = ("sde", "ode", "ddim", "ancestral", "dpmpp2m", "dpmpp2m-sde", "heun")

@@ -49,10 +49,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def tiny_ladder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``--workdir`` root holding ``level1/`` and ``level2/``: the two tiny levels of
     ``configs/tiny.py`` (8×8×3 synthetic blobs), each trained for its few default steps with
-    ``mlem.train_loop.train_and_evaluate``, wandb disabled and no sample grids (one compile
+    ``mlem.train.loop.train_and_evaluate``, wandb disabled and no sample grids (one compile
     fewer). Built once per test session."""
     from configs import tiny
-    from mlem import train_loop
+    from mlem.train import loop
 
     root = tmp_path_factory.mktemp("tiny_ladder")
     with pytest.MonkeyPatch.context() as patch:
@@ -62,5 +62,5 @@ def tiny_ladder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             config.model.level = level
             config.wandb.mode = "disabled"
             config.training.num_sample_images = 0
-            train_loop.train_and_evaluate(config, root / f"level{k}")
+            loop.train_and_evaluate(config, root / f"level{k}")
     return root

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis import common, comparison, cost_error, fit_gamma, quality, speedup
-from mlem import quality as mlem_quality
+from mlem.eval import metrics as mlem_quality
 
 _REAL_FEATURES_FOR = quality.features_for  # the tiny fixture patches it
 
@@ -530,7 +530,7 @@ def test_inception_features_read_the_reference_file(tiny_results, tmp_path):
     (its KID rows and saved (μ, Σ)); the record pins both files by digest."""
     from analysis import reference_stats
     from mlem import files
-    from mlem.models import inception
+    from mlem.eval import inception
     from tests import helpers
 
     ctx, _ = tiny_results

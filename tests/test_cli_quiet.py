@@ -5,7 +5,7 @@ Each check runs a short Python script in a subprocess, as a CLI would: it calls
 ``--verbosity``; ``verbose=True``: the control, nothing changed), meets a checkpoint failure
 and ends in :func:`mlem.cli.fail`. Three failures:
 
-* corrupt checkpoints read through :func:`mlem.checkpoint.load_level`. The flood of
+* corrupt checkpoints read through :func:`mlem.train.checkpoint.load_level`. The flood of
   ``RuntimeError: Event loop is closed`` tracebacks came from the tensorstore reads that
   orbax left in flight when it gave up (in about one load in five here); the loads now
   finish them (tests/test_corrupt_checkpoint.py), so in ``ATTEMPTS`` loads none comes, with
@@ -42,7 +42,7 @@ def counting(info):  # count the flood, then let the hook installed above handle
     seen += "Event loop is closed" in str(info.exc_value)
     hook(info)
 sys.unraisablehook = counting
-from mlem import checkpoint
+from mlem.train import checkpoint
 for attempt in range(1, int(sys.argv[3]) + 1):
     try:
         checkpoint.load_level(workdir)
@@ -73,7 +73,8 @@ FAILED_SAVE = """
 import resource, signal, sys
 import numpy as np
 import orbax.checkpoint as ocp
-from mlem import checkpoint, cli
+from mlem import cli
+from mlem.train import checkpoint
 cli.quiet_background_errors(verbose=sys.argv[2] == "1")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
@@ -107,7 +108,7 @@ def corrupt_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run (configs/tiny.py, 4 steps, checkpoints at 2 and 4) whose every checkpoint
     has its data files overwritten, as ``_corrupt`` in test_training.py does."""
     from configs import tiny
-    from mlem import train_loop
+    from mlem.train import loop as train_loop
 
     workdir = tmp_path_factory.mktemp("quiet") / "run"
     config = tiny.get_config()

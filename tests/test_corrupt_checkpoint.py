@@ -2,7 +2,7 @@
 
 When one array read of a damaged checkpoint fails, orbax closes the restore's event loop with
 the other reads still pending; left there, they printed hundreds of tracebacks at exit, after
-the error line, in some runs (it depends on thread timing). :mod:`mlem.checkpoint` finishes
+the error line, in some runs (it depends on thread timing). :mod:`mlem.train.checkpoint` finishes
 them before the loop closes. Checked two ways:
 
 * deterministically: the reads that succeed are held back (orbax's read of one shard,
@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from orbax.checkpoint._src.serialization import serialization
 
-from mlem import checkpoint
+from mlem.train import checkpoint
 
 # Uses the session's tiny trained ladder: one xdist worker (tests/conftest.py).
 pytestmark = pytest.mark.xdist_group("tiny_ladder")

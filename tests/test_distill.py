@@ -1,4 +1,4 @@
-"""Distillation (mlem/distill.py): a student of the teacher's architecture learns the
+"""Distillation (mlem/train/distill.py): a student of the teacher's architecture learns the
 teacher's ε̂, w = 0 is the plain step bit for bit, the teacher is recorded and pinned, and a
 missing or incompatible teacher fails with one line."""
 
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from mlem import checkpoint, parallel, train_loop, training
+from mlem import parallel
 from mlem.ladder import param_digest
 from mlem.sde import VPSDE
+from mlem.train import checkpoint, loop, objective
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def ladder(tmp_path_factory) -> Path:
     """A tree with ``teacher/``: tiny level 1 trained 40 steps at a high rate (so its ε̂ is
     far from the zero output of an untrained network)."""
     root = tmp_path_factory.mktemp("distill")
-    train_loop.train_and_evaluate(
+    loop.train_and_evaluate(
         config(training__num_steps=40, training__eval_every=40, training__log_every=20,
                training__checkpoint_every=40, optim__learning_rate=3e-3, seed=7),
         root / "teacher")
@@ -65,8 +66,8 @@ def test_student_of_the_teachers_architecture_learns_its_eps(ladder):
     draws), and the run records the teacher's step and parameter digest."""
     steps = dict(training__num_steps=150, training__eval_every=50, training__log_every=50,
                  training__checkpoint_every=150, optim__learning_rate=3e-3)
-    train_loop.train_and_evaluate(distilled(1.0, **steps), ladder / "student")
-    train_loop.train_and_evaluate(distilled(0.0, **steps), ladder / "plain")
+    loop.train_and_evaluate(distilled(1.0, **steps), ladder / "student")
+    loop.train_and_evaluate(distilled(0.0, **steps), ladder / "plain")
     gaps = [r["heldout_distill_gap"] for r in records(ladder / "student")
             if "heldout_distill_gap" in r]
     plain = [r["heldout_distill_gap"] for r in records(ladder / "plain")
@@ -86,13 +87,13 @@ def test_weight_zero_is_the_plain_training_step_exactly(ladder):
     optimiser state and loss bit for bit (the teacher changes nothing but the metrics)."""
     c = config()
     mesh = parallel.make_mesh()
-    model, tx = training.build_model(c), training.make_optimizer(c.optim)
-    state = training.init_state(model, tx, jax.random.key(0), (8, 8, 3))
+    model, tx = objective.build_model(c), objective.make_optimizer(c.optim)
+    state = objective.init_state(model, tx, jax.random.key(0), (8, 8, 3))
     x0 = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
     _, teacher_params, _ = checkpoint.load_level(ladder / "teacher")
     args = (model, tx, VPSDE(), 0.9, jax.random.key(2), mesh)
-    plain_state, plain = training.make_train_step(*args)(state, x0)
-    with_teacher = training.make_train_step(*args, teacher=(model, teacher_params), weight=0.0)
+    plain_state, plain = objective.make_train_step(*args)(state, x0)
+    with_teacher = objective.make_train_step(*args, teacher=(model, teacher_params), weight=0.0)
     state_w0, metrics = with_teacher(state, x0)
     for a, b in zip(jax.tree.leaves(plain_state), jax.tree.leaves(state_w0)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -104,22 +105,22 @@ def test_resume_with_another_teacher_is_refused(ladder, tmp_path):
     """The teacher's path, weight, step and digest define the student's weights."""
     shutil.copytree(ladder / "teacher", tmp_path / "teacher")
     short = dict(training__num_steps=2, training__eval_every=2, training__checkpoint_every=2)
-    train_loop.train_and_evaluate(distilled(1.0, **short), tmp_path / "student")
+    loop.train_and_evaluate(distilled(1.0, **short), tmp_path / "student")
     shutil.copytree(ladder / "teacher", tmp_path / "other")
     with pytest.raises(checkpoint.WorkdirMismatchError,
                        match=r"distill.teacher_workdir='teacher' \(config: 'other'\)"):
-        train_loop.train_and_evaluate(
+        loop.train_and_evaluate(
             distilled(1.0, distill__teacher_workdir="other", **short), tmp_path / "student")
     with pytest.raises(checkpoint.WorkdirMismatchError, match=r"distill.weight=1.0 \(config: 0.5"):
-        train_loop.train_and_evaluate(distilled(0.5, **short), tmp_path / "student")
+        loop.train_and_evaluate(distilled(0.5, **short), tmp_path / "student")
     # the same path, retrained further: another step and digest
-    train_loop.train_and_evaluate(
+    loop.train_and_evaluate(
         config(training__num_steps=42, training__eval_every=42, training__checkpoint_every=42,
                optim__learning_rate=3e-3, seed=7), tmp_path / "teacher")
     with pytest.raises(checkpoint.WorkdirMismatchError,
                        match=r"distill.teacher_param_sha256=.*distill.teacher_step=40 "
                              r"\(config: 42\)"):
-        train_loop.train_and_evaluate(distilled(1.0, **short), tmp_path / "student")
+        loop.train_and_evaluate(distilled(1.0, **short), tmp_path / "student")
 
 
 def test_plain_record_without_a_distill_section_still_resumes(ladder, tmp_path):
@@ -139,15 +140,15 @@ def test_incompatible_teacher_is_refused_before_anything_is_written(ladder, tmp_
     shutil.copy(ladder / "teacher" / "config.json", tmp_path / "teacher")
     with pytest.raises(checkpoint.CheckpointNotFoundError,
                        match="distill.teacher_workdir: no checkpoint in .*teacher"):
-        train_loop.train_and_evaluate(distilled(1.0), tmp_path / "student")
+        loop.train_and_evaluate(distilled(1.0), tmp_path / "student")
     shutil.rmtree(tmp_path / "teacher")
     shutil.copytree(ladder / "teacher", tmp_path / "teacher")
     with pytest.raises(ValueError, match=r"sde.beta_max=20.0 \(student: 5.0\)"):
-        train_loop.train_and_evaluate(distilled(1.0, sde__beta_max=5.0), tmp_path / "student")
+        loop.train_and_evaluate(distilled(1.0, sde__beta_max=5.0), tmp_path / "student")
     with pytest.raises(ValueError, match=r"distill.weight: must be in \[0, 1\], got 1.5"):
-        train_loop.train_and_evaluate(distilled(1.5), tmp_path / "student")
+        loop.train_and_evaluate(distilled(1.5), tmp_path / "student")
     with pytest.raises(ValueError, match="distill.weight=0.5 needs a teacher"):
-        train_loop.train_and_evaluate(config(distill__weight=0.5), tmp_path / "student")
+        loop.train_and_evaluate(config(distill__weight=0.5), tmp_path / "student")
     assert not (tmp_path / "student").exists()
 
 

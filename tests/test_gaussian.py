@@ -15,9 +15,10 @@ import pytest
 from analysis import common, variance
 from configs import tiny, tiny_sample
 from mlem import ladder as ladders
-from mlem import sampling, train_loop
+from mlem import sampling
 from mlem.models import gaussian, registry
 from mlem.sde import VPSDE
+from mlem.train import loop
 
 SHAPE = (2, 2, 1)  # D = 4
 
@@ -108,11 +109,11 @@ def test_gaussian_level_trains_loads_and_is_priced_like_any_level(tiny_ladder, t
     shutil.copytree(tiny_ladder / "level1", root / "level1")
     config = tiny.get_config()
     config.model.level, config.training.num_steps = "gaussian_rank8", 1
-    result = train_loop.train_and_evaluate(config, root / "gaussian")
+    result = loop.train_and_evaluate(config, root / "gaussian")
     assert result["step"] == 1 and 0 < result["heldout_loss"] < 1.0
     record = json.loads((root / "gaussian" / "config.json").read_text())
     assert record["model"]["level"] == "gaussian_rank8"
-    assert train_loop.train_and_evaluate(config, root / "gaussian") == result  # reused
+    assert loop.train_and_evaluate(config, root / "gaussian") == result  # reused
 
     sample_config = tiny_sample.get_config()
     sample_config.levels = ("gaussian", "level1")

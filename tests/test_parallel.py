@@ -17,7 +17,8 @@ EIGHT_DEVICES = """
 import json, sys
 import jax, numpy as np
 from configs import tiny
-from mlem import data, parallel, train_loop, training
+from mlem import data, parallel
+from mlem.train import loop, objective
 from mlem.sde import VPSDE
 
 assert jax.device_count() == 8, jax.devices()
@@ -26,18 +27,18 @@ config.wandb.mode = "disabled"
 out = {}
 try:
     config.training.batch_size = 12
-    train_loop.train_and_evaluate(config, sys.argv[1])
+    loop.train_and_evaluate(config, sys.argv[1])
 except ValueError as err:
     out["error"] = str(err)
 config.training.batch_size = 8
-model, tx = training.build_model(config), training.make_optimizer(config.optim)
+model, tx = objective.build_model(config), objective.make_optimizer(config.optim)
 pipeline = data.TrainPipeline(data.get_source(config.data, "train"), 8, 0, True)
-init = jax.jit(lambda k: training.init_state(model, tx, k, (8, 8, 3)))(jax.random.key(0))
+init = jax.jit(lambda k: objective.init_state(model, tx, k, (8, 8, 3)))(jax.random.key(0))
 runs = {}
 for n in (1, 8):
     mesh = parallel.make_mesh(jax.devices()[:n])
     state = jax.device_put(init, parallel.replicated(mesh))
-    step = training.make_train_step(model, tx, VPSDE(), 0.9, jax.random.key(1), mesh)
+    step = objective.make_train_step(model, tx, VPSDE(), 0.9, jax.random.key(1), mesh)
     losses = []
     for i in range(3):
         x0 = parallel.shard_batch(pipeline.batch(i), parallel.batch_sharded(mesh))

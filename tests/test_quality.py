@@ -1,5 +1,5 @@
-"""Quality metrics (mlem.quality) on generated features with known answers, and the feature
-networks (mlem.features, mlem.models.inception) on tiny inputs."""
+"""Quality metrics (mlem.eval.metrics) on generated features with known answers, and the feature
+networks (mlem.eval.features, mlem.eval.inception) on tiny inputs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlem import features, quality
-from mlem.models import inception
+from mlem.eval import features, inception, metrics
 from tests import helpers
 
 
@@ -18,22 +17,22 @@ def _gaussian(rng, n=400, d=8):
 
 def test_identical_sets_give_zero_within_their_intervals():
     f = _gaussian(np.random.default_rng(0))
-    fd = quality.fd_with_ci(f, f, num_resamples=40)
+    fd = metrics.fd_with_ci(f, f, num_resamples=40)
     assert abs(fd["value"]) < 1e-9
     assert fd["lo"] <= 0.0 <= fd["hi"] and fd["bias"] > 0  # resamples are biased upwards
-    kid = quality.kid_with_ci(f, f, num_subsets=10, subset_size=200, num_resamples=40,
+    kid = metrics.kid_with_ci(f, f, num_subsets=10, subset_size=200, num_resamples=40,
                               same_rows=True)
     assert kid["lo"] <= 0.0 <= kid["hi"]
     # without same_rows a set against itself pairs rows with themselves: slightly negative
-    assert quality.kid(f, f, 10, 200) < kid["lo"]
+    assert metrics.kid(f, f, 10, 200) < kid["lo"]
 
 
 def test_independent_samples_of_one_distribution_give_kid_near_zero():
     rng = np.random.default_rng(1)
-    kid = quality.kid_with_ci(_gaussian(rng), _gaussian(rng), num_subsets=10,
+    kid = metrics.kid_with_ci(_gaussian(rng), _gaussian(rng), num_subsets=10,
                               subset_size=200, num_resamples=40)
     assert kid["lo"] <= 0.0 <= kid["hi"]
-    values = [quality.kid(_gaussian(rng, 200), _gaussian(rng, 200), 5, 200) for _ in range(20)]
+    values = [metrics.kid(_gaussian(rng, 200), _gaussian(rng, 200), 5, 200) for _ in range(20)]
     assert abs(np.mean(values)) < 3 * np.std(values) / np.sqrt(len(values))
 
 
@@ -44,25 +43,25 @@ def test_frechet_distance_matches_the_closed_form():
     mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
     s1, s2 = rng.uniform(0.1, 3.0, 5), rng.uniform(0.1, 3.0, 5)
     exact = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
-    got = quality.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
+    got = metrics.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
     np.testing.assert_allclose(got, exact, rtol=1e-10)
     q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
-    got = quality.frechet_distance(mu1, q @ np.diag(s1) @ q.T, mu2, q @ np.diag(s2) @ q.T)
+    got = metrics.frechet_distance(mu1, q @ np.diag(s1) @ q.T, mu2, q @ np.diag(s2) @ q.T)
     np.testing.assert_allclose(got, exact, rtol=1e-8)
     # from samples: the Gaussian fit converges to the closed form
     x = mu1 + rng.normal(size=(20000, 5)) * np.sqrt(s1)
     y = mu2 + rng.normal(size=(20000, 5)) * np.sqrt(s2)
-    np.testing.assert_allclose(quality.fd(x, y), exact, rtol=0.05)
+    np.testing.assert_allclose(metrics.fd(x, y), exact, rtol=0.05)
     with pytest.raises(ValueError, match="shapes"):
-        quality.frechet_distance(mu1, np.diag(s1), mu2[:4], np.diag(s2)[:4, :4])
+        metrics.frechet_distance(mu1, np.diag(s1), mu2[:4], np.diag(s2)[:4, :4])
 
 
 def test_both_grow_monotonically_with_added_noise():
     rng = np.random.default_rng(3)
     ref, base, noise = _gaussian(rng), _gaussian(rng), rng.normal(size=(400, 8))
     levels = [0.0, 0.3, 0.6, 1.0, 2.0]
-    fds = [quality.fd(base + s * noise, ref) for s in levels]
-    kids = [quality.kid(base + s * noise, ref, 10, 200) for s in levels]
+    fds = [metrics.fd(base + s * noise, ref) for s in levels]
+    kids = [metrics.kid(base + s * noise, ref, 10, 200) for s in levels]
     assert np.all(np.diff(fds) > 0) and np.all(np.diff(kids) > 0)
 
 
@@ -70,11 +69,11 @@ def test_intervals_resample_realisations_when_given_groups():
     rng = np.random.default_rng(4)
     ref = _gaussian(rng)
     groups = [_gaussian(rng, 50) + 0.5 for _ in range(8)]
-    fd = quality.fd_with_ci(groups, quality.gaussian_stats(ref), num_resamples=30)
-    kid = quality.kid_with_ci(groups, ref, num_subsets=5, subset_size=200, num_resamples=20)
+    fd = metrics.fd_with_ci(groups, metrics.gaussian_stats(ref), num_resamples=30)
+    kid = metrics.kid_with_ci(groups, ref, num_subsets=5, subset_size=200, num_resamples=20)
     assert fd["lo"] < fd["value"] < fd["hi"] and 0 < kid["lo"] < kid["value"] < kid["hi"]
     with pytest.raises(ValueError, match="realisations"):
-        quality.fd_with_ci(groups[:1], ref)
+        metrics.fd_with_ci(groups[:1], ref)
 
 
 def test_paired_kid_difference_cancels_shared_noise_and_detects_a_shift():
@@ -85,16 +84,16 @@ def test_paired_kid_difference_cancels_shared_noise_and_detects_a_shift():
     reference = _gaussian(rng, 300, 6)
     a = [rng.normal(size=(20, 6)) * 1.2 for _ in range(8)]
     b = [u + 0.05 * rng.normal(size=u.shape) for u in a]
-    d = quality.kid_difference_with_ci(a, b, reference, 10, 200, 60)
-    own = quality.kid_with_ci(a, reference, 10, 200, 60)
+    d = metrics.kid_difference_with_ci(a, b, reference, 10, 200, 60)
+    own = metrics.kid_with_ci(a, reference, 10, 200, 60)
     assert d["lo"] <= d["value"] <= d["hi"]
     assert d["hi"] - d["lo"] < 0.2 * (own["hi"] - own["lo"])
     shifted = [u + 1.0 for u in b]
-    assert quality.kid_difference_with_ci(shifted, a, reference, 10, 200, 60)["lo"] > 0
-    assert quality.kid_difference_with_ci(a, a, reference, 10, 200, 20) == {
+    assert metrics.kid_difference_with_ci(shifted, a, reference, 10, 200, 60)["lo"] > 0
+    assert metrics.kid_difference_with_ci(a, a, reference, 10, 200, 20) == {
         "value": 0.0, "lo": 0.0, "hi": 0.0}
     with pytest.raises(ValueError, match="same ones"):
-        quality.kid_difference_with_ci(a, b[:7], reference)
+        metrics.kid_difference_with_ci(a, b[:7], reference)
 
 
 def test_stats_round_trip_and_streamed_reference_stats(tmp_path):
@@ -103,16 +102,16 @@ def test_stats_round_trip_and_streamed_reference_stats(tmp_path):
     feature_fn = lambda x: x.reshape(len(x), -1)[:, :6] * 2.0
     mu, sigma = features.reference_stats(feature_fn, (images[i:i + 16]
                                                       for i in range(0, 70, 16)))
-    want_mu, want_sigma = quality.gaussian_stats(feature_fn(images))
+    want_mu, want_sigma = metrics.gaussian_stats(feature_fn(images))
     np.testing.assert_allclose(mu, want_mu, atol=1e-12)
     np.testing.assert_allclose(sigma, want_sigma, atol=1e-12)
-    quality.save_stats(tmp_path / "ref.npz", mu, sigma)
-    mu2, sigma2 = quality.load_stats(tmp_path / "ref.npz")
+    metrics.save_stats(tmp_path / "ref.npz", mu, sigma)
+    mu2, sigma2 = metrics.load_stats(tmp_path / "ref.npz")
     np.testing.assert_array_equal(mu, mu2)
     np.testing.assert_array_equal(sigma, sigma2)
     np.savez(tmp_path / "bad.npz", mean=mu)
     with pytest.raises(ValueError, match="mu and sigma"):
-        quality.load_stats(tmp_path / "bad.npz")
+        metrics.load_stats(tmp_path / "bad.npz")
 
 
 def test_classifier_trains_on_separable_digits_and_gives_penultimate_features():

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from analysis import reference_stats
-from mlem import data, features, quality
-from mlem.models import inception
+from mlem import data
+from mlem.eval import features, inception, metrics
 from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_split_stats_is_the_gaussian_fit_and_keeps_the_chosen_rows():
     stats = reference_stats.split_stats(source, _fake_features, kid_rows=9, seed=1,
                                         batch_size=8, on_batch=seen.append)
     every = _fake_features(source[np.arange(len(source))])
-    mu, sigma = quality.gaussian_stats(every)
+    mu, sigma = metrics.gaussian_stats(every)
     np.testing.assert_allclose(stats.mu, mu, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(stats.sigma, sigma, rtol=1e-8, atol=1e-10)
     assert stats.num_images == 37 and seen == [8, 8, 8, 8, 5]
@@ -102,7 +102,7 @@ def test_command_writes_the_reference_file(inputs, tmp_path):
         str(inputs["celeba"] / "inside.zip"), None)[0]
     images = data.get_source(config, "train")[np.arange(8)]
     direct = features.inception_feature_fn(inputs["variables"], 75)(images)
-    mu, sigma = quality.load_stats(out)
+    mu, sigma = metrics.load_stats(out)
     np.testing.assert_allclose(mu, direct.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(sigma, np.cov(direct, rowvar=False), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(ref["features"], direct[ref["feature_rows"]], rtol=1e-4,
@@ -144,7 +144,7 @@ def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
         f.write(b"PK partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(quality.np, "savez", savez_then_die)
+    monkeypatch.setattr(metrics.np, "savez", savez_then_die)
     with pytest.raises(KeyboardInterrupt):
-        quality.save_stats(target, np.zeros(2), np.eye(2))
+        metrics.save_stats(target, np.zeros(2), np.eye(2))
     assert os.listdir(tmp_path) == []

@@ -18,8 +18,9 @@ import pytest
 
 from analysis import common
 from configs import tiny_sample
-from mlem import checkpoint, generation, schedules
+from mlem import generation, schedules
 from mlem import ladder as ladders
+from mlem.train import checkpoint
 
 # Uses the session's tiny trained ladder: one xdist worker (tests/conftest.py).
 pytestmark = [pytest.mark.xdist_group("tiny_ladder"),

@@ -240,9 +240,9 @@ def test_generation_takes_solver_grid_and_switching_and_refuses_unknown_names(tm
 
 
 def test_synthetic_ode_sweep_uses_euler_and_draws_no_noise(tmp_path):
-    """``analysis.synthetic --ode``: zero diffusion, Euler (no increments drawn) for the
+    """``analysis.testbed --ode``: zero diffusion, Euler (no increments drawn) for the
     single-level runs, the reference and the multilevel runs; a tiny sweep runs end to end."""
-    from analysis.synthetic import pipeline, sweep
+    from analysis.testbed import pipeline, sweep
 
     cfg = sweep.SweepConfig(
         gamma=3.0, num_levels=6, perturbation_rms=1.0, seeds=2, batch_size=8, ref_steps=2**8,

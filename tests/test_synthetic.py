@@ -1,5 +1,5 @@
 """The synthetic HTMC testbed: ladders with known γ, and the cost–error sweep behind
-``python -m analysis.synthetic`` (docs/design.md §1, §3)."""
+``python -m analysis.testbed`` (docs/design.md §1, §3)."""
 
 import csv
 import json
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from analysis import fits, speedup
-from analysis.synthetic import pipeline, sweep, theory
-from mlem import sampling, synthetic
+from analysis.testbed import pipeline, sweep, theory
+from mlem import sampling, testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,19 +24,19 @@ REQUIRED_KEYS = ("gamma_target", "gamma_fitted", "exponent_em", "exponent_mlem",
 
 @pytest.mark.parametrize("gamma", [2.5, 4.0])
 def test_dyadic_ladder_halves_error_per_level_and_gives_back_gamma(gamma):
-    ladder = synthetic.dyadic_hierarchy(gamma, num_levels=8, dim=4)
+    ladder = testbed.dyadic_hierarchy(gamma, num_levels=8, dim=4)
     xs = ladder.sample_x0(jax.random.key(1), 1024)
-    errors = synthetic.level_errors(ladder, xs)
+    errors = testbed.level_errors(ladder, xs)
     np.testing.assert_allclose(errors[1:] / errors[:-1], 0.5, rtol=1e-4)
-    variances = synthetic.level_variances(ladder, xs)  # V_1 = E‖f¹‖² is not an increment
+    variances = testbed.level_variances(ladder, xs)  # V_1 = E‖f¹‖² is not an increment
     np.testing.assert_allclose(variances[2:] / variances[1:-1], 0.25, rtol=1e-4)
     # on another distribution of states too: the laws hold pointwise, not just on average
     ys = 0.5 * xs + 1.0
-    np.testing.assert_allclose(np.diff(np.log(synthetic.level_variances(ladder, ys)[1:])),
+    np.testing.assert_allclose(np.diff(np.log(testbed.level_variances(ladder, ys)[1:])),
                                np.log(0.25), rtol=1e-4)
     # with independent parts per level the laws hold only on average over the random fields
-    mixed = synthetic.dyadic_hierarchy(gamma, num_levels=8, dim=4, level_correlation=0.5)
-    ratios = synthetic.level_errors(mixed, xs)[1:] / synthetic.level_errors(mixed, xs)[:-1]
+    mixed = testbed.dyadic_hierarchy(gamma, num_levels=8, dim=4, level_correlation=0.5)
+    ratios = testbed.level_errors(mixed, xs)[1:] / testbed.level_errors(mixed, xs)[:-1]
     assert np.all(np.abs(ratios - 0.5) < 0.15) and np.any(np.abs(ratios - 0.5) > 1e-3)
     np.testing.assert_allclose(ladder.costs[1:] / ladder.costs[:-1], 2.0**gamma)
     assert abs(fits.fit_gamma(ladder.costs, errors) - gamma) < 0.1
@@ -44,21 +44,21 @@ def test_dyadic_ladder_halves_error_per_level_and_gives_back_gamma(gamma):
 
 @pytest.mark.parametrize("gamma", [2.5, 3.0, 4.0])
 def test_fourier_ladder_error_and_cost_scale_with_gamma(gamma):
-    ladder = synthetic.fourier_hierarchy(gamma, num_levels=3, dim=8, base_features=8)
+    ladder = testbed.fourier_hierarchy(gamma, num_levels=3, dim=8, base_features=8)
     xs = ladder.sample_x0(jax.random.key(1), 512)
-    errors = synthetic.level_errors(ladder, xs)
+    errors = testbed.level_errors(ladder, xs)
     ratios = errors[1:] / errors[:-1]
     assert np.all((ratios > 0.4) & (ratios < 0.6)), ratios
     assert abs(fits.fit_gamma(ladder.costs, errors) - gamma) < 0.3
     # Costs (hand count and XLA's) grow by 2^γ, up to rounding M_k to an integer.
     np.testing.assert_allclose(ladder.costs[1:] / ladder.costs[:-1], 2.0**gamma, rtol=0.1)
-    xla = synthetic.xla_costs(ladder, batch_size=16)
+    xla = testbed.xla_costs(ladder, batch_size=16)
     np.testing.assert_allclose(xla[1:] / xla[:-1], 2.0**gamma, rtol=0.1)
     np.testing.assert_allclose(xla, ladder.costs, rtol=0.1)
 
 
 def test_fourier_drift_is_the_stated_series():
-    ladder = synthetic.fourier_hierarchy(3.0, num_levels=2, dim=3, base_features=2,
+    ladder = testbed.fourier_hierarchy(3.0, num_levels=2, dim=3, base_features=2,
                                          exact_factor=4)
     p = {k: np.asarray(v, np.float64) for k, v in ladder.exact_params.items()}
     x = np.asarray(ladder.sample_x0(jax.random.key(2), 5), np.float64)
@@ -74,9 +74,9 @@ def test_fourier_drift_is_the_stated_series():
 
 def test_invalid_ladders_and_fits_raise():
     with pytest.raises(ValueError, match="gamma"):
-        synthetic.dyadic_hierarchy(0.0)
+        testbed.dyadic_hierarchy(0.0)
     with pytest.raises(ValueError, match="num_levels"):
-        synthetic.fourier_hierarchy(3.0, num_levels=1)
+        testbed.fourier_hierarchy(3.0, num_levels=1)
     with pytest.raises(ValueError, match="errors"):
         fits.fit_gamma([1.0, 8.0], [0.1, 0.2])
     with pytest.raises(ValueError, match="schedule"):
@@ -84,7 +84,7 @@ def test_invalid_ladders_and_fits_raise():
     with pytest.raises(ValueError, match="em_steps"):
         sweep.SweepConfig(em_steps=(3,))
     # the CLI: one error line, exit status 1 (SystemExit(1) in the process)
-    proc = subprocess.run([sys.executable, "-m", "analysis.synthetic", "--levels", "1", "--out",
+    proc = subprocess.run([sys.executable, "-m", "analysis.testbed", "--levels", "1", "--out",
                            "unused"], cwd=ROOT, env=os.environ, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error:")
 
@@ -127,8 +127,8 @@ def test_mlem_plan_sets_top_level_evaluations_and_the_sampler_skips_saturated_le
     """Below the highest level with p = 1 every weight is 1 − 1 = 0: the sampler evaluates
     none of those levels; the top level is evaluated m times per solve on average."""
     cfg = sweep.SweepConfig(gamma=3.0, num_levels=8, mlem_min_top=4, max_steps=512)
-    ladder = synthetic.dyadic_hierarchy(3.0, num_levels=8)
-    variances = synthetic.level_variances(ladder, ladder.sample_x0(jax.random.key(0), 256))
+    ladder = testbed.dyadic_hierarchy(3.0, num_levels=8)
+    variances = testbed.level_variances(ladder, ladder.sample_x0(jax.random.key(0), 256))
     plan = sweep.mlem_plan(cfg, ladder, variances)
     assert len(plan) == len(cfg.mlem_grid())
     for run in plan:
@@ -194,7 +194,7 @@ def test_heun_sweeps_pool_with_euler_into_best_single_against_best_multilevel(tm
     comparison takes each curve's path over both solvers on the selection seeds, reports
     pathwise and distributional targets with failures, and refuses runs of other sweeps."""
     from analysis import report
-    from analysis.synthetic import solvers as compare
+    from analysis.testbed import solvers as compare
 
     base = dict(gamma=3.0, num_levels=6, perturbation_rms=1.0, seeds=4, batch_size=8,
                 ref_steps=2**8, em_steps=(4, 16, 64), mlem_min_top=4, mlem_step_offsets=(0,),

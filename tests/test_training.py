@@ -22,8 +22,10 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from mlem import checkpoint, data, files, train_loop, train_metrics, training
+from mlem import data, files
 from mlem.sde import VPSDE, gaussian_eps
+from mlem.train import checkpoint, loop, objective
+from mlem.train import records as train_metrics
 
 # After a failed read of a corrupt checkpoint, orbax/tensorstore leaves an asyncio callback
 # behind that fails later with "Event loop is closed" (harmless; reported at garbage collection).
@@ -73,7 +75,7 @@ def run_python(args: list[str], cache_env: dict, **env) -> subprocess.CompletedP
 def trained(tmp_path_factory, compile_cache):
     """``(workdir, final_metrics)`` of the 4-step tiny run (never modified by tests)."""
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    return workdir, train_loop.train_and_evaluate(tiny_config(), workdir)
+    return workdir, loop.train_and_evaluate(tiny_config(), workdir)
 
 
 def records(workdir: Path) -> list[dict]:
@@ -130,7 +132,7 @@ def test_resume_in_a_new_process_is_bitwise_exact(trained, tmp_path, compile_cac
     Tolerance: none (bitwise) on this CPU; both processes run the same XLA executable.
     """
     workdir = tmp_path / "resumed"
-    train_loop.train_and_evaluate(tiny_config(training__num_steps=2), workdir)
+    loop.train_and_evaluate(tiny_config(training__num_steps=2), workdir)
     assert restore_state(workdir)["step"] == 2
     proc = run_python(["-m", "train", "--workdir", str(workdir), *cli_flags()], compile_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -159,7 +161,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path, cap
                        match=r"step 4 \(.*checkpoints/4\).*--allow_older_checkpoints"):
         checkpoint.load_level(workdir)
     # ... or, when allowed, the newest readable step, which it returns.
-    with caplog.at_level(logging.WARNING, logger="mlem.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mlem.train.checkpoint"):
         config, ema, step = checkpoint.load_level(workdir, allow_older=True)
     assert step == 2 and "step 4" in caplog.text and "falling back" in caplog.text
     good = restore_state(trained[0], step=2)
@@ -168,7 +170,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path, cap
 
     # Training from the damaged workdir resumes at 2, keeps step 4's files aside, recomputes
     # step 4 exactly, and keeps the history that step 4 had reached (nothing is cut).
-    train_loop.train_and_evaluate(tiny_config(), workdir)
+    loop.train_and_evaluate(tiny_config(), workdir)
     assert (workdir / "corrupt_checkpoints" / "4").is_dir()
     for a, b in zip(jax.tree.leaves(restore_state(workdir)),
                     jax.tree.leaves(restore_state(trained[0])), strict=True):
@@ -202,15 +204,15 @@ def test_unreadable_run_is_quarantined_once_and_restarts_only_when_asked(trained
         _corrupt(workdir, step)
     with pytest.raises(checkpoint.CheckpointNotFoundError, match="none of the checkpoints.*"
                        "corrupt_checkpoints.*--restart"):
-        train_loop.train_and_evaluate(tiny_config(), workdir)
+        loop.train_and_evaluate(tiny_config(), workdir)
     assert sorted(p.name for p in (workdir / "corrupt_checkpoints").iterdir()) == ["2", "4"]
     with pytest.raises(checkpoint.CheckpointNotFoundError, match="reached step 4.*--restart"):
-        train_loop.train_and_evaluate(tiny_config(), workdir)
+        loop.train_and_evaluate(tiny_config(), workdir)
     assert records(workdir) == history  # metrics.jsonl is never cut
     with pytest.raises(ValueError, match="--restart: .*readable checkpoint"):
-        train_loop.train_and_evaluate(tiny_config(), trained[0], restart=True)
+        loop.train_and_evaluate(tiny_config(), trained[0], restart=True)
 
-    train_loop.train_and_evaluate(tiny_config(), workdir, restart=True)
+    loop.train_and_evaluate(tiny_config(), workdir, restart=True)
     previous = workdir / "previous_runs" / "1"
     assert records(previous) == history
     assert sorted(p.name for p in (previous / "corrupt_checkpoints").iterdir()) == ["2", "4"]
@@ -226,8 +228,8 @@ def test_metrics_after_a_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch
     """log_every (3) does not divide checkpoint_every (2): the run dies at step 5, resumes
     from the checkpoint at 4, and its line at step 6 still averages steps 4–6."""
     changes = {"training__num_steps": 6, "training__log_every": 3, "training__eval_every": 6}
-    train_loop.train_and_evaluate(tiny_config(**changes), tmp_path / "straight")
-    make_step = training.make_train_step
+    loop.train_and_evaluate(tiny_config(**changes), tmp_path / "straight")
+    make_step = objective.make_train_step
 
     def dying_step(*args, **kwargs):
         step_fn = make_step(*args, **kwargs)
@@ -240,11 +242,11 @@ def test_metrics_after_a_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch
         return step
 
     with monkeypatch.context() as patch:
-        patch.setattr(training, "make_train_step", dying_step)
+        patch.setattr(objective, "make_train_step", dying_step)
         with pytest.raises(RuntimeError, match="killed"):
-            train_loop.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
+            loop.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
     assert [r["step"] for r in records(tmp_path / "resumed")] == [3]
-    train_loop.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
+    loop.train_and_evaluate(tiny_config(**changes), tmp_path / "resumed")
     assert records(tmp_path / "resumed") == records(tmp_path / "straight")
 
 
@@ -256,11 +258,11 @@ def test_config_json_is_the_record_of_the_weights(trained, tmp_path):
     with pytest.raises(checkpoint.WorkdirMismatchError,
                        match=r"model.dropout=0.0 \(config: 0.1\), sde.beta_max=20.0 "
                              r"\(config: 5.0\).*another --workdir"):
-        train_loop.train_and_evaluate(tiny_config(sde__beta_max=5.0, model__dropout=0.1), workdir)
+        loop.train_and_evaluate(tiny_config(sde__beta_max=5.0, model__dropout=0.1), workdir)
     with pytest.raises(ValueError, match="training.keep_checkpoints: must be a positive"):
-        train_loop.train_and_evaluate(tiny_config(training__keep_checkpoints=0), workdir)
+        loop.train_and_evaluate(tiny_config(training__keep_checkpoints=0), workdir)
     assert not (workdir / "config_history.jsonl").exists()
-    train_loop.train_and_evaluate(tiny_config(training__num_steps=6), workdir)
+    loop.train_and_evaluate(tiny_config(training__num_steps=6), workdir)
     assert (workdir / "config.json").read_text() == record
     history = [json.loads(line) for line in
                (workdir / "config_history.jsonl").read_text().splitlines()]
@@ -274,7 +276,7 @@ def test_config_json_is_the_record_of_the_weights(trained, tmp_path):
     ("optim.learning_rate", float("nan")), ("training.ema_decay", 1.0)])
 def test_invalid_values_are_refused_before_anything_is_written(field, value, tmp_path):
     with pytest.raises(ValueError, match=field):
-        train_loop.train_and_evaluate(tiny_config(**{field.replace(".", "__"): value}),
+        loop.train_and_evaluate(tiny_config(**{field.replace(".", "__"): value}),
                                     tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -284,9 +286,9 @@ def test_workdir_of_another_model_is_refused_and_untouched(trained, tmp_path):
     before = sorted(str(p) for p in workdir.rglob("*"))
     with pytest.raises(checkpoint.WorkdirMismatchError,
                        match="model.level='tiny_level1'.*'tiny_level2'.*another --workdir"):
-        train_loop.train_and_evaluate(tiny_config(model__level="tiny_level2"), workdir)
+        loop.train_and_evaluate(tiny_config(model__level="tiny_level2"), workdir)
     with pytest.raises(checkpoint.WorkdirMismatchError, match="data.image_size=8.*16"):
-        train_loop.train_and_evaluate(tiny_config(data__image_size=16), workdir)
+        loop.train_and_evaluate(tiny_config(data__image_size=16), workdir)
     assert sorted(str(p) for p in workdir.rglob("*")) == before
 
 
@@ -316,11 +318,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, mo
     with pytest.raises(train_metrics.NonFiniteLossError,
                        match="non-finite training loss .* step 5; "
                              r"the last good checkpoint \(step 4\) is kept"):
-        train_loop.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
+        loop.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
     # With no checkpoint yet, the message says so.
     with pytest.raises(train_metrics.NonFiniteLossError, match="step 1; no checkpoint had been "
                        "written yet"):
-        train_loop.train_and_evaluate(tiny_config(), tmp_path / "fresh")
+        loop.train_and_evaluate(tiny_config(), tmp_path / "fresh")
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
     state = restore_state(workdir)
     assert int(state["step"]) == 4
@@ -331,7 +333,7 @@ def test_non_finite_parameters_stop_the_run_before_any_save(trained, tmp_path, m
     """Weights that overflow while the last loss was still finite are caught at the next
     event (here: step 6, due for logging and a checkpoint) and never written."""
     workdir = copy_run(trained, tmp_path)
-    make_step = training.make_train_step
+    make_step = objective.make_train_step
 
     def overflowing_step(*args, **kwargs):
         step_fn = make_step(*args, **kwargs)
@@ -344,9 +346,9 @@ def test_non_finite_parameters_stop_the_run_before_any_save(trained, tmp_path, m
 
         return step
 
-    monkeypatch.setattr(training, "make_train_step", overflowing_step)
+    monkeypatch.setattr(objective, "make_train_step", overflowing_step)
     with pytest.raises(train_metrics.NonFiniteLossError, match="non-finite by step 6"):
-        train_loop.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
+        loop.train_and_evaluate(tiny_config(training__num_steps=8), workdir)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
     assert max(r["step"] for r in records(workdir)) == 5
 
@@ -399,7 +401,7 @@ def test_sampler_reproduces_a_gaussian_with_the_exact_eps():
         def apply(self, variables, x, t, train=False):
             return exact(x, t)
 
-    x = np.asarray(train_loop.make_sampler(ExactModel(), sde)({}, jax.random.key(0),
+    x = np.asarray(loop.make_sampler(ExactModel(), sde)({}, jax.random.key(0),
                                                                (2000, 2, 2, 1)))
     assert abs(x.mean() - 0.3) < 0.01 and abs(x.std() - 0.2) < 0.01
 
@@ -420,7 +422,7 @@ def test_heldout_loss_falls_on_a_learnable_problem(tmp_path, compile_cache):
                          training__log_every=100, training__checkpoint_every=300,
                          training__sample_every=300, training__num_sample_images=4,
                          optim__learning_rate=3e-3)
-    train_loop.train_and_evaluate(config, tmp_path / "run")
+    loop.train_and_evaluate(config, tmp_path / "run")
     losses = [r["heldout_loss"] for r in records(tmp_path / "run") if "heldout_loss" in r]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
     assert losses[2] < 0.6  # the untrained network (zero output layer) scores ~1

@@ -3,7 +3,7 @@
     python -m train --config configs/mnist_level1.py --workdir runs/mnist/level1 \\
         [--config.training.num_steps=2000 ...]
 
-Flags → :func:`mlem.train_loop.train_and_evaluate`. Bad input (unknown config key, missing
+Flags → :func:`mlem.train.loop.train_and_evaluate`. Bad input (unknown config key, missing
 dataset, image size the model cannot take, workdir of another config, batch size not
 divisible by the device count, a non-positive step count, rate, batch size or interval,
 NaN loss, no restorable checkpoint) prints one
@@ -39,10 +39,10 @@ def main(argv: list[str]) -> None:
     from mlem import data, parallel  # after flag parsing: a bad flag fails fast
 
     parallel.maybe_initialize_distributed()
-    from mlem import train_loop
+    from mlem.train import loop
 
     try:
-        metrics = train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _RESTART.value)
+        metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _RESTART.value)
     except (ValueError, OSError, FloatingPointError, data.DatasetNotFoundError) as err:
         cli.fail(err)
     except KeyboardInterrupt:

@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
+from mlem.data.blobs import synthetic_source
 from mlem.data.celeba import DatasetNotFoundError, celeba_source
 from mlem.data.mnist import mnist_source
 from mlem.data.pipeline import ArraySource, BatchIterator, Source, TrainPipeline, heldout_batches
-from mlem.data.synthetic import synthetic_source
 
 __all__ = ["ArraySource", "BatchIterator", "DatasetNotFoundError", "Source", "TrainPipeline",
            "get_source", "heldout_batches", "NUM_CHANNELS"]

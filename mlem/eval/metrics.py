@@ -1,7 +1,7 @@
 """Sample-quality metrics on feature vectors: Fréchet distance and KID (docs/quality.md).
 
 Pure numpy/scipy. Features are float arrays ``(N, d)``, one row per image, from a fixed
-network (:mod:`mlem.features`).
+network (:mod:`mlem.eval.features`).
 
 * **FD** between the Gaussian fits ``N(μ₁, Σ₁)``, ``N(μ₂, Σ₂)`` of two feature sets:
   ``‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^½)`` (FID when the features are Inception pool3).

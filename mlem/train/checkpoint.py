@@ -326,7 +326,7 @@ def load_level(workdir: str | Path, allow_older: bool = False
     Raises :class:`UnreadableCheckpointError` if the newest checkpoint cannot be restored,
     unless ``allow_older`` (then the newest readable step is used and returned). The EMA
     parameters are the ones sampling uses; build the network with
-    ``mlem.training.build_model(config)``.
+    ``mlem.train.objective.build_model(config)``.
     """
     config = load_record(workdir)
     missing = CheckpointNotFoundError(f"no checkpoint in {workdir}: train it first with "

@@ -7,7 +7,7 @@ rerunning averages, envelopes and fits gives 95% intervals for the exponents. Th
 follow the rules of :mod:`analysis.speedup` (:func:`speedups_at_targets`): targets and
 configurations chosen on half of the seeds, judged on the other half. Theory (γ > 2):
 ``s = γ + 1`` for EM and ``s = γ`` for ML-EM, approached from above
-by ML-EM as the error shrinks (:mod:`analysis.synthetic.theory`).
+by ML-EM as the error shrinks (:mod:`analysis.testbed.theory`).
 
 The fit stays ``floor_factor = 8 = 2^3`` above the floor, i.e. three levels up (``δ_k`` halves
 per level). Near the floor a *finite* ladder bends ML-EM's envelope upwards: with no level
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from analysis import fits, speedup
-from analysis.synthetic.sweep import SweepConfig
-from analysis.synthetic.theory import ideal_mlem_exponent
+from analysis.testbed.sweep import SweepConfig
+from analysis.testbed.theory import ideal_mlem_exponent
 
 METHODS = ("em", "mlem")
 
@@ -145,7 +145,7 @@ def speedups_at_targets(rows: Sequence[dict], cfg: SweepConfig, num: int = 2000)
 
 def distributional_at_targets(rows: Sequence[dict], cfg: SweepConfig, floor: np.ndarray,
                               num: int = 2000) -> dict:
-    """EM against ML-EM in distributional error (:func:`analysis.synthetic.sweep.moment_error`
+    """EM against ML-EM in distributional error (:func:`analysis.testbed.sweep.moment_error`
     against independent exact solves) at predeclared targets ``dist_target_ratios`` × the
     oracle's finite-sample floor (the mean of ``floor``, measured on exact batches that share
     nothing with the sweep), by the rules of :mod:`analysis.speedup`: configurations chosen on
@@ -201,7 +201,7 @@ def exponents_by_floor_factor(fronts: dict[str, speedup.Envelope], cfg: SweepCon
 
 
 def ideal_exponent(gamma: float, tops: Sequence[int]) -> float | None:
-    """:func:`~analysis.synthetic.theory.ideal_mlem_exponent` averaged over the ML-EM top
+    """:func:`~analysis.testbed.theory.ideal_mlem_exponent` averaged over the ML-EM top
     levels ``tops`` (sorted) on the envelope in the fit range; None without a top >= 2."""
     if not tops or tops[0] < 2:
         return None

@@ -1,6 +1,6 @@
 """Generated images for tests and the tiny config: smooth random colour blobs from a seed.
 
-Not the ML-EM synthetic SDE testbed (that is :mod:`mlem.synthetic`). Each image is a
+Not the ML-EM synthetic SDE testbed (that is :mod:`mlem.testbed`). Each image is a
 random background plus three Gaussian blobs (random centre, width and colour), clipped to
 [-1, 1]: smooth, varied and cheap, so a tiny UNet can learn something in a few steps.
 """

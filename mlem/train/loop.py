@@ -2,8 +2,8 @@
 a workdir, resuming from its newest readable checkpoint (:func:`resume_state`).
 
 Batch ``s`` is a pure function of ``(seed, s)`` and the randomness of step ``s`` is
-``fold_in(key, s)`` (:mod:`mlem.training`), so a resumed run computes exactly what an
-uninterrupted one would; :mod:`mlem.train_metrics` keeps its records equal too. At the steps
+``fold_in(key, s)`` (:mod:`mlem.train.objective`), so a resumed run computes exactly what an
+uninterrupted one would; :mod:`mlem.train.records` keeps its records equal too. At the steps
 due, the loop logs, evaluates the held-out loss of the EMA parameters, writes a sample grid
 and saves a checkpoint; a NaN/inf loss or parameter stops it before anything bad is saved.
 """
@@ -23,11 +23,13 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from mlem import checkpoint, data, distill, parallel, sampling, train_gaussian, training
+from mlem import data, parallel, sampling
 from mlem.files import save_grid
 from mlem.models import registry
 from mlem.sde import VPSDE
-from mlem.train_metrics import (
+from mlem.train import checkpoint, distill, gaussian_fit, objective
+from mlem.train.objective import TrainState
+from mlem.train.records import (
     METRICS_FILE,
     WINDOW_FILE,
     MetricsWriter,
@@ -37,7 +39,6 @@ from mlem.train_metrics import (
     save_window,
     wandb_mode,
 )
-from mlem.training import TrainState
 
 __all__ = ["SAMPLE_SEED", "SAMPLE_STEPS", "heldout_loss", "make_sampler", "resume_state",
            "train_and_evaluate", "validate"]
@@ -127,29 +128,29 @@ def _build(config: ml_collections.ConfigDict, workdir: Path, mesh: Mesh,
     pipeline = data.TrainPipeline(train_source, config.training.batch_size, config.seed,
                                   config.data.random_flip)
     sde = VPSDE(**config.sde)
-    model, tx = training.build_model(config), training.make_optimizer(config.optim)
+    model, tx = objective.build_model(config), objective.make_optimizer(config.optim)
     shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    init = jax.jit(lambda k: training.init_state(model, tx, k, shape),
+    init = jax.jit(lambda k: objective.init_state(model, tx, k, shape),
                    out_shardings=parallel.replicated(mesh))(init_key)
     pair = None if teacher is None else (teacher.model, teacher.params)
-    train_step = training.make_train_step(model, tx, sde, config.training.ema_decay, train_key,
+    train_step = objective.make_train_step(model, tx, sde, config.training.ema_decay, train_key,
                                           mesh, pair, float(config.distill.weight))
     gap_fn = None
     if teacher is not None:
-        gap_sum = training.make_heldout_distill_gap(model, teacher.model, sde, mesh)
+        gap_sum = objective.make_heldout_distill_gap(model, teacher.model, sde, mesh)
         teacher_params = jax.device_put(teacher.params, parallel.replicated(mesh))
-        gap_fn = lambda params: training.mean_heldout_loss(
+        gap_fn = lambda params: objective.mean_heldout_loss(
             lambda p, x0, i: gap_sum(p, teacher_params, x0, i), params, heldout, mesh)
     return _Run(
         config=config, workdir=workdir, mesh=mesh, init=init, train_step=train_step,
-        heldout_fn=training.make_heldout_loss(model, sde, mesh),
+        heldout_fn=objective.make_heldout_loss(model, sde, mesh),
         sampler=make_sampler(model, sde), pipeline=pipeline, heldout=heldout, gap_fn=gap_fn)
 
 
 def heldout_loss(run: _Run, params: Any) -> float:
     """Mean held-out denoising loss of ``params`` over ``config.eval.num_batches`` batches."""
-    return training.mean_heldout_loss(run.heldout_fn, params, run.heldout, run.mesh)
+    return objective.mean_heldout_loss(run.heldout_fn, params, run.heldout, run.mesh)
 
 
 def _on_step(run: _Run, state: TrainState, step: int, progress: Progress, manager,
@@ -226,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     workdir = Path(workdir)
     validate(config)
     if registry.gaussian_rank(config.model.level) is not None:
-        return train_gaussian.fit_and_save(config, workdir)  # the analytic bottom level
+        return gaussian_fit.fit_and_save(config, workdir)  # the analytic bottom level
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.training.batch_size, mesh.size, "training.batch_size")
     parallel.check_batch_size(config.eval.batch_size, mesh.size, "eval.batch_size")

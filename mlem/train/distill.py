@@ -10,7 +10,7 @@ the increments ``V_k = E‖fᵏ − fᵏ⁻¹‖²``. A distilled level is train
 with the teacher's EMA parameters, deterministic (no dropout). The teacher is the newest
 checkpoint of ``config.distill.teacher_workdir`` (relative to the parent of the student's
 workdir, i.e. a sibling in the same ladder tree, or absolute), loaded exactly
-(:func:`mlem.checkpoint.load_level`); its step and parameter digest are written into the
+(:func:`mlem.train.checkpoint.load_level`); its step and parameter digest are written into the
 student's config (``distill.teacher_step``, ``distill.teacher_param_sha256``), so they land in
 ``config.json`` and a resume with another teacher is refused like any weight-defining field.
 """
@@ -25,9 +25,9 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from mlem import checkpoint
 from mlem.ladder import param_digest
 from mlem.models import registry
+from mlem.train import checkpoint
 
 __all__ = ["RECORDED_FIELDS", "SHARED_FIELDS", "Teacher", "enabled", "load_teacher", "teacher_path",
            "validate", "with_record"]
@@ -82,7 +82,7 @@ def teacher_path(config: ml_collections.ConfigDict, workdir: str | Path) -> Path
 def load_teacher(config: ml_collections.ConfigDict, workdir: str | Path) -> Teacher:
     """The newest checkpoint of the teacher of ``config`` (student in ``workdir``).
 
-    Raises :class:`~mlem.checkpoint.CheckpointNotFoundError` if it has none (or its newest is
+    Raises :class:`~mlem.train.checkpoint.CheckpointNotFoundError` if it has none (or its newest is
     unreadable) and ``ValueError`` if it was trained on other data, SDE or image shape.
     """
     path = teacher_path(config, workdir)

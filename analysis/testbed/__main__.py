@@ -1,15 +1,15 @@
 """Cost–error sweep of EM and ML-EM on the synthetic testbed with exact drift.
 
-    python -m analysis.synthetic --gamma 3 --out results/synthetic_gamma3 \\
+    python -m analysis.testbed --gamma 3 --out results/synthetic_gamma3 \\
         [--quick] [--seeds 32] [--levels 13] [--schedule variance|dyadic] [--ode]
         [--solver euler|heun]
 
-Flags → :func:`analysis.synthetic.pipeline.run`, which writes ``summary.json``,
+Flags → :func:`analysis.testbed.pipeline.run`, which writes ``summary.json``,
 ``points.csv``, ``runs.csv`` and ``cost_vs_error.png`` into ``--out``; the headline numbers
 are printed as JSON. ``--ode`` sets the noise to zero: Euler and multilevel Euler on the ODE
 ``dX = f*(X) dτ`` against its exact-drift solution (docs/solvers.md). ``--solver heun``
 solves with Heun's method (:class:`mlem.solvers.DriftHeun`), single-level and multilevel;
-``python -m analysis.synthetic.solvers`` compares the best of two such runs.
+``python -m analysis.testbed.solvers`` compares the best of two such runs.
 
 Bad input (``--levels`` under 2, ``--seeds`` under 1, ``--gamma`` not
 positive, a sweep whose envelopes share too short an error range) prints one ``error: ...``
@@ -53,8 +53,8 @@ PRINTED_KEYS = (
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}")
-    from analysis.synthetic import pipeline  # after flag parsing: a bad flag fails fast
-    from analysis.synthetic.sweep import SweepConfig
+    from analysis.testbed import pipeline  # after flag parsing: a bad flag fails fast
+    from analysis.testbed.sweep import SweepConfig
 
     overrides = {"schedule": _SCHEDULE.value, "noise": 0.0 if _ODE.value else 1.0,
                  "solver": _SOLVER.value}

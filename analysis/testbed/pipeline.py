@@ -1,6 +1,6 @@
 """One synthetic sweep end to end: solve, summarise, write the results directory.
 
-``run(cfg, out)`` writes ``summary.json`` (:func:`analysis.synthetic.summary.summarise` plus
+``run(cfg, out)`` writes ``summary.json`` (:func:`analysis.testbed.summary.summarise` plus
 bootstrap intervals, wall time, seeds and devices), ``points.csv`` (seed averages),
 ``runs.csv`` (one row per configuration and seed) and ``cost_vs_error.png``.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import jax
 
-from analysis.synthetic import summary as summaries
-from analysis.synthetic.plot import plot
-from analysis.synthetic.sweep import SweepConfig, run_sweep
+from analysis.testbed import summary as summaries
+from analysis.testbed.plot import plot
+from analysis.testbed.sweep import SweepConfig, run_sweep
 
 
 def write_points(points: Sequence[dict], path: Path) -> None:

@@ -3,7 +3,7 @@
 Theory (γ > 2): ``cost ∝ error^{-s}`` with ``s = γ + 1`` for EM and ``s = γ`` for ML-EM,
 approached from above by ML-EM as the error shrinks: on a finite ladder fewer levels are
 randomised at larger errors. :func:`ideal_mlem_exponent` is that pre-asymptotic exponent, the
-one a finite sweep (:mod:`analysis.synthetic.summary`) should be compared with.
+one a finite sweep (:mod:`analysis.testbed.summary`) should be compared with.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""Feature networks for the quality metrics (:mod:`mlem.quality`, docs/quality.md).
+"""Feature networks for the quality metrics (:mod:`mlem.eval.metrics`, docs/quality.md).
 
 * MNIST-5k: :class:`MnistClassifier`, a small CNN trained on the 4,500 train digits in
   about a minute on a CPU; its penultimate layer (128 features) feeds KID and FD against the
   500 held-out digits. :func:`load_or_train_classifier` caches it in a workdir with a record
   of its held-out accuracy.
-* CelebA 64×64: the FID Inception-v3 (:mod:`mlem.models.inception`) with weights from a
+* CelebA 64×64: the FID Inception-v3 (:mod:`mlem.eval.inception`) with weights from a
   local file; :func:`inception_feature_fn` and :func:`reference_stats` give pool3 features
-  and the ``(μ, Σ)`` saved with :func:`mlem.quality.save_stats`.
+  and the ``(μ, Σ)`` saved with :func:`mlem.eval.metrics.save_stats`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from mlem.models.inception import InceptionV3
+from mlem.eval.inception import InceptionV3
 
 __all__ = ["MnistClassifier", "accuracy", "classifier_features", "inception_feature_fn",
            "load_or_train_classifier", "reference_stats", "train_classifier"]
@@ -169,7 +169,7 @@ def load_or_train_classifier(workdir: str | Path, image_size: int = 16, steps: i
 def inception_feature_fn(variables: Any, resize_to: int | None = 299
                          ) -> Callable[[np.ndarray], np.ndarray]:
     """A jitted ``images (B, H, W, 3) in [-1, 1] → float32 (B, 2048)`` with ``variables``
-    from :func:`mlem.models.inception.load_inception_params`."""
+    from :func:`mlem.eval.inception.load_inception_params`."""
     model = InceptionV3(resize_to)
     apply = jax.jit(model.apply)
     return lambda images: np.asarray(apply(variables, jnp.asarray(images, jnp.float32)))
@@ -181,7 +181,7 @@ def reference_stats(feature_fn: Callable[[np.ndarray], np.ndarray],
                     ) -> tuple[np.ndarray, np.ndarray]:
     """``(μ (d,), Σ (d, d))`` float64 of ``feature_fn`` over batches of ``images``, streamed
     (sums of features and outer products in float64), equal to
-    :func:`mlem.quality.gaussian_stats` of all the features at once. ``on_features``, if
+    :func:`mlem.eval.metrics.gaussian_stats` of all the features at once. ``on_features``, if
     given, is called with each batch's features ``(B, d)`` as ``feature_fn`` returned them
     (to keep some rows, :mod:`analysis.reference_stats`)."""
     count, total, outer = 0, None, None

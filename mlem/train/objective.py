@@ -5,8 +5,8 @@ Closure factories build the jitted functions once (``make_train_step``,
 ``make_heldout_loss``). Randomness of step ``s`` is ``fold_in(key, s)``, so a resumed run
 computes exactly what an uninterrupted one would. The held-out loss uses fixed noise and times
 (the same for every level), so the γ fit can compare levels. A distilled level
-(:mod:`mlem.distill`) also matches a teacher's ``ε̂`` on the same forward-process sample. The
-loop behind ``python -m train`` is :mod:`mlem.train_loop`.
+(:mod:`mlem.train.distill`) also matches a teacher's ``ε̂`` on the same forward-process sample. The
+loop behind ``python -m train`` is :mod:`mlem.train.loop`.
 """
 
 from __future__ import annotations

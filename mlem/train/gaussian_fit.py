@@ -17,10 +17,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from mlem import checkpoint, data, parallel, training
+from mlem import data, parallel
 from mlem.models import gaussian, registry
 from mlem.sde import VPSDE
-from mlem.train_metrics import MetricsWriter
+from mlem.train import checkpoint, objective
+from mlem.train.records import MetricsWriter
 
 __all__ = ["FIT_STEP", "fit_and_save", "heldout_loss"]
 
@@ -66,7 +67,7 @@ def fit_and_save(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
 def heldout_loss(config: ml_collections.ConfigDict, params) -> float:
     """The held-out denoising loss of the fitted level, on the draws every level uses."""
     mesh = parallel.make_mesh()
-    fn = training.make_heldout_loss(registry.get_level(config), VPSDE(**config.sde), mesh)
+    fn = objective.make_heldout_loss(registry.get_level(config), VPSDE(**config.sde), mesh)
     batches = data.heldout_batches(data.get_source(config.data, "heldout"),
                                    config.eval.batch_size, config.eval.num_batches)
-    return training.mean_heldout_loss(fn, params, batches, mesh)
+    return objective.mean_heldout_loss(fn, params, batches, mesh)

@@ -1,6 +1,6 @@
 """What the synthetic cost–error sweep runs, and the solves (docs/design.md §1, §3).
 
-Ladder: :func:`mlem.synthetic.dyadic_hierarchy` (``δ_k ∝ 2^{-k}`` and ``V_k ∝ 4^{-k}``
+Ladder: :func:`mlem.testbed.dyadic_hierarchy` (``δ_k ∝ 2^{-k}`` and ``V_k ∝ 4^{-k}``
 exactly, declared cost ``c_k = 2^{γk}``, 13 levels). Every run of a seed starts from the same
 ``X_0`` and sees the same Brownian path (fine increments from one key, summed onto coarser
 grids); the reference is EM with the exact drift on ``ref_steps`` steps. EM sweeps (level,
@@ -11,7 +11,7 @@ solve on average (``m`` from 1/2 to 64, so ``1/p_top`` reaches ``~10^4``). Level
 highest saturated one (``p = 1``) get weight ``1 − 1 = 0``, and the sampler does not evaluate
 them (exactly as for any user of :mod:`mlem.sampling`).
 
-With ``noise = 0`` (``python -m analysis.synthetic --ode``) the SDE is the ODE
+With ``noise = 0`` (``python -m analysis.testbed --ode``) the SDE is the ODE
 ``dX = f*(X) dτ``: EM is Euler (:class:`mlem.solvers.Euler`, no increments drawn), ML-EM is
 multilevel Euler (the same estimator fed to that rule) and the reference is Euler with the
 exact drift on ``ref_steps`` steps. The Bernoulli draws make the multilevel solve a random
@@ -27,7 +27,7 @@ against those of ``oracle_seeds`` batches of independent exact solves, which sha
 with the sweep's seeds); cost = declared level
 cost × the expected number of evaluations under the schedule (EM: exact; the realised cost is
 recorded beside it). A seed is one realisation (its own ``X_0``, Brownian path and Bernoulli
-draws). What is made of the rows: :mod:`analysis.synthetic.summary`.
+draws). What is made of the rows: :mod:`analysis.testbed.summary`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mlem import brownian, cost, sampling, schedules, solvers, synthetic
+from mlem import brownian, cost, sampling, schedules, solvers, testbed
 
 SOLVERS = {"euler": 1, "heun": 2}  # the sweep's solvers and their level calls per step
 
@@ -121,9 +121,9 @@ class SweepConfig:
             grid += [(top, n, m) for n in steps for m in sorted(self.mlem_top_evals) if m < n]
         return grid
 
-    def hierarchy(self) -> synthetic.Hierarchy:
+    def hierarchy(self) -> testbed.Hierarchy:
         """The dyadic ladder this sweep runs on."""
-        return synthetic.dyadic_hierarchy(
+        return testbed.dyadic_hierarchy(
             self.gamma, self.num_levels, self.dim, perturbation_rms=self.perturbation_rms,
             perturbation_freq=self.perturbation_freq, level_correlation=self.level_correlation,
             noise=self.noise, seed=self.seed)
@@ -264,7 +264,7 @@ def _mlem_rows(plan, hierarchy, seed: int, x0, ref, k_bern, paths, bar,
     return rows
 
 
-def run_sweep(cfg: SweepConfig, hierarchy: synthetic.Hierarchy, *, progress: bool = True
+def run_sweep(cfg: SweepConfig, hierarchy: testbed.Hierarchy, *, progress: bool = True
               ) -> tuple[list[dict], dict]:
     """Every (configuration, seed) solve; returns per-seed rows and the ladder's statistics.
 
@@ -276,7 +276,7 @@ def run_sweep(cfg: SweepConfig, hierarchy: synthetic.Hierarchy, *, progress: boo
     """
     ts_ref = jnp.linspace(0.0, 1.0, cfg.ref_steps + 1)
     first = _seed_paths(cfg, hierarchy, ts_ref, 0)
-    variances = synthetic.level_variances(hierarchy, jnp.concatenate([first[0], first[2]]))
+    variances = testbed.level_variances(hierarchy, jnp.concatenate([first[0], first[2]]))
     plan = mlem_plan(cfg, hierarchy, variances)
     moments, floor = oracle_moments(cfg, hierarchy, ts_ref)
     bar = tqdm(total=cfg.seeds * (cfg.num_levels * len(cfg.em_steps) + len(plan)),
@@ -291,6 +291,6 @@ def run_sweep(cfg: SweepConfig, hierarchy: synthetic.Hierarchy, *, progress: boo
         rows += _mlem_rows(plan, hierarchy, s, x0, ref, k_bern, paths, bar, moments,
                            cfg.solver)
     bar.close()
-    errors = synthetic.level_errors(hierarchy, jnp.concatenate(probe))
+    errors = testbed.level_errors(hierarchy, jnp.concatenate(probe))
     return rows, {"level_errors": errors, "level_variances": variances,
                   "level_costs": hierarchy.costs, "dist_floor": floor}

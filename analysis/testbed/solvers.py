@@ -1,8 +1,8 @@
 """The best single-level solver against the best multilevel one on the synthetic testbed.
 
-    python -m analysis.synthetic --ode --gamma 3 --out results/synthetic_ode_gamma3
-    python -m analysis.synthetic --ode --gamma 3 --solver heun --out results/synthetic_ode_heun_gamma3
-    python -m analysis.synthetic.solvers results/synthetic_ode_gamma3 \\
+    python -m analysis.testbed --ode --gamma 3 --out results/synthetic_ode_gamma3
+    python -m analysis.testbed --ode --gamma 3 --solver heun --out results/synthetic_ode_heun_gamma3
+    python -m analysis.testbed.solvers results/synthetic_ode_gamma3 \\
         results/synthetic_ode_heun_gamma3 --out results/synthetic_ode_solvers_gamma3
 
 The runs are sweeps of the same ladder and seeds (``summary.json``'s config equal but for
@@ -14,7 +14,7 @@ half chooses each curve's path; failures counted):
 
 * **pathwise** (MSE to the exact-drift solve of the same seed): at four RMSE targets spread
   geometrically over the common range of the two curves' envelopes on the *selection* seeds
-  (from ``floor_factor`` × the larger floor, :func:`analysis.synthetic.summary.fit_range`);
+  (from ``floor_factor`` × the larger floor, :func:`analysis.testbed.summary.fit_range`);
 * **distributional** (a seed batch's moment error against independent exact solves): at the
   predeclared ``dist_target_ratios`` × the oracle's finite-sample floor.
 
@@ -35,8 +35,8 @@ import numpy as np
 from absl import app, flags
 
 from analysis import speedup
-from analysis.synthetic import summary as summaries
-from analysis.synthetic.sweep import SweepConfig
+from analysis.testbed import summary as summaries
+from analysis.testbed.sweep import SweepConfig
 from mlem import cli
 
 CURVES = {"em": "single", "mlem": "multilevel"}
@@ -48,7 +48,7 @@ def load(run: str | Path) -> tuple[list[dict], dict]:
     run = Path(run)
     for name in ("runs.csv", "summary.json"):
         if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name}: run python -m analysis.synthetic --out {run}"
+            raise FileNotFoundError(f"{run / name}: run python -m analysis.testbed --out {run}"
                                     f" first")
     summary = json.loads((run / "summary.json").read_text())
     solver = summary["config"].get("solver", "euler")
@@ -115,8 +115,9 @@ def compare(rows: Sequence[dict], cfg: SweepConfig, floor: np.ndarray, num: int 
             rule = "predeclared multiples of the oracle's finite-sample floor"
         result = speedup.compare_at_targets(evaluation, selection, "single", "multilevel",
                                             "cost", goals, num_resamples=num)
-        describe = lambda i: dict(zip(("solver", "method", "level", "steps", "top_evals"),
-                                      configs[i]), cost=float(sweep.costs["cost"][i]))
+        describe = lambda i, configs=configs, sweep=sweep: dict(
+            zip(("solver", "method", "level", "steps", "top_evals"), configs[i]),
+            cost=float(sweep.costs["cost"][i]))
         out[error] = {"rule": rule, "evaluation_seeds": half,
                       "selection_seeds": sweep.num_realisations - half,
                       "targets": {n: {"target": t["target_error"], "speedup": t["speedup"],
