@@ -168,7 +168,7 @@ def prepare(config: Any, workdir: str | Path, out: str | Path, recompute: bool) 
     ladder = ladders.load_ladder(config, workdir)
     out = open_results(out, make_manifest(config, workdir, ladder), recompute)
     paths = level_workdirs(config, workdir)
-    settings = {"batch_size": int(config.analysis.get("timing_batch_size", 64)),
+    settings = {"batch_size": int(config.analysis.timing_batch_size),
                 "backend": jax.default_backend(),
                 "device": jax.devices()[0].device_kind}
     cached = load_stage(out, "level_costs", settings)

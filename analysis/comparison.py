@@ -27,7 +27,7 @@ def curve_name(schedule: str, cost_model: str) -> str:
 
 
 def schedule_names(config: Any) -> tuple[str, ...]:
-    names = tuple(config.analysis.get("schedules", ("variance",)))
+    names = tuple(config.analysis.schedules)
     unknown = set(names) - {"variance", "constant", "dyadic", "learned"}
     if unknown or not names:
         raise ValueError(f"config.analysis.schedules: choose from variance, constant, dyadic, "
@@ -58,7 +58,7 @@ def oracle_rows(rows: Sequence[dict], num_levels: int) -> list[dict]:
 def oracle_enabled(config: Any) -> bool:
     """Whether the oracle framing is analysed: targets given as MSEs or as ratios."""
     a = config.analysis
-    return bool(a.get("oracle_targets", ()) or a.get("oracle_target_ratios", ()))
+    return bool(a.oracle_targets or a.oracle_target_ratios)
 
 
 def oracle_targets(config: Any, selection_rows: Sequence[dict] = (), num_levels: int = 0
@@ -69,8 +69,8 @@ def oracle_targets(config: Any, selection_rows: Sequence[dict] = (), num_levels:
     level ``K−1`` (the best level below the oracle) on the finest EM grid (rule 1 of
     :mod:`analysis.speedup`: chosen on the selection realisations). Empty when off."""
     a = config.analysis
-    goals = [float(t) for t in a.get("oracle_targets", ())]
-    ratios = [float(r) for r in a.get("oracle_target_ratios", ())]
+    goals = [float(t) for t in a.oracle_targets]
+    ratios = [float(r) for r in a.oracle_target_ratios]
     if goals and ratios:
         raise ValueError("config.analysis.oracle_targets and oracle_target_ratios: set one")
     if ratios:
@@ -122,7 +122,7 @@ def operating_point(config: Any, configs: Sequence[dict], sweep_: speedup.Sweep,
                     num_levels: int) -> tuple[int, str]:
     """Index of the configuration that defines the operating point: EM at the top level with
     ``config.sampling.steps`` steps (the nearest swept step count)."""
-    if config.analysis.get("operating_point", "auto") != "auto":
+    if config.analysis.operating_point != "auto":
         raise ValueError("config.analysis.operating_point: only 'auto' (EM at the top level with "
                          "sampling.steps steps) is supported; set --config.sampling.steps")
     top = [i for i, c in enumerate(configs) if c["method"] == "em" and c["level"] == num_levels
@@ -139,7 +139,7 @@ def targets(config: Any, operating_mse: float) -> dict[str, float]:
     """The predeclared targets: ``config.analysis.target_ratios`` × the operating MSE (which
     is measured on the selection realisations), named ``operating point`` (ratio 1) and
     ``<r>x operating MSE``."""
-    ratios = tuple(float(r) for r in config.analysis.get("target_ratios", (1.0,)))
+    ratios = tuple(float(r) for r in config.analysis.target_ratios)
     if not ratios or min(ratios) <= 0 or 1.0 not in ratios:
         raise ValueError(f"config.analysis.target_ratios: positive multiples of the operating "
                          f"MSE that include 1.0, got {ratios}")
@@ -188,7 +188,7 @@ def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
     goals = targets(config, op_mse)
     mean_costs = evaluation.means(np.arange(evaluation.num_realisations))[1]
     budget = {ruler: float(mean_costs[ruler][op]) for ruler in COSTS}
-    resamples = int(config.analysis.get("speedup_bootstrap", 2000))
+    resamples = int(config.analysis.speedup_bootstrap)
     curves = sorted(set(evaluation.curve) - {"em"})
     run = lambda base, other, ruler: speedup.compare_at_targets(
         evaluation, selection, base, other, ruler, goals, budget[ruler], resamples)
@@ -259,7 +259,7 @@ def analyse_oracle(rows: Sequence[dict], config: Any, num_levels: int) -> dict |
     _, sweep_ = table(sub)
     evaluation = sweep_.columns(range(num))
     selection = sweep_.columns(range(num, sweep_.num_realisations))
-    resamples = int(config.analysis.get("speedup_bootstrap", 2000))
+    resamples = int(config.analysis.speedup_bootstrap)
     run = lambda base, other, ruler: speedup.compare_at_targets(
         evaluation, selection, base, other, ruler, goals, None, resamples)
     curves = sorted(set(evaluation.curve) - {"em"})

@@ -92,7 +92,7 @@ def configurations(config: Any, num_levels: int) -> list[dict]:
     switch = [{"curve": "switch", "method": "switch", "schedule": "", "cost_model": "",
                "level": k, "top": top, "top_evals": 0.0, "switch_at": float(s),
                "steps": int(n)}
-              for top in tops for k in range(1, top) for s in a.get("switch_times", ())
+              for top in tops for k in range(1, top) for s in a.switch_times
               for n in a.em_steps]
     pattern = [{"curve": "mlem-pattern", "method": "pattern", "schedule": schedule_names(config)[0],
                 "cost_model": "flops", "level": num_levels, "top": num_levels,
@@ -105,7 +105,7 @@ def ladder_tops(config: Any, num_levels: int) -> tuple[int, ...]:
     """The tops of the ladders ML-EM and switching run on: ``config.analysis.prefix_tops``
     (prefixes ``1…k``, each ``2 <= k < K``: the oracle framing of docs/design.md §3) and the
     whole ladder ``K``."""
-    prefixes = tuple(int(k) for k in config.analysis.get("prefix_tops", ()))
+    prefixes = tuple(int(k) for k in config.analysis.prefix_tops)
     if any(not 2 <= k < num_levels for k in prefixes):
         raise ValueError(f"config.analysis.prefix_tops: prefix ladders 1..k need 2 <= k < "
                          f"{num_levels} (the number of levels), got {prefixes}")
@@ -120,12 +120,12 @@ def pattern_steps(config: Any) -> tuple[int, ...]:
     """The grids of the pattern search: ``config.analysis.pattern_steps`` (each one of
     ``mlem_steps``), or none when ``pattern_search`` (patterns drawn per point) is 0."""
     a = config.analysis
-    if int(a.get("pattern_search", 0)) <= 0:
+    if int(a.pattern_search) <= 0:
         return ()
-    if int(a.get("selection_realisations", 0)) < 1:
+    if int(a.selection_realisations) < 1:
         raise ValueError("config.analysis.pattern_search: a pattern is chosen on the selection "
                          "realisations; set config.analysis.selection_realisations >= 1")
-    steps = tuple(int(n) for n in a.get("pattern_steps", ()))
+    steps = tuple(int(n) for n in a.pattern_steps)
     if not steps or set(steps) - {int(n) for n in a.mlem_steps}:
         raise ValueError(f"config.analysis.pattern_steps: list grids of mlem_steps "
                          f"({tuple(a.mlem_steps)}) to search patterns on, got {steps}")
@@ -143,7 +143,7 @@ def _swept(config: Any, top_evals: float, steps: int) -> bool:
     """Whether ML-EM with ``top_evals`` expected top-level evaluations on ``steps`` steps is
     swept: its mean top-level probability ``top_evals / steps`` lies in
     ``config.analysis.top_prob_range`` (and below 1, where every step runs the top level)."""
-    lo, hi = config.analysis.get("top_prob_range", (0.0, 0.5))
+    lo, hi = config.analysis.top_prob_range
     return 0 < top_evals <= steps and lo <= top_evals / steps <= min(hi, 1.0)
 
 
@@ -164,7 +164,7 @@ def check_grids(config: Any) -> None:
 
 
 def cost_model_names(config: Any) -> tuple[str, ...]:
-    names = tuple(config.analysis.get("cost_models", ("flops",)))
+    names = tuple(config.analysis.cost_models)
     if not names or set(names) - set(generation.COST_MODELS):
         raise ValueError(f"config.analysis.cost_models: choose from "
                          f"{', '.join(generation.COST_MODELS)}; got {names}")
@@ -221,8 +221,8 @@ def solver_settings(config: Any) -> tuple[str, str, dict]:
     are not the defaults ``sde``/``uniform`` (so references stored before they existed stay
     valid)."""
     a = config.analysis
-    solver = solvers.check_solver(a.get("solver", "sde"))
-    grid = sde_lib.check_grid(a.get("grid", "uniform"))
+    solver = solvers.check_solver(a.solver)
+    grid = sde_lib.check_grid(a.grid)
     record = {k: v for k, v, d in (("solver", solver, "sde"), ("grid", grid, "uniform"))
               if v != d}
     return solver, grid, record
@@ -457,7 +457,7 @@ def level_costs(ctx: common.Context, cost_model: str) -> np.ndarray:
 
 def variances_for(ctx: common.Context) -> dict:
     """The configured variances file, else this results dir's (reused or measured now)."""
-    given = ctx.config.sampling.get("variance_file", "")
+    given = ctx.config.sampling.variance_file
     if not given:
         return variance.write_variances(ctx)
     edges, v = generation.load_variances(given, ctx.config.levels)
@@ -467,7 +467,7 @@ def variances_for(ctx: common.Context) -> dict:
 def timing_of(config: Any) -> Timing:
     """The deployed timing of ``config.analysis`` (``timing_batch_size``, ``timing_repeats``)."""
     a = config.analysis
-    timing = Timing(int(a.get("timing_batch_size", 64)), int(a.get("timing_repeats", 3)),
+    timing = Timing(int(a.timing_batch_size), int(a.timing_repeats),
                     int(config.sampling.seed))
     if timing.batch_size < 1 or timing.repeats < 3:
         raise ValueError(f"config.analysis.timing_batch_size ({timing.batch_size}) must be >= 1 "
@@ -488,7 +488,7 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
     ``features.npz`` (:mod:`analysis.quality`); a row without them is computed again."""
     a, mesh = ctx.config.analysis, parallel.make_mesh()
     evaluation, batch = int(a.realisations), int(a.batch_size)
-    selection = int(a.get("selection_realisations", 0))
+    selection = int(a.selection_realisations)
     if evaluation < 3 or batch < 1 or selection < 0:
         raise ValueError(f"config.analysis.realisations ({evaluation}) must be >= 3 (the "
                          f"bootstrap's units), selection_realisations ({selection}) >= 0 and "
@@ -507,10 +507,10 @@ def sweep(ctx: common.Context, feats: quality.Features | None = None
                 "seed": int(ctx.config.sampling.seed), "level_flops": ctx.flops.tolist(),
                 "level_prices": {m: common.digest(c.tolist()) for m, c in prices.items()},
                 "variances": common.digest(v) if v else None, "gamma": gamma,
-                "paths": PATH_CONVENTION, "pattern_search": int(a.get("pattern_search", 0)),
+                "paths": PATH_CONVENTION, "pattern_search": int(a.pattern_search),
                 "ladder_tops": list(ladder_tops(ctx.config, ctx.ladder.num_levels)),
                 "timing": timing.settings(),
-                "learned_schedule": _file_digest(a.get("learned_schedule", ""))
+                "learned_schedule": _file_digest(a.learned_schedule)
                 if "learned" in names else None,
                 **solver_settings(ctx.config)[2]}
     if feats is not None:  # rows computed with other features (or none) are stale
@@ -586,7 +586,7 @@ def probabilities(ctx: common.Context, point: dict, ts: np.ndarray,
         return float("nan"), switch_levels(point, ts, point["top"])
     return make_probs(point["schedule"], prices[point["cost_model"]][:point["top"]], ts,
                       prefix_variances(variances, point["top"]), gamma, point["top_evals"],
-                      ctx.config.analysis.get("learned_schedule", ""))
+                      ctx.config.analysis.learned_schedule)
 
 
 def search_pattern(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,

@@ -70,16 +70,10 @@ STAGE = "distributional"
 STREAM = 3  # fold_in(key(seed), STREAM): the distributional sets (the sweep uses 0, 2)
 SETS = {"evaluation": 0, "selection": 1, "oracle": 2, "floor": 3}
 RULERS = ("fd", "moments")
-DEFAULTS = {"enabled": False, "realisations": 16, "selection_realisations": 4,
-            "batch_size": 64, "oracle_realisations": 16,
-            "target_ratios": (32.0, 16.0, 8.0, 4.0, 2.0),
-            "curves": ("em", "mlem-variance-flops", "switch"), "bootstrap": 1000,
-            "kid_subsets": 10, "kid_subset_size": 500, "kid_bootstrap": 30}
-
-
 def settings(config: Any) -> dict:
-    """``config.analysis.distributional`` with its defaults, checked."""
-    s = {**DEFAULTS, **dict(config.analysis.get("distributional", {}))}
+    """``config.analysis.distributional`` (defaults and meanings: ``configs/sample_base.py``),
+    checked."""
+    s = dict(config.analysis.distributional)
     for k in ("realisations", "selection_realisations", "batch_size", "oracle_realisations",
               "bootstrap", "kid_subsets", "kid_subset_size", "kid_bootstrap"):
         s[k] = int(s[k])

@@ -110,7 +110,7 @@ def sample_grid(ctx: common.Context, path: Path) -> None:
     prices = cost_error.level_costs(ctx, cost_model)
     _, probs = cost_error.make_probs(schedule, prices, grid(ml["steps"]), variances,
                                      cost_error.fitted_gamma(ctx.out), ml["top_evals"],
-                                     a.get("learned_schedule", ""))
+                                     a.learned_schedule)
     x_ml, _ = generation.generate(ctx.ladder, "mlem", probs, grid(ml["steps"]), **kwargs)
     rows = [(f"reference: EM top level, {a.ref_steps} steps", ref),
             (f"EM level {em['level']}, {em['steps']} steps: {em['flops']:.3g} FLOPs, "

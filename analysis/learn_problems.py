@@ -171,7 +171,7 @@ def ladder_problem(config: Any, workdir: str | Path, out: str | Path, recompute:
     seed = int(config.sampling.seed)
     coupling = cost_error.Coupling(seed, path_ts, int(a.batch_size), ladder.image_shape, mesh)
     ts = coupling.grid(int(config.sampling.steps))
-    selection = int(a.get("selection_realisations", 0))
+    selection = int(a.selection_realisations)
     ref = cost_error.reference(ctx, ladder, coupling, int(a.realisations) + selection)
     inputs = [coupling.inputs(r) for r in range(ref.shape[0])]
 

@@ -60,15 +60,14 @@ class Features:
 
 
 def settings(config: Any) -> dict:
-    """``config.analysis.quality`` with its defaults; ``features`` checked."""
-    q = dict(config.analysis.get("quality", {}))
-    q.setdefault("features", "")
+    """``config.analysis.quality`` (defaults and meanings: ``configs/sample_base.py``);
+    ``features`` checked."""
+    q = dict(config.analysis.quality)
     if q["features"] not in ("", *FEATURES):
         raise ValueError(f"config.analysis.quality.features: choose '', "
                          f"{', '.join(FEATURES)}; got {q['features']!r}")
-    for key, default in (("classifier_steps", 1500), ("kid_subsets", 50),
-                         ("kid_subset_size", 1000), ("bootstrap", 200)):
-        q[key] = int(q.get(key, default))
+    for key in ("classifier_steps", "kid_subsets", "kid_subset_size", "bootstrap"):
+        q[key] = int(q[key])
     return q
 
 
@@ -111,7 +110,7 @@ def check_files(config: Any) -> dict:
     q = settings(config)
     if q["features"] != "inception":
         return q
-    weights, reference = q.get("inception_weights", ""), q.get("reference", "")
+    weights, reference = q["inception_weights"], q["reference"]
     if not weights or not Path(weights).is_file():
         raise FileNotFoundError(
             f"config.analysis.quality.inception_weights: Inception weights file {weights!r} "

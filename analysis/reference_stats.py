@@ -133,7 +133,7 @@ def read_weights(path: str) -> Any:
 
 def data_config(sample_config, local_path: str | None, data_dir: str | None):
     """``config.data`` of ``sample_config.train_configs[0]`` with the given location."""
-    train_configs = tuple(sample_config.get("train_configs", ()))
+    train_configs = tuple(sample_config.train_configs)
     if not train_configs:
         raise ValueError("config.train_configs is empty: the data comes from the first "
                          "training config (e.g. configs/celeba64_sample.py)")

@@ -64,16 +64,12 @@ SAMPLE_KEYS = ("selection_realisations", "realisations", "batch_size", "seed")  
 STREAM = 4  # fold_in(key(seed), STREAM): this stage's sets (distributional uses 3)
 KINDS = ("single", "multilevel")
 FRAMINGS = ("all", "own", "oracle")
-DEFAULTS = {"enabled": False, "solvers": ("sde", "ddim", "dpmpp2m", "dpmpp2m-sde", "heun"),
-            "grids": ("uniform", "logsnr", "karras"), "steps": (8, 16, 32, 64),
-            "top_fraction": 0.125, "selection_realisations": 4, "realisations": 16,
-            "batch_size": 64, "oracle_ratios": (32.0, 16.0, 8.0, 4.0, 2.0),
-            "data_ratios": (4.0, 2.0, 1.5, 1.25), "bootstrap": 1000}
 
 
 def settings(config: Any) -> dict:
-    """``config.analysis.samplers`` with its defaults, checked."""
-    s = {**DEFAULTS, **dict(config.analysis.get("samplers", {}))}
+    """``config.analysis.samplers`` (defaults and meanings: ``configs/sample_base.py``),
+    checked."""
+    s = dict(config.analysis.samplers)
     for k in ("selection_realisations", "realisations", "batch_size", "bootstrap"):
         s[k] = int(s[k])
     for k in ("oracle_ratios", "data_ratios"):

@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     s.switch_level = 1
     s.switch_at = 0.5
     # Update rule (docs/solvers.md): 'sde' (EM on the reverse SDE) | 'ode' (Euler on the
-    # probability-flow ODE) | 'ddim' | 'ancestral'; time grid: 'uniform' | 'quadratic' | 'logsnr'.
+    # probability-flow ODE) | 'ddim' | 'ancestral' | 'dpmpp2m' | 'dpmpp2m-sde' | 'heun'; time
+    # grid: 'uniform' | 'quadratic' | 'logsnr' | 'karras'.
     s.solver = "sde"
     s.grid = "uniform"
     s.steps = 32  # also the operating point of the sweep (EM at the top level, this many steps)
@@ -53,8 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.analysis = a = ml_collections.ConfigDict()
     a.ref_steps = 256  # N_ref: the reference grid, >= 4x the finest swept grid
     # Update rule and time grid of every solve of the sweep, the reference included
-    # (docs/solvers.md): solver 'sde' | 'ode' | 'ddim' | 'ancestral'; grid 'uniform' |
-    # 'quadratic' | 'logsnr'.
+    # (docs/solvers.md): a solver of sampling.solver above; a grid of sampling.grid.
     a.solver = "sde"
     a.grid = "uniform"
     a.em_steps = (4, 8, 16, 32, 64)  # each divides ref_steps

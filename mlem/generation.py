@@ -88,7 +88,7 @@ def build_schedule(config: ml_collections.ConfigDict, names: Sequence[str],
     elif name == "variance":
         path = sampling.variance_file or Path(config.results_dir) / "variance" / "variances.json"
         inputs["bin_edges"], inputs["variances"] = load_variances(path, names)
-        top = float(sampling.get("top_evals", 0.0))
+        top = float(sampling.top_evals)
         inputs.update({"top_evals": top} if top > 0 else {"c": sampling.c})
     else:
         inputs["file"] = _existing(sampling.schedule_file, "sampling.schedule_file",
@@ -290,8 +290,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     batch_size = min(s.batch_size, s.num_samples)
     check_request(s.method, _early_level(config) if s.method == "switch" else s.em_level,
                   len(config.levels), s.num_samples, batch_size, mesh.size)
-    solver = solvers.check_solver(s.get("solver", "sde"))
-    grid = check_grid(s.get("grid", "uniform"))
+    solver = solvers.check_solver(s.solver)
+    grid = check_grid(s.grid)
     ladder = ladders.load_ladder(config, workdir)
     ts, path_ts = time_grids(ladder, s.steps, s.path_steps, grid)
     flops = ladders.measure_flops(ladder, batch_size)
@@ -303,7 +303,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     samples, gen = generate(ladder, s.method, probs, ts, num_samples=s.num_samples,
                             batch_size=batch_size, seed=s.seed,
                             em_level=_early_level(config) if s.method == "switch" else s.em_level,
-                            switch_at=float(s.get("switch_at", 0.5)),
+                            switch_at=float(s.switch_at),
                             path_ts=path_ts, mesh=mesh, progress=progress, solver=solver)
     out = default_out(workdir, config) if out is None else Path(out)
     stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh),
@@ -318,7 +318,7 @@ def level_seconds(config: ml_collections.ConfigDict, ladder: Ladder,
     """Seconds per call of each level at ``batch_size`` when the schedule is priced in time
     (ML-EM, ``variance`` schedule, ``sampling.cost_model='time'``), else ``None``."""
     s = config.sampling
-    model = s.get("cost_model", "time")
+    model = s.cost_model
     if model not in COST_MODELS:
         raise ValueError(f"sampling.cost_model: must be one of {', '.join(COST_MODELS)}, got "
                          f"{model!r}")
@@ -335,19 +335,19 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
     evals = gen["evals_per_level"]
     device = mesh.devices.flat[0]
     return {
-        "method": s.method, "solver": s.get("solver", "sde"), "grid": s.get("grid", "uniform"),
+        "method": s.method, "solver": s.solver, "grid": s.grid,
         "steps": s.steps, "path_steps": s.path_steps, "seed": s.seed,
         "num_samples": s.num_samples, "batch_size": batch_size,
         "em_level": None if s.method != "em" else (s.em_level if s.em_level > 0
                                                    else ladder.num_levels),
-        **({"switch_level": _early_level(config), "switch_at": float(s.get("switch_at", 0.5))}
+        **({"switch_level": _early_level(config), "switch_at": float(s.switch_at)}
            if s.method == "switch" else {}),
         "schedule": s.schedule if s.method == "mlem" else None,
-        "cost_model": s.get("cost_model", "time") if s.method == "mlem" else None,
+        "cost_model": s.cost_model if s.method == "mlem" else None,
         "levels": list(ladder.names), "level_flops": flops.tolist(),
         "level_steps_restored": list(ladder.steps),
         "level_param_sha256": list(ladder.digests),
-        "allow_older_checkpoints": bool(config.get("allow_older_checkpoints", False)),
+        "allow_older_checkpoints": bool(config.allow_older_checkpoints),
         "evals_per_level": evals.tolist(), "evals_per_batch": gen["evals_per_batch"].tolist(),
         "realised_flops_per_sample": float(evals @ flops),
         "expected_flops_per_sample": (cost.expected_cost(probs, flops) if probs is not None
@@ -363,7 +363,7 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
 
 def _early_level(config: ml_collections.ConfigDict) -> int:
     """``sampling.switch_level``: the level of ``--method switch`` before ``switch_at``."""
-    return int(config.sampling.get("switch_level", 1))
+    return int(config.sampling.switch_level)
 
 
 def write_outputs(out: Path, samples: np.ndarray, ts: np.ndarray, probs: np.ndarray | None,

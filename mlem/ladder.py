@@ -148,7 +148,7 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
     names = tuple(config.levels)
     if not names:
         raise ValueError("config.levels: list the ladder's level subdirectories, cheapest first")
-    train_configs = tuple(config.get("train_configs", ())) or ("configs/<level config>.py",)
+    train_configs = tuple(config.train_configs) or ("configs/<level config>.py",)
     workdirs = [Path(workdir) / name for name in names]
     for k, wd in enumerate(workdirs):
         if not ((wd / checkpoint.CONFIG_FILE).is_file()
@@ -157,7 +157,7 @@ def load_ladder(config: ml_collections.ConfigDict, workdir: str | Path) -> Ladde
             raise LevelNotTrainedError(
                 f"level {k + 1} ({names[k]}): no trained checkpoint in {wd}; train it with "
                 f"python -m train --config {train} --workdir {wd}")
-    allow_older = bool(config.get("allow_older_checkpoints", False))
+    allow_older = bool(config.allow_older_checkpoints)
     models, params, keys, steps = [], [], [], []
     for k, wd in enumerate(workdirs, start=1):
         try:

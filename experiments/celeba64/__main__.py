@@ -65,7 +65,7 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
              "flops": 3 * f * config.training.batch_size * config.training.num_steps}
             for (level, config), f in zip(configs.items(), flops)]
     a = sample_config.analysis
-    samples = (a.realisations + a.get("selection_realisations", 0)) * a.batch_size
+    samples = (a.realisations + a.selection_realisations) * a.batch_size
     mlem_configs = len(a.schedules) * len(a.cost_models)
     rows.append({"stage": "cost_error: reference",
                  "flops": a.ref_steps * flops[-1] * samples})
@@ -74,19 +74,19 @@ def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
     rows.append({"stage": "cost_error: ML-EM sweep (bound)",
                  "flops": sum(n * sum(t <= n for t in a.top_evals) for n in a.mlem_steps)
                  * sum(flops) * samples * mlem_configs})
-    searched = sum(sum(t <= n for t in a.top_evals) for n in a.get("pattern_steps", ())
-                   if a.get("pattern_search", 0))
+    searched = sum(sum(t <= n for t in a.top_evals) for n in a.pattern_steps
+                   if a.pattern_search)
     if searched:
         rows.append({"stage": "cost_error: pattern search (bound)",
                      "flops": searched * max(a.pattern_steps) * sum(flops) * a.batch_size
-                     * (a.pattern_search * a.get("selection_realisations", 0)
+                     * (a.pattern_search * a.selection_realisations
                         + 2 * a.realisations)})
     em_configs = len(flops) * len(a.em_steps)
     ml_configs = sum(sum(t <= n for t in a.top_evals) for n in a.mlem_steps) * mlem_configs
     steps = max((*a.em_steps, *a.mlem_steps))
     rows.append({"stage": "cost_error: deployed timing (bound: every configuration)",
                  "flops": (em_configs + ml_configs) * steps * sum(flops)
-                 * a.get("timing_batch_size", 64) * (1 + a.get("timing_repeats", 3))})
+                 * a.timing_batch_size * (1 + a.timing_repeats)})
     return rows
 
 
