@@ -44,7 +44,9 @@ SMOKE_SAMPLE = {"sampling.steps": 2, "sampling.path_steps": 8, "sampling.num_sam
                 "analysis.speedup_bootstrap": 20, "analysis.num_time_bins": 2,
                 "analysis.variance_samples": 8, "analysis.gamma_bootstrap": 20,
                 "analysis.prefix_tops": (2,),  # the oracle framing: level 3 is the oracle
-                "analysis.quality.features": ""}  # no Inception weights offline
+                "analysis.quality.features": "",  # no Inception weights offline, so ...
+                "analysis.distributional.enabled": False,  # ... no FD: these two stages
+                "analysis.samplers.enabled": False}  # are tested on the tiny ladder
 
 
 def plan(sample_config: ml_collections.ConfigDict) -> list[dict]:
