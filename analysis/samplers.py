@@ -138,6 +138,7 @@ def generate(ctx: common.Context, configs: Sequence[dict], which: str, num: int,
             s["batch_size"], ctx.ladder.image_shape, mesh, label(c), STREAM)
         distributional.save_npz(folder / f"{config_id(c)}.{which}.npz", samples=sets[which],
                                 evals=evals)
+        ladders.clear_compiled()  # hundreds of configurations: free each one's executables
 
 
 def solve_fn(ctx: common.Context, ladder: ladders.Ladder, c: Mapping, variances: dict):
@@ -309,6 +310,7 @@ def time_configurations(ctx: common.Context, configs: Sequence[dict]) -> dict[st
         records["seconds"][config_id(c)] = float(cost_error.time_deployed(
             solve_fn(ctx, ladder, c, variances), coupling, timing)["seconds"])
         cost_error.write_json(path_, records)
+        ladders.clear_compiled()
     cost_error.write_json(path_, records)
     return {config_id(c): records["seconds"][config_id(c)] for c in configs}
 

@@ -30,7 +30,7 @@ from mlem.sde import VPSDE
 from mlem.train import checkpoint
 
 __all__ = ["FunctionLevel", "Ladder", "LevelModel", "LevelNotTrainedError", "check_ordered",
-           "drifts", "em", "eps_fn", "level_costs", "level_flops", "level_index",
+           "clear_compiled", "drifts", "em", "eps_fn", "level_costs", "level_flops", "level_index",
            "level_seconds", "levels_and_rule", "load_ladder", "measure_flops", "mlem", "on_mesh",
            "param_digest", "prefix", "switching"]
 
@@ -190,7 +190,16 @@ def _per_ladder(fn: Callable) -> Callable:
             mine[args] = fn(ladder, *args)
         return mine[args]
 
+    cached.cache_clear = entries.clear  # type: ignore[attr-defined]
     return cached
+
+
+def clear_compiled() -> None:
+    """Forget every compiled solver (and JAX's own caches). A run that compiles hundreds of
+    configurations calls it between them: each compiled executable holds memory mappings,
+    and a process has a limited number (``vm.max_map_count``); past it, compilation aborts."""
+    _solver.cache_clear()
+    jax.clear_caches()
 
 
 def prefix(ladder: Ladder, top: int) -> Ladder:

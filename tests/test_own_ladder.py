@@ -137,3 +137,23 @@ def test_a_ladder_and_its_parameters_are_freed_after_its_solves():
     del ladder
     gc.collect()
     assert alive() is None
+
+
+def test_clear_compiled_forgets_the_compiled_solvers():
+    """A solve is compiled once per (ladder, grid, level, solver); ``clear_compiled`` drops
+    every compiled solver, so the next call traces again (long sweeps call it between
+    configurations: each executable holds memory mappings, of which a process has few)."""
+    traces = []
+
+    def eps(x, t):
+        traces.append(1)  # runs once per trace
+        return 0.1 * x
+
+    own = mlem.Ladder.from_functions([eps, eps], image_shape=(2, 2, 1), costs=[1.0, 2.0])
+    x0, ts = jnp.ones((3, 2, 2, 1)), jnp.linspace(0.0, 0.9, 5)
+    for _ in range(2):
+        mlem.ladder.em(own, 1, x0, ts, jax.random.key(0))
+    assert len(traces) == 1
+    mlem.ladder.clear_compiled()
+    mlem.ladder.em(own, 1, x0, ts, jax.random.key(0))
+    assert len(traces) == 2
