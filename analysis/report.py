@@ -47,7 +47,9 @@ def synthetic_rows(dirs: Sequence[Path]) -> list[str]:
     for d in dirs:
         s = json.loads((d / "summary.json").read_text())
         lo, hi = s["fit_range"]
-        equation = "ODE (Euler)" if s["config"].get("noise", 1.0) == 0 else "SDE"
+        heun = s["config"].get("solver", "euler") == "heun"  # runs before the field: Euler
+        equation = (f"ODE ({'Heun' if heun else 'Euler'})" if s["config"].get("noise", 1.0) == 0
+                    else f"SDE ({'stochastic Heun' if heun else 'EM'})")
         lines.append(
             f"| {equation} | {fmt(s['gamma_target'])} | {fmt(s['gamma_fitted'], 4)} | "
             f"{s['config']['num_levels']} | {s['seeds']} | "

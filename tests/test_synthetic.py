@@ -185,7 +185,7 @@ def test_tiny_sweep_writes_summary_points_and_figure(tmp_path):
 
     printed = report.report([tmp_path]).splitlines()
     row = printed[2]  # the table's one data row
-    assert row.startswith("| SDE | 3 | ") and f"{summary['exponent_mlem']:.3g}" in row
+    assert row.startswith("| SDE (EM) | 3 | ") and f"{summary['exponent_mlem']:.3g}" in row
     assert printed[-1].startswith(f"| {tmp_path.name} | {dist['floor']:.3g} | ")
 
 
