@@ -50,11 +50,16 @@ GRID_IMAGES = 64  # samples shown in samples.png
 
 # --- time grids and schedules -------------------------------------------------------------
 
-def time_grids(ladder: Ladder, steps: int, path_steps: int, grid: str = "uniform"
-               ) -> tuple[np.ndarray, np.ndarray]:
+def time_grids(ladder: Ladder, steps: int, path_steps: int, grid: str = "uniform",
+               stochastic: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(ts, path_ts)``: the ``steps + 1`` solver times, a sub-grid of the path's fine grid
     of kind ``grid`` (``uniform``, ``quadratic``, ``logsnr`` or ``karras``:
-    :meth:`VPSDE.time_grid`)."""
+    :meth:`VPSDE.time_grid`). A deterministic solver (``stochastic`` false) draws no
+    Brownian path, so its ``steps`` need not divide ``path_steps``: then both are its own
+    grid."""
+    if steps >= 1 and path_steps >= 1 and path_steps % steps and not stochastic:
+        ts = np.asarray(ladder.sde.time_grid(steps, check_grid(grid)), np.float32)
+        return ts, ts
     if path_steps < 1 or steps < 1 or path_steps % steps:
         raise ValueError(f"steps={steps} must divide sampling.path_steps={path_steps} (the grid "
                          f"of the shared Brownian path); pick a divisor or set "
@@ -293,7 +298,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
     solver = solvers.check_solver(s.solver)
     grid = check_grid(s.grid)
     ladder = ladders.load_ladder(config, workdir)
-    ts, path_ts = time_grids(ladder, s.steps, s.path_steps, grid)
+    ts, path_ts = time_grids(ladder, s.steps, s.path_steps, grid,
+                             solver not in solvers.DETERMINISTIC)
     flops = ladders.measure_flops(ladder, batch_size)
     seconds = level_seconds(config, ladder, batch_size)
     probs = None

@@ -46,12 +46,13 @@ import jax.numpy as jnp
 
 from mlem.sde import VPSDE, EpsFn
 
-__all__ = ["SOLVERS", "Ancestral", "DDIM", "DPMSolverPP2M", "DriftHeun", "Euler",
+__all__ = ["DETERMINISTIC", "SOLVERS", "Ancestral", "DDIM", "DPMSolverPP2M", "DriftHeun", "Euler",
            "EulerMaruyama", "Evaluate", "Heun", "MultistepRule", "UpdateRule", "check_solver",
            "for_vpsde", "is_multistep"]
 
 Array = jax.Array
 SOLVERS = ("sde", "ode", "ddim", "ancestral", "dpmpp2m", "dpmpp2m-sde", "heun")
+DETERMINISTIC = ("ode", "ddim", "dpmpp2m", "heun")  # they draw no Brownian increments
 Evaluate = Callable[[int, Array, Array], Array]  # evaluate(i, y, s): the step's i-th output
 
 

@@ -287,3 +287,24 @@ def test_cost_error_takes_the_solver_and_grid_of_the_analysis_config():
     config.analysis.samplers.grids = ("uniform", "cosine")
     with pytest.raises(ValueError, match="grid"):
         samplers.settings(config)
+
+
+def test_deterministic_solvers_sample_on_any_step_count():
+    """``DETERMINISTIC`` is exactly the rules that draw no increments; their solves need no
+    Brownian path, so ``python -m sample --solver dpmpp2m --steps 20`` runs on its own
+    20-step grid whatever ``path_steps`` is, while a stochastic rule still needs a divisor."""
+    import types
+
+    from mlem import generation
+
+    sde = VPSDE()
+    assert set(solvers.DETERMINISTIC) == {
+        s for s in solvers.SOLVERS if not solvers.for_vpsde(sde, s, [])[1].stochastic}
+    ladder = types.SimpleNamespace(sde=sde)
+    ts, path_ts = generation.time_grids(ladder, 20, 512, "karras", stochastic=False)
+    np.testing.assert_allclose(ts, sde.time_grid(20, "karras"), rtol=1e-6)
+    assert path_ts is ts
+    with pytest.raises(ValueError, match="must divide sampling.path_steps"):
+        generation.time_grids(ladder, 20, 512, "karras", stochastic=True)
+    ts, path_ts = generation.time_grids(ladder, 16, 512, "karras", stochastic=False)
+    assert len(path_ts) == 513 and len(ts) == 17  # a divisor: the shared path as before
