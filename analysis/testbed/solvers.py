@@ -147,16 +147,13 @@ def run(runs: Sequence[str | Path], out: str | Path) -> dict:
     return result
 
 
-_OUT = flags.DEFINE_string("out", None, "output directory (summary.json)")
-
-
 def main(argv: list[str]) -> None:
     if len(argv) < 3:
         cli.fail("give two or more synthetic results directories (one per --solver) and --out")
-    if not _OUT.value:
+    if not flags.FLAGS.out:
         cli.fail("--out: the output directory is required")
     try:
-        result = run(argv[1:], _OUT.value)
+        result = run(argv[1:], flags.FLAGS.out)
     except (ValueError, OSError) as err:
         cli.fail(err)
     print(json.dumps({e: {n: t["speedup"] for n, t in result[e]["targets"].items()}
@@ -164,4 +161,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    flags.DEFINE_string("out", None, "output directory (summary.json)")  # here: importing
+    app.run(main, flags_parser=cli.parse_flags)  # the module defines no flag
