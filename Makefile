@@ -44,9 +44,10 @@ lint: setup
 demo: setup
 	$(PY) -m experiments.mnist_cpu --workdir runs/mnist --out results/mnist_cpu
 
-# The powered MNIST study (docs/design.md §3, both framings; about 50 minutes for the sweep and
-# 55 more for the distributional sets on 2 CPU cores, resumable stage by stage): the demo's
-# ladder, twice its realisations, prefix ladders against the oracle, pathwise and in distribution.
+# The powered MNIST study (docs/design.md §3, both framings; on 2 CPU cores about 50 minutes for
+# the sweep, 55 more for the distributional sets and under 2 hours for the samplers stage,
+# resumable stage by stage): the demo's ladder, twice its realisations, prefix ladders against
+# the oracle, pathwise and in distribution, and the samplers users pick (analysis.samplers).
 reproduce-mnist: setup
 	$(PY) -m experiments.mnist_cpu --config configs/mnist_reproduce.py --workdir runs/mnist \
 		--out results/mnist_reproduce
