@@ -463,11 +463,7 @@ def stage(ctx: common.Context) -> dict:
     s = settings(ctx.config)
     if not s["enabled"]:
         return {}
-    feats = quality.features_for(ctx)
-    if feats is None:
-        raise ValueError("config.analysis.distributional needs features for FD and KID: set "
-                         "config.analysis.quality.features ('classifier' on MNIST-5k, "
-                         "'inception' on CelebA)")
+    feats = quality.required_features(ctx, "config.analysis.distributional")
     sweep_path = ctx.out / cost_error.STAGE / "points.csv"
     if not sweep_path.exists():
         raise FileNotFoundError(f"{sweep_path}: run python -m analysis.cost_error on this "

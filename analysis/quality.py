@@ -81,6 +81,15 @@ def features_for(ctx: common.Context) -> Features | None:
     return None
 
 
+def required_features(ctx: common.Context, field: str) -> Features:
+    """:func:`features_for`, or a ``ValueError`` saying that ``field`` needs them."""
+    feats = features_for(ctx)
+    if feats is None:
+        raise ValueError(f"{field} needs features for FD: set config.analysis.quality.features "
+                         f"('classifier' on MNIST-5k, 'inception' on CelebA)")
+    return feats
+
+
 def _classifier(ctx: common.Context, q: dict) -> Features:
     from mlem.data.mnist import mnist5k
 

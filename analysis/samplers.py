@@ -352,11 +352,7 @@ def stage(ctx: common.Context) -> dict:
     s = settings(ctx.config)
     if not s["enabled"]:
         return {}
-    feats = quality.features_for(ctx)
-    if feats is None:
-        raise ValueError("config.analysis.samplers needs features for FD: set "
-                         "config.analysis.quality.features ('classifier' on MNIST-5k, "
-                         "'inception' on CelebA)")
+    feats = quality.required_features(ctx, "config.analysis.samplers")
     record = {k: v for k, v in s.items() if k != "enabled"}
     record.update(seed=int(ctx.config.sampling.seed), features=feats.record)
     distributional.keep_samples(ctx, record, STAGE, SAMPLE_KEYS)

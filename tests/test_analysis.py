@@ -943,3 +943,18 @@ def test_resampled_distances_are_centred_on_the_point_value():
     fixed = dist.debiased({"fd": raw})["fd"]
     assert fixed[0] == raw[0] and fixed[1:].mean() == pytest.approx(raw[0], rel=0.05)
     assert (fixed > 0).all()
+
+
+def test_stages_that_need_features_say_which_field_sets_them():
+    """The distributional and samplers stages stop with one line naming the feature field
+    when no features are configured (none by default on a non-MNIST config)."""
+    import types
+
+    from configs import mnist_sample
+
+    config = mnist_sample.get_config()
+    config.analysis.quality.features = ""
+    ctx = types.SimpleNamespace(config=config)
+    with pytest.raises(ValueError, match=r"config.analysis.samplers needs features for FD: "
+                                         r"set config.analysis.quality.features"):
+        quality.required_features(ctx, "config.analysis.samplers")
