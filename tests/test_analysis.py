@@ -947,7 +947,7 @@ def test_resampled_distances_are_centred_on_the_point_value():
 
 def test_stages_that_need_features_say_which_field_sets_them():
     """The distributional and samplers stages stop with one line naming the feature field
-    when no features are configured (none by default on a non-MNIST config)."""
+    when no features are configured."""
     import types
 
     from configs import mnist_sample
