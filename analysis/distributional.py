@@ -348,11 +348,10 @@ def analyse(ctx: common.Context, cands: Mapping[str, Mapping[str, list[dict]]], 
                     if any(not path for path in paths.values()):
                         continue
                     (cb, eb), (co, eo) = along(paths[base]), along(paths[other])
-                    fit = [n for n, t in targets[ruler].items() if all(
-                        np.isfinite(speedup.cost_to_reach(
-                            [c_of(p) for p in paths[k]],
-                            [selection_err[config_id(p)][ruler] for p in paths[k]], t)[0])
-                        for k in (base, other))]  # reached by both on the selection sets
+                    fit = speedup.reached_by_all(  # reached by both on the selection sets
+                        [([c_of(p) for p in paths[k]],
+                          [selection_err[config_id(p)][ruler] for p in paths[k]])
+                         for k in (base, other)], targets[ruler])
                     comps.setdefault(f"{other} vs {base}", {}).setdefault(ruler, {})[c_name] = {
                         "paths": {k: [_describe(p) for p in v] for k, v in paths.items()},
                         **speedup.compare_paths(cb, eb, co, eo, targets[ruler],

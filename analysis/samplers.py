@@ -258,10 +258,10 @@ def analyse(ctx: common.Context, configs: Sequence[dict], s: Mapping, feats: qua
                 err = np.stack([ev_err[config_id(c)][ref][ruler] for c in p], 1)
                 return np.broadcast_to([costs[c_name][config_id(c)] for c in p], err.shape), err
 
-            fit = [n for n, t in targets.items() if all(np.isfinite(speedup.cost_to_reach(
-                [costs[c_name][config_id(c)] for c in p],
-                [sel_err[config_id(c)][ref][ruler] for c in p], t)[0])
-                for p in (p_single, p_multi))]
+            fit = speedup.reached_by_all(  # reached by both on the selection sets
+                [([costs[c_name][config_id(c)] for c in p],
+                  [sel_err[config_id(c)][ref][ruler] for c in p]) for p in (p_single, p_multi)],
+                targets)
             comparisons.setdefault(framing, {}).setdefault(ref, {}).setdefault(ruler, {})[
                 c_name] = {"paths": {"single": [_describe(c, ev_err, flops, seconds)
                                                 for c in p_single],

@@ -387,6 +387,14 @@ def compare_at_targets(evaluation: Sweep, selection: Sweep, base: str, other: st
     return out
 
 
+def reached_by_all(paths: Sequence[tuple[Sequence[float], Sequence[float]]],
+                   targets: Mapping[str, float]) -> list[str]:
+    """The names of the ``targets`` that every path, ``(costs, errors)`` cheapest first,
+    reaches (:func:`cost_to_reach` finite): where exponents can be fitted."""
+    return [name for name, t in targets.items()
+            if all(np.isfinite(cost_to_reach(c, e, t)[0]) for c, e in paths)]
+
+
 def compare_paths(cost_base: np.ndarray, error_base: np.ndarray, cost_other: np.ndarray,
                   error_other: np.ndarray, targets: Mapping[str, float], num_units: int,
                   exponent_targets: Sequence[str] | None = None) -> dict:

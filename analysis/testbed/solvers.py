@@ -132,15 +132,15 @@ def compare(rows: Sequence[dict], cfg: SweepConfig, floor: np.ndarray, num: int 
 
 
 def run(runs: Sequence[str | Path], out: str | Path) -> dict:
-    """Load, check, compare; write ``OUT/summary.json``; return the comparison."""
+    """Load, check, compare; write ``OUT/summary.json``; return the comparison. The
+    distributional floor is the first run's (every run's exact solves are the same)."""
     loaded = [load(r) for r in runs]
     cfg = check_same_sweep([s for _, s in loaded])
-    floors = [np.asarray(s["distributional"]["floor"]) for _, s in loaded]
     rows = [r for rs, _ in loaded for r in rs]
     result = {"runs": [str(r) for r in runs],
               "solvers": [s["config"].get("solver", "euler") for _, s in loaded],
               "gamma": cfg.gamma, "noise": cfg.noise,
-              **compare(rows, cfg, floors[0])}
+              **compare(rows, cfg, np.asarray(loaded[0][1]["distributional"]["floor"]))}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps({"solver_comparison": result}, indent=1) + "\n")
