@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     s.switch_at = 0.5
     # Update rule (docs/solvers.md): 'sde' (EM on the reverse SDE) | 'ode' (Euler on the
     # probability-flow ODE) | 'ddim' | 'ancestral' | 'dpmpp2m' | 'dpmpp2m-sde' | 'heun'; time
-    # grid: 'uniform' | 'quadratic' | 'logsnr' | 'karras'.
+    # grid: 'uniform' | 'quadratic' | 'logsnr' | 'karras' (EDM's ρ = 7) | 'karras:ρ'.
     s.solver = "sde"
     s.grid = "uniform"
     s.steps = 32  # also the operating point of the sweep (EM at the top level, this many steps)
@@ -130,7 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.samplers = sp = ml_collections.ConfigDict()
     sp.enabled = False
     sp.solvers = ("sde", "ddim", "dpmpp2m", "dpmpp2m-sde", "heun")
-    sp.grids = ("uniform", "logsnr", "karras")
+    sp.grids = ("uniform", "logsnr", "karras")  # karras:ρ for another ρ than 7
     sp.steps = (8, 16, 32, 64)
     sp.top_fraction = 0.125  # multilevel: expected top-level calls = top_fraction × steps
     sp.selection_realisations = 4  # batches every configuration solves (they choose)

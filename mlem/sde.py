@@ -26,12 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["GRIDS", "VPSDE", "DriftFn", "EpsFn", "check_grid", "gaussian_eps"]
+__all__ = ["GRIDS", "KARRAS_RHO", "VPSDE", "DriftFn", "EpsFn", "check_grid", "gaussian_eps",
+           "parse_grid"]
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]  # ε̂(x_t, t): batch-first x, scalar or (B,) t
 DriftFn = Callable[[Array, Array], Array]  # f(x, τ): batch-first x, scalar τ
 GRIDS = ("uniform", "quadratic", "logsnr", "karras")
+KARRAS_RHO = 7.0  # EDM's ρ of the karras grid; karras:ρ for another (parse_grid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,13 +137,16 @@ class VPSDE:
 
     # --- Time grids ----------------------------------------------------------------------
 
-    def time_grid(self, num_steps: int, kind: str = "uniform", *, rho: float = 7.0) -> Array:
+    def time_grid(self, num_steps: int, kind: str = "uniform", *, rho: float | None = None
+                  ) -> Array:
         """``num_steps + 1`` increasing solver times from ``0`` to ``1 − t_min``.
 
         ``kind``: ``uniform`` in τ; ``quadratic``, data time ``t_i = t_min + (1 − t_min)(1 −
         i/N)²`` (steps shrink towards the data); ``logsnr``, uniform in ``λ(t)`` from ``λ(1)``
         to ``λ(t_min)``; ``karras`` (EDM), uniform in ``σ̃^{1/ρ}`` with ``σ̃ = σ/α`` from
-        ``σ̃(1)`` to ``σ̃(t_min)`` (``rho``, default 7, is used by this kind only). Each is
+        ``σ̃(1)`` to ``σ̃(t_min)``, with ``ρ = 7`` (EDM's), or another ``ρ`` as ``karras:ρ``
+        (e.g. ``karras:5``, so that the grid's name carries it into configs, stage settings
+        and stored sets) or as ``rho`` (this kind only). Each is
         ``φ(i/N)`` for a fixed ``φ``, so the grid of ``N`` steps is every ``(P/N)``-th point of
         the grid of ``P`` steps of the same kind (nested grids: coupled Brownian paths,
         :mod:`mlem.brownian`). The Karras grid nests because it ends at ``t_min``, as every grid
@@ -149,7 +154,8 @@ class VPSDE:
         """
         if num_steps < 1:
             raise ValueError(f"num_steps: must be >= 1, got {num_steps}")
-        check_grid(kind)
+        kind, grid_rho = parse_grid(kind)
+        rho = grid_rho if rho is None else float(rho)
         if not rho > 0:
             raise ValueError(f"rho: must be positive, got {rho}")
         u = np.arange(num_steps + 1, dtype=np.float64) / num_steps
@@ -171,10 +177,29 @@ class VPSDE:
         return jnp.asarray(tau, jnp.float32)
 
 
+def parse_grid(kind: str) -> tuple[str, float]:
+    """``(name, ρ)`` of a grid spec: one of :data:`GRIDS`, or ``karras:ρ`` with ``ρ > 0``
+    (``karras`` alone is ``ρ = 7``; ``ρ`` means nothing to the other kinds, which get 7).
+    A ``ValueError`` that lists the choices otherwise."""
+    name, sep, value = str(kind).partition(":")
+    rho = KARRAS_RHO
+    if sep and name == "karras":
+        try:
+            rho = float(value)
+        except ValueError:
+            rho = float("nan")
+        if not rho > 0:
+            raise ValueError(f"grid: karras:ρ needs a positive number ρ, got {kind!r}")
+    if name not in GRIDS or (sep and name != "karras"):
+        raise ValueError(f"grid: must be one of {', '.join(GRIDS)} (or karras:ρ, e.g. "
+                         f"karras:5), got {kind!r}")
+    return name, rho
+
+
 def check_grid(kind: str) -> str:
-    """``kind`` if it names a time grid, else a ``ValueError`` listing them."""
-    if kind not in GRIDS:
-        raise ValueError(f"grid: must be one of {', '.join(GRIDS)}, got {kind!r}")
+    """``kind`` if it is a grid spec (:func:`parse_grid`), else a ``ValueError`` listing
+    them."""
+    parse_grid(kind)
     return kind
 
 

@@ -3,7 +3,7 @@
     python -m sample --method mlem|em|switch --config configs/mnist_sample.py \\
         --workdir runs/mnist [--switch_level 1] [--switch_at 0.5] \\
         [--solver sde|ode|ddim|ancestral|dpmpp2m|dpmpp2m-sde|heun] \\
-        [--grid uniform|quadratic|logsnr|karras] \\
+        [--grid uniform|quadratic|logsnr|karras[:ρ]] \\
         [--out DIR] [--num_samples N] [--steps N] [--seed S] [--batch_size B] \\
         [--em_level K] [--schedule constant|variance|file] [--config.sampling.c=30 ...]
 
@@ -48,8 +48,8 @@ _SWITCH_AT = flags.DEFINE_float("switch_at", None, "Fraction of the solver time 
                                 "--method switch moves to the top level.")
 _SOLVER = flags.DEFINE_string("solver", None, "'sde', 'ode', 'ddim', 'ancestral', 'dpmpp2m', "
                               "'dpmpp2m-sde' or 'heun' (config.sampling.solver).")
-_GRID = flags.DEFINE_string("grid", None, "'uniform', 'quadratic', 'logsnr' or 'karras' "
-                            "(config.sampling.grid).")
+_GRID = flags.DEFINE_string("grid", None, "'uniform', 'quadratic', 'logsnr', 'karras' "
+                            "(ρ = 7) or 'karras:ρ' (config.sampling.grid).")
 _ALLOW_OLDER = flags.DEFINE_bool(
     "allow_older_checkpoints", False, "Use the newest readable checkpoint of a level whose "
     "newest one is unreadable (recorded in sample_stats.json); default: stop.")

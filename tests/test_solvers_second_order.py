@@ -236,6 +236,20 @@ def test_karras_grid_is_uniform_in_sigma_to_the_one_over_rho_and_nests(rho):
                                       ts[:: 64 // n])
     with pytest.raises(ValueError, match="rho"):
         SDE.time_grid(8, "karras", rho=0.0)
+    # the grid's name carries ρ (configs, --grid, stage settings): karras:ρ is the same grid
+    np.testing.assert_array_equal(np.asarray(SDE.time_grid(64, f"karras:{rho:g}")), ts)
+
+
+def test_karras_rho_in_the_grid_name_is_checked():
+    assert np.array_equal(np.asarray(SDE.time_grid(8, "karras")),
+                          np.asarray(SDE.time_grid(8, "karras:7")))
+    assert not np.array_equal(np.asarray(SDE.time_grid(8, "karras")),
+                              np.asarray(SDE.time_grid(8, "karras:3")))
+    for bad in ("karras:0", "karras:-2", "karras:x"):
+        with pytest.raises(ValueError, match="karras:ρ needs a positive number"):
+            SDE.time_grid(8, bad)
+    with pytest.raises(ValueError, match="must be one of"):
+        SDE.time_grid(8, "logsnr:3")
 
 
 # --- the multilevel versions ------------------------------------------------------------------
