@@ -298,14 +298,16 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
     is timed as deployed (:func:`time_paths`). With ``feats``, the features of each solve's
     samples go into ``store`` under :func:`analysis.quality.row_id`.
     """
-    solve, rows = _solve_fn(ladder, coupling.grid(steps), solver), []
+    ts = coupling.grid(steps)
+    solve, rows = _solve_fn(ladder, ts, solver), []
+    calls = solvers.calls_per_step(solvers.for_vpsde(ladder.sde, solver, [])[1], ts)
     for r in tqdm(range(ref.shape[0]), desc=f"{steps} steps x {len(points)} runs", leave=False):
         inputs = coupling.inputs(r)
         for point, p in zip(points, probs):
             x, stats = solve(point, p, inputs)
             evals = np.asarray(stats["evals"], np.float64)
             rows.append(_row(flops, point, r, np.asarray(x, np.float64), ref[r], np.nan, evals,
-                             p))
+                             p, calls))
             if feats is not None:
                 store[quality.row_id(rows[-1])] = feats.fn(np.asarray(x))
     return rows
@@ -424,17 +426,19 @@ def time_deployed(solve, coupling: Coupling, timing: Timing, warm_up: bool = Tru
             **timing.settings()}
 
 
-def _row(flops, point, realisation, x, ref, seconds, evals, probs) -> dict:
+def _row(flops, point, realisation, x, ref, seconds, evals, probs, calls) -> dict:
     """One row of ``points.csv``; ``probs``: ML-EM's ``(N, K)`` probabilities, a switching
-    point's ``(N,)`` levels, a searched pattern's ``(probs, pattern)``, or ``None`` (EM)."""
+    point's ``(N,)`` levels, a searched pattern's ``(probs, pattern)``, or ``None`` (EM);
+    ``calls``: the update rule's level calls per step (:func:`mlem.solvers.calls_per_step`,
+    two for Heun's corrector steps)."""
     costs = flops[:point["top"]] if point["method"] != "em" else \
         flops[point["level"] - 1:point["level"]]
     if point["method"] == "em":
-        expected = point["steps"] * costs[0]
+        expected = float(np.sum(calls)) * costs[0]
     elif point["method"] in ("switch", "pattern"):  # deterministic: what it evaluates
         expected = float(evals @ costs)
     else:
-        expected = cost.expected_cost(probs, costs)
+        expected = cost.expected_cost(probs, costs, calls=calls)
     return {**{k: point[k] for k in COLUMNS if k in point}, "realisation": realisation,
             "mse": float(np.mean((x - ref) ** 2)), "expected_flops": float(expected),
             "flops": float(evals @ costs), "seconds": float(seconds),

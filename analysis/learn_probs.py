@@ -212,8 +212,33 @@ def statistics(points: list[dict], cfg: LearnConfig, runs: dict[str, dict],
 
 # --- the whole run ----------------------------------------------------------------------------
 
-def run(problem: Problem, cfg: LearnConfig, out: str | Path) -> dict:
-    """Train one schedule per λ, evaluate everything, write the outputs; return the summary."""
+EVALUATION_ONLY = ("anchors", "lams", "top_evals", "resamples")  # fields no run depends on
+
+
+def run_key(problem: Problem, cfg: LearnConfig, anchor: float, lam: float, index: int) -> dict:
+    """Everything one training run depends on (the ladder itself: the results directory's
+    manifest)."""
+    training = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EVALUATION_ONLY}
+    return common.jsonable({"problem": problem.name, "meta": problem.meta,
+                            "steps": len(problem.ts) - 1, "training": training,
+                            "anchor": anchor, "lam": lam, "index": index})
+
+
+def stored_run(path: Path, key: dict) -> dict | None:
+    """The run stored at ``path`` if it was trained with ``key``, else ``None``."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("key") == key else None
+
+
+def run(problem: Problem, cfg: LearnConfig, out: str | Path, recompute: bool = False) -> dict:
+    """Train one schedule per λ, evaluate everything, write the outputs; return the summary.
+
+    Resumable: each finished training run is kept in ``learn/run_<run>.json`` with what it
+    depends on (:func:`run_key`) and reused, with a message, while that is unchanged (unless
+    ``recompute``); the evaluation then runs on every schedule.
+    """
     start = time.perf_counter()
     out = Path(out)
     (out / "schedules").mkdir(parents=True, exist_ok=True)
@@ -223,6 +248,14 @@ def run(problem: Problem, cfg: LearnConfig, out: str | Path) -> dict:
     for i, (anchor, lam) in enumerate(tqdm([(a, lam) for a in cfg.anchors for lam in cfg.lams],
                                            desc="learning")):
         t0, run = time.perf_counter(), f"t{anchor:g}_lam{lam:g}"
+        key, record_path = run_key(problem, cfg, anchor, lam, i), out / "learn" / f"run_{run}.json"
+        stored = None if recompute else stored_run(record_path, key)
+        if stored is not None:
+            tqdm.write(f"learn_probs: reusing run {run} from {record_path} (trained in "
+                       f"{stored['info']['train_seconds']:.0f} s with the same settings)")
+            learned[run] = np.asarray(stored["probs"], np.float32)
+            runs[run], traces[run] = stored["info"], stored["traces"]
+            continue
         init, num_learned = initial_schedule(problem, cfg, edges, anchor)
         scales = training_scales(problem, cfg, init, edges)
         learned[run], trace = train(problem, cfg, lam, edges, init, num_learned, scales, i)
@@ -236,6 +269,9 @@ def run(problem: Problem, cfg: LearnConfig, out: str | Path) -> dict:
         schedules.save(path, learned[run], edges, problem=problem.name,
                        steps=len(problem.ts) - 1, sgd_steps=cfg.sgd_steps,
                        **{k: v for k, v in runs[run].items() if k != "schedule_file"})
+        record_path.write_text(json.dumps(common.jsonable(
+            {"key": key, "info": runs[run], "traces": traces[run],
+             "probs": learned[run]})) + "\n")
     eval_start = time.perf_counter()
     points = evaluation_points(problem, cfg, learned, edges)
     measure(problem, points)
@@ -364,7 +400,7 @@ def main(argv: Sequence[str]) -> None:
             problem = learn_problems.ladder_problem(
                 f.config, f.workdir, f.out, f.recompute, cfg, train_pool=f.train_pool,
                 train_batch_size=f.train_batch_size)
-        summary = run(problem, cfg, f.out)
+        summary = run(problem, cfg, f.out, recompute=f.recompute)
     except (ValueError, FileNotFoundError) as err:
         mlem_cli.fail(f"{type(err).__name__}: {err}")
     keys = [k for k in summary["learn_probs"] if k.startswith("speedup") or k in (

@@ -88,14 +88,28 @@ def evaluation_probs(probs: Array, num_steps: int | None = None) -> Array:
     return 1.0 - (1.0 - probs) * (1.0 - above) - cancel
 
 
-def expected_evals(probs: Array, num_steps: int | None = None) -> Array:
-    """``(K,)`` expected evaluations per level over a whole solve."""
-    return evaluation_probs(probs, num_steps).sum(0)
+def expected_evals(probs: Array, num_steps: int | None = None,
+                   calls: Sequence[int] | None = None) -> Array:
+    """``(K,)`` expected evaluations per level over a whole solve; ``calls``: the ``(N,)``
+    level calls of each step (:func:`mlem.solvers.calls_per_step`; default one), each call
+    with its own Bernoulli draws."""
+    if calls is not None and num_steps is None:
+        num_steps = len(calls)
+    p = evaluation_probs(probs, num_steps)
+    if calls is None:
+        return p.sum(0)
+    calls = jnp.asarray(calls, p.dtype)
+    if calls.shape != p.shape[:1]:
+        raise ValueError(f"calls: expected one count per step ({p.shape[0]}), got "
+                         f"{calls.shape}")
+    return calls @ p
 
 
-def expected_cost(probs: Array, costs: Sequence[float], num_steps: int | None = None) -> float:
-    """Expected cost per sample of a solve: ``Σ_n Σ_j c_j · P(a_{n,j} ≠ 0)``."""
-    evals = np.asarray(expected_evals(probs, num_steps))
+def expected_cost(probs: Array, costs: Sequence[float], num_steps: int | None = None,
+                  calls: Sequence[int] | None = None) -> float:
+    """Expected cost per sample of a solve: ``Σ_n m_n Σ_j c_j · P(a_{n,j} ≠ 0)``, with ``m_n``
+    the level calls of step ``n`` (``calls``; default one: :func:`expected_evals`)."""
+    evals = np.asarray(expected_evals(probs, num_steps, calls))
     costs = np.asarray(costs, np.float64)
     if costs.shape != evals.shape:
         raise ValueError(f"costs: expected {evals.shape[0]} per-level costs, got {costs.shape}")

@@ -312,7 +312,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path,
                             switch_at=float(s.switch_at),
                             path_ts=path_ts, mesh=mesh, progress=progress, solver=solver)
     out = default_out(workdir, config) if out is None else Path(out)
-    stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh),
+    stats = {**sample_stats(config, ladder, flops, probs, gen, batch_size, mesh, ts),
              "level_seconds_per_call": None if seconds is None else seconds.tolist(),
              "out": str(out)}
     write_outputs(out, samples, ts, probs, stats)
@@ -335,10 +335,12 @@ def level_seconds(config: ml_collections.ConfigDict, ladder: Ladder,
 
 def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.ndarray,
                  probs: np.ndarray | None, gen: dict[str, Any], batch_size: int,
-                 mesh: Mesh) -> dict[str, Any]:
-    """The JSON record of a run: realised FLOPs per sample ``Σ_k evals_k · c_k`` and timings."""
+                 mesh: Mesh, ts: np.ndarray) -> dict[str, Any]:
+    """The JSON record of a run: realised FLOPs per sample ``Σ_k evals_k · c_k``, expected ones
+    (each step's level calls counted: :func:`mlem.solvers.calls_per_step`) and timings."""
     s = config.sampling
     evals = gen["evals_per_level"]
+    calls = solvers.calls_per_step(solvers.for_vpsde(ladder.sde, s.solver, [])[1], ts)
     device = mesh.devices.flat[0]
     return {
         "method": s.method, "solver": s.solver, "grid": s.grid,
@@ -356,9 +358,9 @@ def sample_stats(config: ml_collections.ConfigDict, ladder: Ladder, flops: np.nd
         "allow_older_checkpoints": bool(config.allow_older_checkpoints),
         "evals_per_level": evals.tolist(), "evals_per_batch": gen["evals_per_batch"].tolist(),
         "realised_flops_per_sample": float(evals @ flops),
-        "expected_flops_per_sample": (cost.expected_cost(probs, flops) if probs is not None
-                                      else float(evals @ flops)),
-        "em_top_level_flops_per_sample": float(s.steps * flops[-1]),
+        "expected_flops_per_sample": (cost.expected_cost(probs, flops, calls=calls)
+                                      if probs is not None else float(evals @ flops)),
+        "em_top_level_flops_per_sample": float(np.sum(calls) * flops[-1]),
         "wall_seconds_including_compile": gen["wall_seconds"],
         "wall_seconds_excluding_compile": gen["wall_seconds"] - gen["compile_seconds"],
         "compile_seconds": gen["compile_seconds"],

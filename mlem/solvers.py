@@ -43,12 +43,13 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mlem.sde import VPSDE, EpsFn
 
 __all__ = ["DETERMINISTIC", "SOLVERS", "Ancestral", "DDIM", "DPMSolverPP2M", "DriftHeun", "Euler",
-           "EulerMaruyama", "Evaluate", "Heun", "MultistepRule", "UpdateRule", "check_solver",
-           "for_vpsde", "is_multistep"]
+           "EulerMaruyama", "Evaluate", "Heun", "MultistepRule", "UpdateRule", "calls_per_step",
+           "check_solver", "for_vpsde", "is_multistep"]
 
 Array = jax.Array
 SOLVERS = ("sde", "ode", "ddim", "ancestral", "dpmpp2m", "dpmpp2m-sde", "heun")
@@ -323,6 +324,19 @@ def check_solver(name: str) -> str:
     if name not in SOLVERS:
         raise ValueError(f"solver: must be one of {', '.join(SOLVERS)}, got {name!r}")
     return name
+
+
+def calls_per_step(rule: UpdateRule | MultistepRule, ts: Array) -> np.ndarray:
+    """``(N,)`` level calls that each step of a solve on the grid ``ts`` makes: one for a
+    one-call rule; a multistep rule's ``calls`` at its initial state (every rule here decides
+    them from the grid alone, e.g. :class:`Heun`'s one-call last step). The weights of
+    :func:`mlem.cost.expected_cost`."""
+    ts = jnp.asarray(ts)
+    if not is_multistep(rule):
+        return np.ones(ts.shape[0] - 1, np.int64)
+    state = rule.init(jnp.zeros((), ts.dtype), ts)
+    made = jax.vmap(lambda t0, t1: rule.calls(t0, t1, state))(ts[:-1], ts[1:])
+    return np.asarray(made, np.int64).reshape(ts.shape[0] - 1, -1).sum(1)
 
 
 def for_vpsde(sde: VPSDE, solver: str, eps_fns: Sequence[EpsFn]

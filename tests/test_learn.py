@@ -7,6 +7,7 @@ draw patterns, computed here by a solver written independently of mlem.sampling.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
@@ -213,7 +214,8 @@ def test_learned_schedule_in_cost_error_rescales_the_file(tmp_path):
         make_probs("learned", np.array([1.0, 4.0, 16.0]), ts, None, None, 2.0, "")
 
 
-def test_learn_probs_writes_schedules_and_summary(tmp_path):
+def test_learn_probs_writes_schedules_and_summary(tmp_path, monkeypatch):
+    """Schedules, summary and report row; training runs resume."""
     from analysis import learn_problems, learn_probs
     from mlem import schedules
 
@@ -241,3 +243,14 @@ def test_learn_probs_writes_schedules_and_summary(tmp_path):
     row = next(line for line in table if "| operating point (" in line)
     assert row.startswith(f"| {tmp_path} |") and (
         f"{value:.3g}×" in row if value is not None else "not reached" in row)
+
+    # resumable: a finished training run is reused while its settings are unchanged ...
+    calls, real_train = [], learn_probs.train
+    monkeypatch.setattr(learn_probs, "train", lambda *a: calls.append(a) or real_train(*a))
+    again = learn_probs.run(problem, cfg, tmp_path)
+    assert not calls and again["learn_probs"]["per_lambda"] == stats["per_lambda"]
+    assert again["speedup_learned_over_best_constant"] == head
+    # ... and trained again when they change (here the number of SGD steps) or on recompute
+    learn_probs.run(problem, dataclasses.replace(cfg, sgd_steps=2), tmp_path)
+    learn_probs.run(problem, cfg, tmp_path, recompute=True)
+    assert len(calls) == 2

@@ -441,6 +441,45 @@ def test_heun_draws_one_telescope_per_call_and_fixed_draws_reproduce_the_solve()
                                   draws=jnp.asarray(draws[:, 0]))
 
 
+def test_calls_per_step_and_the_expected_cost_of_multi_call_rules():
+    """``calls_per_step``: one for one-call rules and DPM-Solver++, two for Heun but one on
+    its last (Euler) step, two for stochastic Heun; with those weights the expected
+    evaluations per level equal the mean realised ones of multilevel Heun solves (each call
+    its own draws), and the sweep's rows price EM-Heun and ML-EM-Heun by them."""
+    from analysis import cost_error
+    from mlem import cost
+
+    n = 12
+    ts = SDE.time_grid(n, "karras")
+    for solver, want in (("sde", [1] * n), ("ddim", [1] * n), ("dpmpp2m", [1] * n),
+                         ("dpmpp2m-sde", [1] * n), ("heun", [2] * (n - 1) + [1])):
+        rule = solvers.for_vpsde(SDE, solver, [])[1]
+        np.testing.assert_array_equal(solvers.calls_per_step(rule, ts), want, err_msg=solver)
+    np.testing.assert_array_equal(solvers.calls_per_step(solvers.Heun(SDE, False), ts), [2] * n)
+    np.testing.assert_array_equal(solvers.calls_per_step(solvers.DriftHeun(), ts), [2] * n)
+
+    levels, rule = solvers.for_vpsde(SDE, "heun", _eps_ladder())
+    probs, calls = jnp.array([1.0, 0.5, 0.25]), solvers.calls_per_step(rule, ts)
+    x0 = jnp.ones((1, 2))
+    evals = jax.jit(jax.vmap(lambda k: sampling.multilevel_solve(
+        levels, probs, rule, x0, ts, k)[1]["evals"]))(jax.random.split(jax.random.key(3), 400))
+    evals = np.asarray(evals, np.float64)
+    expected = np.asarray(cost.expected_evals(probs, calls=calls))
+    np.testing.assert_allclose(expected, [2 * n - 1, (2 * n - 1) * 0.625, (2 * n - 1) * 0.25])
+    se = evals.std(0, ddof=1) / np.sqrt(len(evals))
+    assert np.all(np.abs(evals.mean(0) - expected) <= 4 * se + 1e-9), (evals.mean(0), expected)
+    with pytest.raises(ValueError, match="one count per step"):
+        cost.expected_evals(probs, n, calls=calls[:-1])
+
+    flops = np.array([1.0, 10.0, 100.0])
+    em = cost_error._row(flops, {"method": "em", "level": 3, "top": 3, "steps": n}, 0,
+                         np.zeros(2), np.zeros(2), np.nan, np.array([2 * n - 1.0]), None, calls)
+    ml = cost_error._row(flops, {"method": "mlem", "level": 0, "top": 3, "steps": n}, 0,
+                         np.zeros(2), np.zeros(2), np.nan, evals[0], np.asarray(probs), calls)
+    assert em["expected_flops"] == (2 * n - 1) * 100.0
+    assert ml["expected_flops"] == pytest.approx(float(expected @ flops))
+
+
 # --- the Gaussian level reproduces its data; coupling; plumbing ------------------------------
 
 _COV = np.array([[0.16, 0.06], [0.06, 0.09]])
