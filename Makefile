@@ -69,7 +69,7 @@ bench-sampler: setup
 bench-train: setup
 	$(PY) -m benchmarks.train
 
-# Coverage and bias of every headline interval, by simulation through analysis.speedup.
+# Coverage and bias of every headline interval, by simulation through mlem.eval.speedup.
 bench-coverage: setup
 	$(PY) -m benchmarks.coverage --out results/coverage/coverage.json
 

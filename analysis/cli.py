@@ -5,10 +5,10 @@
 
 Every entry point that takes a sample/analysis config shares the flags of
 :func:`define_results_flags`. Flags are defined when a command line is parsed
-(:func:`parse`), not when a module is imported, and each parse starts afresh: an entry point's
-``main(argv)`` can be called several times in one process (the tests do), and importing two
-entry points never defines a flag twice. Bad input ends in one ``error:`` line
-(:func:`mlem.cli.parse_flags`, :func:`mlem.cli.fail`).
+(:func:`parse`, once per process, by ``python -m ...``), not when a module is imported, so
+importing several entry points (the tests call their library functions) never defines a
+flag twice. Bad input ends in one ``error:`` line (:func:`mlem.cli.parse_flags`,
+:func:`mlem.cli.fail`).
 """
 
 from __future__ import annotations
@@ -26,28 +26,16 @@ from analysis.common import jsonable
 from mlem import cli as mlem_cli
 
 FLAGS = flags.FLAGS
-_defined: set[str] = set()  # flags defined by the previous parse(), removed by the next
 
 
 def parse(argv: Sequence[str], define: Callable[[list[str]], None]) -> list[str]:
-    """Define an entry point's flags afresh with ``define(argv)`` and parse ``argv``.
-
-    ``argv`` starts with the program name, as absl gives it. Flags defined by an earlier call
-    (their ``--config.a.b`` overrides included) are removed first and every other flag is
-    reset to its default, so a second parse in the same process sees only its own command
-    line. Returns the positional arguments (program name first); bad input exits with one
-    ``error:`` line.
-    """
+    """Define an entry point's flags with ``define(argv)`` and parse ``argv`` (absl's
+    ``flags_parser``: once per process; ``argv`` starts with the program name). Returns the
+    positional arguments (program name first); bad input exits with one ``error:`` line."""
     argv = list(argv)
-    for name in [n for n in FLAGS if n in _defined or n.startswith("config.")]:
-        delattr(FLAGS, name)
-    _defined.clear()
-    if FLAGS.is_parsed():
-        FLAGS.unparse_flags()
     before = set(FLAGS)
     define(argv)
-    _defined.update(set(FLAGS) - before)
-    for name in _defined:  # listed by --help of `python -m ...`
+    for name in set(FLAGS) - before:  # listed by --help of `python -m ...`
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     return mlem_cli.parse_flags(argv)
 

@@ -9,7 +9,7 @@
 * **Context**: the loaded ladder, its FLOPs and the results directory, shared by the stages.
 
 The mathematics of the comparison (envelopes, interpolation, bootstrap) is in
-:mod:`analysis.speedup`; the command line of the stages in :mod:`analysis.cli`.
+:mod:`mlem.eval.speedup`; the command line of the stages in :mod:`analysis.cli`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ FLOPs and in seconds, with 95% intervals over realisations (docs/design.md §3).
 written by :mod:`analysis.cost_error`) into the headline numbers, the envelopes and the
 exploratory curves for the figures. The rules (targets and paths from the selection
 realisations, failures counted, expanded percentile intervals) are those of
-:mod:`analysis.speedup`, the only place a number is produced.
+:mod:`mlem.eval.speedup`, the only place a number is produced.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import speedup
+from mlem.eval import speedup
 
 CONFIG_KEY = ("curve", "level", "top", "top_evals", "switch_at", "steps")  # one configuration
 COSTS = {"flops": "expected_flops", "seconds": "seconds"}  # the two rulers and their columns
@@ -67,7 +67,7 @@ def oracle_targets(config: Any, selection_rows: Sequence[dict] = (), num_levels:
     ``config.analysis.oracle_targets`` predeclared in the config, or, for a ladder without a
     pilot run, ``oracle_target_ratios`` × the *selection* realisations' mean MSE of EM with
     level ``K−1`` (the best level below the oracle) on the finest EM grid (rule 1 of
-    :mod:`analysis.speedup`: chosen on the selection realisations). Empty when off."""
+    :mod:`mlem.eval.speedup`: chosen on the selection realisations). Empty when off."""
     a = config.analysis
     goals = [float(t) for t in a.oracle_targets]
     ratios = [float(r) for r in a.oracle_target_ratios]
@@ -97,7 +97,7 @@ def split_rows(rows: Sequence[dict], config: Any) -> tuple[list[dict], list[dict
 
 
 def table(rows: Sequence[dict]) -> tuple[list[dict], speedup.Sweep]:
-    """Configurations (first row of each) and the :class:`~analysis.speedup.Sweep` of ``rows``:
+    """Configurations (first row of each) and the :class:`~mlem.eval.speedup.Sweep` of ``rows``:
     MSE and seconds ``(P, R)``, expected FLOPs ``(P,)``, realised FLOPs ``(P, R)``; columns are
     the realisations present, in increasing order."""
     configs: dict[tuple, dict] = {}
@@ -172,7 +172,7 @@ def select_best(selection: speedup.Sweep, operating_mse: float) -> dict:
 
 def analyse(rows: Sequence[dict], config: Any, num_levels: int) -> dict:
     """Every ML-EM curve (and switching) against EM in FLOPs and in seconds by the rules of
-    :mod:`analysis.speedup`: targets and paths from the selection realisations, costs and
+    :mod:`mlem.eval.speedup`: targets and paths from the selection realisations, costs and
     intervals from the evaluation realisations; the headline numbers of docs/design.md §3 for
     the best ML-EM variant (chosen on the selection realisations); envelopes and the
     exploratory curves for the figures."""

@@ -10,7 +10,7 @@ realisation ``r`` is batch ``r`` (``config.analysis.batch_size`` samples) of see
 draws, exactly as ``python -m sample`` would generate that batch
 (:func:`mlem.generation.batch_inputs`). Every configuration runs on every realisation from
 the same noise and paths (coupled). Realisations ``0…R−1`` are the units of every standard
-error and bootstrap (:mod:`analysis.speedup`), never the samples inside one; realisations
+error and bootstrap (:mod:`mlem.eval.speedup`), never the samples inside one; realisations
 ``R…R+S−1`` are used only to choose (the best ML-EM variant that the headline reports), so
 nothing is selected on the realisations it is judged on (:mod:`analysis.comparison`).
 **Solver**: ``config.analysis.solver`` (``sde``: EM / ML-EM on the reverse SDE; ``ode``,
@@ -56,11 +56,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from analysis import common, comparison, plots, quality, speedup, variance
+from analysis import common, comparison, plots, quality, variance
 from analysis.comparison import config_key, curve_name, schedule_names
 from mlem import brownian, cost, files, generation, parallel, patterns, schedules, solvers
 from mlem import ladder as ladders
 from mlem import sde as sde_lib
+from mlem.eval import speedup
 
 STAGE = "cost_error"
 COLUMNS = ("curve", "method", "schedule", "cost_model", "level", "top", "top_evals", "switch_at",

@@ -38,7 +38,7 @@ cost; the costs to reach each target are read along it on the evaluation sets.
 involves no method). **Intervals**: resamples of the evaluation realisations (one draw shared
 by every configuration, paired) and, independently, of the oracle set's realisations; each
 error is recomputed on every resample; a resample on which a method's path does not reach a
-target costs it +∞ (:func:`analysis.speedup.compare_paths`). **Costs**: expected FLOPs per
+target costs it +∞ (:func:`mlem.eval.speedup.compare_paths`). **Costs**: expected FLOPs per
 sample (as in the sweep) and seconds per call of a batch of ``timing_batch_size`` as
 deployed (:func:`analysis.cost_error.time_deployed`; records in ``timings.json`` reused from
 the sweep's where it timed the same configuration).
@@ -60,11 +60,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from analysis import common, comparison, cost_error, quality, speedup
+from analysis import common, comparison, cost_error, quality
 from analysis.comparison import config_key
 from mlem import ladder as ladders
 from mlem import parallel
-from mlem.eval import metrics
+from mlem.eval import metrics, speedup
 
 STAGE = "distributional"
 STREAM = 3  # fold_in(key(seed), STREAM): the distributional sets (the sweep uses 0, 2)

@@ -32,8 +32,9 @@ import numpy as np
 from scipy import optimize
 from tqdm import tqdm
 
-from analysis import common, fits, speedup, variance
+from analysis import common, variance
 from mlem import data
+from mlem.eval import fits, speedup
 from mlem.models import registry
 from mlem.train import objective
 

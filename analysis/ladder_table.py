@@ -90,18 +90,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     return cli.parse(argv, define_flags)
 
 
-def main(argv: Sequence[str]) -> list[dict]:
-    """``python -m analysis.ladder_table *argv`` in this process; returns the rows."""
-    return run(parse_flags(["analysis.ladder_table", *argv]))
-
-
-def run(argv: Sequence[str]) -> list[dict]:
-    """Print (and with ``--json`` write) the table of the level configs ``argv[1:]``."""
-    configs, batch_size, json_path = argv[1:], flags.FLAGS.batch_size, flags.FLAGS.json
-    try:
-        rows = ladder_rows(configs, batch_size)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        mlem_cli.fail(err)
+def run(configs: Sequence[str], batch_size: int = 1, json_path: str | None = None) -> list[dict]:
+    """Print (and with ``json_path`` write) the table of the level configs ``configs``;
+    returns its rows (bad configs: ``ValueError``, :func:`ladder_rows`)."""
+    rows = ladder_rows(configs, batch_size)
     shape = "×".join(map(str, rows[0]["image_shape"]))
     print(f"{shape} images, forward pass at batch size {batch_size} "
           f"({jax.default_backend()}):\n")
@@ -114,7 +106,11 @@ def run(argv: Sequence[str]) -> list[dict]:
 
 
 def _app_main(argv: Sequence[str]) -> None:
-    run(argv)
+    """``python -m analysis.ladder_table CONFIG ... [--json F] [--batch_size B]``."""
+    try:
+        run(argv[1:], flags.FLAGS.batch_size, flags.FLAGS.json)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        mlem_cli.fail(err)
 
 
 if __name__ == "__main__":

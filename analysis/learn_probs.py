@@ -15,7 +15,7 @@ per λ. Training realisations never meet the evaluation ones: synthetic seeds
 (:func:`analysis.cost_error.make_probs`) and each learned shape rescaled,
 ``min(1, c·p_learned)``, each with its knob ``c`` set for every ``top_evals`` target, plus
 each learned schedule as trained. MSE per realisation, cost = expected cost of the schedule.
-**Statistics** (:mod:`analysis.speedup`): one learned run, chosen on the selection
+**Statistics** (:mod:`mlem.eval.speedup`): one learned run, chosen on the selection
 realisations, against ``constant`` ∪ ``variance`` (the better of them at every MSE), at the
 operating MSE and predeclared multiples of it (:data:`TARGET_RATIOS`), each method's
 configurations chosen on the selection realisations, costs and 95% intervals from the
@@ -46,10 +46,11 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from analysis import common, learn_problems, speedup
+from analysis import common, learn_problems
 from analysis.cost_error import make_probs
 from analysis.learn_problems import LearnConfig, Problem
 from mlem import cost, learn, schedules
+from mlem.eval import speedup
 
 BASELINES = ("constant", "variance")
 
@@ -139,7 +140,7 @@ def measure(problem: Problem, points: list[dict]) -> None:
 
 
 def sweep_of(points: Sequence[dict]) -> speedup.Sweep:
-    """The :class:`~analysis.speedup.Sweep` of ``points`` (all realisations), with every
+    """The :class:`~mlem.eval.speedup.Sweep` of ``points`` (all realisations), with every
     baseline point repeated under the curve ``baseline`` (the constant and variance-optimal
     schedules together: at every MSE the better of them, chosen on the selection
     realisations) and every learned point under ``learned_<run>`` (one curve per run)."""
@@ -156,7 +157,7 @@ TARGET_RATIOS = (2.0, 1.0, 0.5)  # predeclared targets: multiples of the operati
 
 def statistics(points: list[dict], cfg: LearnConfig, runs: dict[str, dict],
                num_selection: int) -> dict:
-    """Speedups at predeclared target MSEs by the rules of :mod:`analysis.speedup`: the
+    """Speedups at predeclared target MSEs by the rules of :mod:`mlem.eval.speedup`: the
     operating MSE, each method's configurations and the one learned run reported are chosen
     on the ``num_selection`` selection realisations (the last columns of every point's MSE);
     costs and 95% intervals come from the evaluation realisations."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import speedup
+from mlem.eval import speedup
 
 
 def plt():

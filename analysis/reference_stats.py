@@ -238,11 +238,6 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     return record
 
 
-def main(argv: Sequence[str] = ()) -> dict[str, Any]:
-    """``python -m analysis.reference_stats *argv`` in this process."""
-    return run(parse_flags(["analysis.reference_stats", *argv]))
-
-
 def _app_main(argv: Sequence[str]) -> None:
     run(argv)  # app.run would exit with run's return value
 

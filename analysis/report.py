@@ -469,11 +469,6 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     return cli.parse(argv, lambda argv: None)
 
 
-def main(argv: Sequence[str]) -> None:
-    """``python -m analysis.report *argv`` in this process."""
-    run(parse_flags(["analysis.report", *argv]))
-
-
 def run(argv: Sequence[str]) -> None:
     """Print the tables of the results directories ``argv[1:]``."""
     if len(argv) < 2:

@@ -34,7 +34,7 @@ best model) and ``oracle`` (levels and prefixes below the oracle's network).
 closer to the data than the oracle: the ODE and SDE solvers of an imperfect network
 converge to different distributions). Intervals resample the evaluation batches (paired
 across configurations) and, independently, the reference's units; a resample on which a
-path does not reach a target costs it +∞ (:func:`analysis.speedup.compare_paths`).
+path does not reach a target costs it +∞ (:func:`mlem.eval.speedup.compare_paths`).
 
 Outputs in ``DIR/samplers/``: ``samples/`` (``<id>.<set>.npz``; an interrupted run
 resumes), ``timings.json``, ``samplers.json`` and ``samplers.png`` (per solver family, the
@@ -52,12 +52,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from analysis import common, cost_error, distributional, quality, speedup
+from analysis import common, cost_error, distributional, quality
 from analysis.distributional import Judge, Stats, counts_of, debiased, set_stats
 from mlem import ladder as ladders
 from mlem import parallel
 from mlem import sde as sde_lib
 from mlem import solvers as solver_lib
+from mlem.eval import speedup
 
 STAGE = "samplers"
 SAMPLE_KEYS = ("selection_realisations", "realisations", "batch_size", "seed")  # a set's inputs

@@ -4,7 +4,7 @@
         [--selection_realisations 8] [--out results/coverage/coverage.json]
 
 Each repetition simulates a coupled sweep with a known truth and runs it through
-:func:`analysis.speedup.compare_at_targets`, exactly as :mod:`analysis.comparison` does for a
+:func:`mlem.eval.speedup.compare_at_targets`, exactly as :mod:`analysis.comparison` does for a
 real sweep: paths chosen on selection realisations, the operating target = the selection mean
 of EM's operating configuration, predeclared targets as multiples of it, and an error ratio
 at EM's operating cost. A method's true mean error is a power law of its cost, ``e = A ·
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from analysis import speedup
 from mlem import cli
+from mlem.eval import speedup
 
 RATIOS = {"4x operating MSE": 4.0, "2x operating MSE": 2.0, "operating point": 1.0,
           "0.5x operating MSE": 0.5}  # as configs/sample_base.py's target_ratios

@@ -30,11 +30,6 @@ def define_flags(argv: list[str]) -> None:
         workdir="runs/mnist", out="results/mnist_cpu")
 
 
-def main(argv: Sequence[str] = ()) -> dict:
-    """``python -m experiments.mnist_cpu *argv`` in this process; returns the summary."""
-    return run(parse_flags(["experiments.mnist_cpu", *argv]))
-
-
 def parse_flags(argv: Sequence[str]) -> list[str]:
     return cli.parse(cli.with_default_config(argv, SAMPLE_CONFIG), define_flags)
 

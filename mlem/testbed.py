@@ -20,7 +20,7 @@ approximate ``f*`` with error ``δ_k ≈ δ_1 2^{-(k-1)}`` at a cost that grows 
   use many levels.
 
 :func:`level_errors` and :func:`level_variances` measure ``δ_k`` and ``V_k`` of a ladder;
-:func:`analysis.fits.fit_gamma` recovers γ from them (``log δ_k`` against ``log c_k`` has slope
+:func:`mlem.eval.fits.fit_gamma` recovers γ from them (``log δ_k`` against ``log c_k`` has slope
 ``−1/γ``).
 """
 

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from analysis import common, comparison, cost_error, fit_gamma, quality, speedup
+from analysis import common, comparison, cost_error, fit_gamma, quality
 from mlem.eval import metrics as mlem_quality
+from mlem.eval import speedup
 
 _REAL_FEATURES_FOR = quality.features_for  # the tiny fixture patches it
 
@@ -458,9 +459,8 @@ def test_report_prints_the_tables_from_the_results_dir(tiny_results, capsys):
     assert "Hesterberg" in text and "selection realisations" in text
     assert "maximum" not in text and "| mlem-variance-time | seconds |" in text
     assert text.strip().splitlines()[-1].startswith("In wall-clock time")
-    with pytest.raises(SystemExit):
-        report.main([str(ctx.out / "missing")])
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+    with pytest.raises(FileNotFoundError):
+        report.report([ctx.out / "missing"])
 
 
 def test_tiny_sweep_keeps_features_of_every_solve_and_reports_kid(tiny_results):
@@ -945,10 +945,12 @@ def test_resampled_distances_are_centred_on_the_point_value():
     assert (fixed > 0).all()
 
 
-def test_stages_that_need_features_say_which_field_sets_them():
+def test_stages_that_need_features_say_which_field_sets_them(monkeypatch):
     """The distributional and samplers stages stop with one line naming the feature field
     when no features are configured."""
     import types
+
+    monkeypatch.setattr(quality, "features_for", _REAL_FEATURES_FOR)  # tiny_results patches it
 
     from configs import mnist_sample
 

@@ -1,6 +1,10 @@
 """The experiment pipelines: the CelebA --smoke run exercises every stage end to end."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,10 +12,13 @@ from experiments import pipeline
 from experiments.celeba64 import __main__ as celeba64
 from mlem.config_files import load_config
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_celeba64_smoke_runs_every_stage_and_resumes(tmp_path):
     """Mock CelebA at 8×8, three smoke levels: train, γ, V_k, sweep, figures."""
-    summary = celeba64.main(["--smoke", "--workdir", str(tmp_path)])
+    config = load_config(celeba64.SAMPLE_CONFIG)
+    summary = celeba64.smoke(config, tmp_path, tmp_path / "results")
     for key in (*pipeline.HEADLINE, "total_wall_seconds"):
         assert key in summary
     out = tmp_path / "results"
@@ -28,7 +35,7 @@ def test_celeba64_smoke_runs_every_stage_and_resumes(tmp_path):
     assert (out / "cost_error" / "oracle.json").is_file()
     assert (out / "cost_error" / "oracle.png").is_file()
     # A second run reuses every finished level and stage, and keeps the first run's time.
-    again = celeba64.main(["--smoke", "--workdir", str(tmp_path)])
+    again = celeba64.smoke(load_config(celeba64.SAMPLE_CONFIG), tmp_path, tmp_path / "results")
     assert again["last_run_train_seconds"] == {} and again["train_seconds"] == summary[
         "train_seconds"]
     assert again["speedup_at_equal_mse"] == summary["speedup_at_equal_mse"]
@@ -50,11 +57,31 @@ def test_override_of_an_unknown_field_is_refused():
         pipeline.set_field(config, "training.num_stepz", 3)
 
 
-def test_celeba64_without_inception_weights_stops_before_training(tmp_path, capsys):
-    """The FID/KID files are checked first: a missing one is one error line, nothing trained."""
-    with pytest.raises(SystemExit) as exit_:
-        celeba64.main(["--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
-    assert exit_.value.code != 0
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "inception_weights" in last and "features=''" in last
+def test_celeba64_without_inception_weights_stops_before_training(tmp_path):
+    """The FID/KID files are checked first: a missing one stops the run with an error naming
+    the fix, nothing trained (the command line prints it as its one last line:
+    tests/test_cli_quiet.py)."""
+    with pytest.raises(FileNotFoundError, match="inception_weights") as err:
+        pipeline.run(load_config(celeba64.SAMPLE_CONFIG), tmp_path / "runs", tmp_path / "out")
+    assert "features=''" in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("args,message", [
+    (["experiments.celeba64", "--workdir", "{tmp}/runs", "--out", "{tmp}/out"],
+     "inception_weights"),
+    (["analysis.ladder_table", "configs/tiny.py", "configs/tiny.py"],
+     "error: levels: must be listed cheapest first"),
+    (["analysis.report", "{tmp}/missing"], "error: {tmp}/missing: no summary.json"),
+])
+def test_entry_points_end_bad_input_in_one_error_line(tmp_path, args, message):
+    """As a user meets them: one ``error:`` line, the last printed, and a non-zero exit."""
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled"})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message.format(tmp=tmp_path) in last, proc.stderr
     assert not (tmp_path / "runs").exists()

@@ -18,6 +18,8 @@ from mlem import data
 from mlem.eval import features, inception, metrics
 from tests import helpers
 
+CONFIG = "configs/celeba64_sample.py"
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,10 +81,10 @@ def inputs(tmp_path_factory):
 
 def test_command_writes_the_reference_file(inputs, tmp_path):
     out = tmp_path / "refs" / "celeba64_train_inception.npz"
-    record = reference_stats.main([
-        "--inception_weights", str(inputs["weights"]), "--out", str(out),
-        "--local_path", str(inputs["celeba"] / "inside.zip"), "--max_images", "8",
-        "--batch_size", "4", "--kid_rows", "3", "--seed", "2", "--resize_to", "75"])
+    record = reference_stats.compute(
+        reference_stats.load_config(CONFIG), CONFIG, str(inputs["weights"]), str(out),
+        local_path=str(inputs["celeba"] / "inside.zip"), max_images=8, batch_size=4,
+        kid_rows=3, seed=2, resize_to=75, progress=False)
     ref = reference_stats.load_reference(out)
     assert sorted(os.listdir(out.parent)) == [out.name]  # no temporary file left behind
     assert ref["mu"].shape == (2048,) and ref["sigma"].shape == (2048, 2048)
@@ -109,18 +111,18 @@ def test_command_writes_the_reference_file(inputs, tmp_path):
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--kid_rows", "1"], "error: --kid_rows: KID needs at least 2 rows"),
-    (["--config", "configs/mnist_sample.py"], "needs RGB images"),
-    (["--local_path", "/nonexistent/celeba.zip"], "error: CelebA not found"),
+@pytest.mark.parametrize("kwargs,message", [
+    ({"kid_rows": 1}, "--kid_rows: KID needs at least 2 rows"),
+    ({"config": "configs/mnist_sample.py"}, "needs RGB images"),
+    ({"local_path": "/nonexistent/celeba.zip"}, "CelebA not found"),
 ])
-def test_bad_input_ends_in_one_error_line(inputs, tmp_path, capsys, args, message):
-    with pytest.raises(SystemExit) as exit_info:
-        reference_stats.main(["--inception_weights", str(inputs["weights"]),
-                              "--out", str(tmp_path / "ref.npz"), *args])
-    assert exit_info.value.code == 1
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last
+def test_bad_input_is_refused_before_anything_is_written(inputs, tmp_path, kwargs, message):
+    """(The command line turns these into one ``error:`` line: the test below.)"""
+    config = kwargs.pop("config", CONFIG)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        reference_stats.compute(reference_stats.load_config(config), config,
+                                str(inputs["weights"]), str(tmp_path / "ref.npz"),
+                                progress=False, **kwargs)
     assert not (tmp_path / "ref.npz").exists()
 
 

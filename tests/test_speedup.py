@@ -1,11 +1,11 @@
-"""The comparison's mathematics (analysis.speedup) on constructed curves with known answers."""
+"""The comparison's mathematics (mlem.eval.speedup) on constructed curves with known answers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from analysis import speedup
+from mlem.eval import speedup
 
 
 def test_lower_envelope_keeps_only_pareto_points():

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analysis import fits, speedup
 from analysis.testbed import pipeline, sweep, theory
 from mlem import sampling, testbed
+from mlem.eval import fits, speedup
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ each, and a command that ``python -m analysis.testbed`` runs (``__main__.py``):
   summarise and write ``summary.json``, ``points.csv``, ``runs.csv`` and the figure.
 
 Dependencies point one way: ``__main__ → pipeline → {sweep, summary, plot}``,
-``summary → {sweep, theory, analysis.fits, analysis.speedup}``. The power-law fits
-(``cost ∝ error^{-s}``, γ of a ladder) are generic and live in :mod:`analysis.fits`.
+``summary → {sweep, theory, mlem.eval.fits, mlem.eval.speedup}``. The power-law fits
+(``cost ∝ error^{-s}``, γ of a ladder) are generic and live in :mod:`mlem.eval.fits`.
 This file imports nothing, so each module can be imported on its own.
 """

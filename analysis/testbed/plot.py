@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import speedup
+from mlem.eval import speedup
 
 _STYLES = {"em": ("tab:blue", "EM", "exponent_em"),
            "mlem": ("tab:red", "ML-EM", "exponent_mlem")}

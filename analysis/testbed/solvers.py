@@ -9,7 +9,7 @@ The runs are sweeps of the same ladder and seeds (``summary.json``'s config equa
 ``solver``), so seed ``s`` has the same initial state, Brownian path and exact reference in
 each. Their rows are pooled into two curves: **single-level** (every solver, level and step
 count) and **multilevel** (every solver, top level, step count and budget), and compared
-by the rules of :mod:`analysis.speedup` (the first half of the seeds evaluates, the second
+by the rules of :mod:`mlem.eval.speedup` (the first half of the seeds evaluates, the second
 half chooses each curve's path; failures counted):
 
 * **pathwise** (MSE to the exact-drift solve of the same seed): at four RMSE targets spread
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from analysis import speedup
 from analysis.testbed import summary as summaries
 from analysis.testbed.sweep import SweepConfig
 from mlem import cli
+from mlem.eval import speedup
 
 CURVES = {"em": "single", "mlem": "multilevel"}
 NUM_TARGETS = 4
@@ -77,7 +77,7 @@ def check_same_sweep(summaries_: Sequence[dict]) -> SweepConfig:
 
 
 def table(rows: Sequence[dict], error: str) -> tuple[speedup.Sweep, list[tuple]]:
-    """The pooled rows as a :class:`analysis.speedup.Sweep` with curves ``single`` and
+    """The pooled rows as a :class:`mlem.eval.speedup.Sweep` with curves ``single`` and
     ``multilevel`` (``(P, seeds)`` errors ``error``), and each configuration's key."""
     key = lambda r: (r["solver"], r["method"], r["level"], r["steps"], r["top_evals"])
     configs = sorted({key(r) for r in rows})

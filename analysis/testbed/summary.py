@@ -1,10 +1,10 @@
 """From the sweep's rows to ``summary.json``: envelopes, exponents, speedups and intervals.
 
-Each method's lower envelope of seed-averaged points (:mod:`analysis.speedup`) is fitted as
-``cost ∝ error^{-s}`` (:func:`analysis.fits.fit_exponent`) on a common RMSE range from
+Each method's lower envelope of seed-averaged points (:mod:`mlem.eval.speedup`) is fitted as
+``cost ∝ error^{-s}`` (:func:`mlem.eval.fits.fit_exponent`) on a common RMSE range from
 ``floor_factor`` × the larger envelope floor, spanning ``fit_decades``; resampling seeds and
 rerunning averages, envelopes and fits gives 95% intervals for the exponents. The speedups
-follow the rules of :mod:`analysis.speedup` (:func:`speedups_at_targets`): targets and
+follow the rules of :mod:`mlem.eval.speedup` (:func:`speedups_at_targets`): targets and
 configurations chosen on half of the seeds, judged on the other half. Theory (γ > 2):
 ``s = γ + 1`` for EM and ``s = γ`` for ML-EM, approached from above
 by ML-EM as the error shrinks (:mod:`analysis.testbed.theory`).
@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis import fits, speedup
 from analysis.testbed.sweep import SweepConfig
 from analysis.testbed.theory import ideal_mlem_exponent
+from mlem.eval import fits, speedup
 
 METHODS = ("em", "mlem")
 
@@ -82,7 +82,7 @@ def comparisons(fronts: dict[str, speedup.Envelope], num: int = 20) -> dict:
 
 
 def sweep_table(rows: Sequence[dict], error: str = "mse") -> speedup.Sweep:
-    """The per-seed rows as a :class:`analysis.speedup.Sweep`: the error column ``error``
+    """The per-seed rows as a :class:`mlem.eval.speedup.Sweep`: the error column ``error``
     (``mse`` pathwise, ``dist`` distributional) ``(P, seeds)``, cost ``(P,)``."""
     configs = sorted({_config_key(r) for r in rows}, key=str)
     seeds = sorted({r["seed"] for r in rows})
@@ -115,7 +115,7 @@ def bootstrap_statistics(rows: Sequence[dict], fit_range: Sequence[float], num: 
 
 def speedups_at_targets(rows: Sequence[dict], cfg: SweepConfig, num: int = 2000) -> dict:
     """The speedup of ML-EM over EM at the ends of the fit range, by the rules of
-    :mod:`analysis.speedup`: the first half of the seeds evaluates, the second half selects
+    :mod:`mlem.eval.speedup`: the first half of the seeds evaluates, the second half selects
     (the fit range, i.e. the targets, and each method's configurations); 95% expanded
     percentile intervals over the evaluation seeds, failures counted."""
     table = sweep_table(rows)
@@ -148,7 +148,7 @@ def distributional_at_targets(rows: Sequence[dict], cfg: SweepConfig, floor: np.
     """EM against ML-EM in distributional error (:func:`analysis.testbed.sweep.moment_error`
     against independent exact solves) at predeclared targets ``dist_target_ratios`` × the
     oracle's finite-sample floor (the mean of ``floor``, measured on exact batches that share
-    nothing with the sweep), by the rules of :mod:`analysis.speedup`: configurations chosen on
+    nothing with the sweep), by the rules of :mod:`mlem.eval.speedup`: configurations chosen on
     the second half of the seeds, costs, speedups and exponents measured on the first half
     with intervals that count failures."""
     table = sweep_table(rows, "dist")

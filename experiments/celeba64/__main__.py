@@ -136,12 +136,6 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     return cli.parse(cli.with_default_config(argv, SAMPLE_CONFIG), define_flags)
 
 
-def main(argv: Sequence[str] = ()) -> dict | list:
-    """``python -m experiments.celeba64 *argv`` in this process: the summary (``--plan``:
-    the rows of the plan)."""
-    return run(parse_flags(["experiments.celeba64", *argv]))
-
-
 def run(argv: Sequence[str]) -> dict | list:
     """Run with the parsed flags (``argv``: the positional arguments, none)."""
     cli.start(argv)

@@ -35,6 +35,12 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+__all__ = ["INTERVAL", "Envelope", "Sweep", "bootstrap", "choose_path", "common_range",
+           "compare_at_targets", "compare_paths", "cost_exponent", "cost_to_reach",
+           "error_at_cost", "estimate", "expanded_levels", "interval", "loglog_interp",
+           "lower_envelope", "percentile_interval", "reached_by_all", "resample_weights",
+           "score_at_target", "signed_estimate", "speedup_at", "speedup_curve"]
+
 INTERVAL = "expanded percentile bootstrap over evaluation realisations (Hesterberg 2015)"
 
 # --- envelopes and interpolation ----------------------------------------------------------

@@ -4,7 +4,7 @@
   used on the synthetic testbed's exact ``δ_k`` and on a trained ladder's drift errors
   (:mod:`analysis.fit_gamma`).
 * :func:`fit_exponent` — ``s`` in ``cost ∝ error^{-s}`` of a method's lower envelope
-  (:class:`analysis.speedup.Envelope`): the cost exponents of EM and ML-EM.
+  (:class:`mlem.eval.speedup.Envelope`): the cost exponents of EM and ML-EM.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis import speedup
+from mlem.eval import speedup
+
+__all__ = ["fit_exponent", "fit_gamma"]
 
 
 def fit_gamma(costs: Sequence[float], errors: Sequence[float]) -> float:
