@@ -255,12 +255,15 @@ def reference(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
             return np.load(array_file)
         print(f"[cost_error] the stored reference in {stage} was computed for another "
               f"ladder, grid or set of realisations: recomputing it", flush=True)
-    n_ref, out, solver = len(coupling.path_ts) - 1, [], solver_settings(ctx.config)[0]
-    for r in tqdm(range(realisations), desc=f"reference ({n_ref} steps)"):
+    n_ref, solver = len(coupling.path_ts) - 1, solver_settings(ctx.config)[0]
+
+    def solve(r):
         x0, path, key_r = coupling.inputs(r)
         x, _ = ladders.em(ladder, -1, x0, coupling.path_ts, key_r, path=path, solver=solver)
-        out.append(np.asarray(x, np.float32))
-    ref = np.stack(out)
+        return np.asarray(x, np.float32)
+
+    ref = np.stack(list(tqdm(parallel.map_concurrently(solve, range(realisations)),
+                             total=realisations, desc=f"reference ({n_ref} steps)")))
     stage.mkdir(parents=True, exist_ok=True)
     key_file.unlink(missing_ok=True)  # never leave a key beside an array it does not describe
     np.save(array_file, ref)
@@ -300,17 +303,26 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
     samples go into ``store`` under :func:`analysis.quality.row_id`.
     """
     ts = coupling.grid(steps)
-    solve, rows = _solve_fn(ladder, ts, solver), []
+    solve = _solve_fn(ladder, ts, solver)
     calls = solvers.calls_per_step(solvers.for_vpsde(ladder.sde, solver, [])[1], ts)
-    for r in tqdm(range(ref.shape[0]), desc=f"{steps} steps x {len(points)} runs", leave=False):
-        inputs = coupling.inputs(r)
+
+    def realisation(r):  # every point on realisation r: its rows and their features
+        inputs, out = coupling.inputs(r), []
         for point, p in zip(points, probs):
             x, stats = solve(point, p, inputs)
             evals = np.asarray(stats["evals"], np.float64)
-            rows.append(_row(flops, point, r, np.asarray(x, np.float64), ref[r], np.nan, evals,
-                             p, calls))
+            row = _row(flops, point, r, np.asarray(x, np.float64), ref[r], np.nan, evals, p,
+                       calls)
+            out.append((row, None if feats is None else feats.fn(np.asarray(x))))
+        return out
+
+    rows = []
+    for out in tqdm(parallel.map_concurrently(realisation, range(ref.shape[0])),
+                    total=ref.shape[0], desc=f"{steps} steps x {len(points)} runs", leave=False):
+        for row, features in out:
+            rows.append(row)
             if feats is not None:
-                store[quality.row_id(rows[-1])] = feats.fn(np.asarray(x))
+                store[quality.row_id(row)] = features
     return rows
 
 
@@ -370,12 +382,18 @@ def time_paths(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
         solve, compiled = _solve_fn(ladder, coupling.grid(steps), solver), set()
         for point in (c for c in todo if c["steps"] == steps):
             p = probs_of(point)
-            solver_id = (point["method"], point["level"] if point["method"] == "em" else 0)
             timing.records["|".join(config_key(point))] = time_deployed(
                 lambda inputs, f=solve, point=point, p=p: f(point, p, inputs), coupling, timing,
-                warm_up=solver_id not in compiled)
-            compiled.add(solver_id)
+                warm_up=compiled_solve(point) not in compiled)
+            compiled.add(compiled_solve(point))
         save()
+
+
+def compiled_solve(point: dict) -> tuple:
+    """What a configuration's compiled solve depends on besides its grid: one per EM level,
+    per prefix ladder for switching and ML-EM (a fixed pattern is its own trace); the
+    probabilities and switching levels are arguments."""
+    return point["method"], point["level"] if point["method"] == "em" else 0, point["top"]
 
 
 @dataclasses.dataclass

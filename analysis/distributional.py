@@ -12,7 +12,9 @@ own initial noise, Brownian increments drawn on the solve's own grid and Bernoul
 (as deployed: no fine-grid coupling), from ``fold_in(key(seed), STREAM)``, a stream the
 pathwise sweep never uses:
 
-* the **oracle** (the top level with the reference solver on the ``ref_steps`` grid):
+* the **oracle** (the top level with the reference solver on the ``oracle_steps`` grid,
+  by default ``ref_steps``, at least 4× finer than every compared grid: ``max_steps``
+  restricts the candidates to cheaper grids when a cheaper oracle is wanted, as in the demo):
   ``oracle_realisations`` batches, the set every method is judged against, and as many
   further independent batches, the **floor** set (oracle against independent oracle: what
   finite samples alone give);
@@ -75,8 +77,15 @@ def settings(config: Any) -> dict:
     checked."""
     s = dict(config.analysis.distributional)
     for k in ("realisations", "selection_realisations", "batch_size", "oracle_realisations",
-              "bootstrap", "kid_subsets", "kid_subset_size", "kid_bootstrap"):
+              "bootstrap", "kid_subsets", "kid_subset_size", "kid_bootstrap", "oracle_steps",
+              "max_steps"):
         s[k] = int(s[k])
+    s["oracle_steps"] = s["oracle_steps"] or int(config.analysis.ref_steps)
+    if s["max_steps"] and s["oracle_steps"] < 4 * s["max_steps"]:
+        raise ValueError(f"config.analysis.distributional: the oracle's grid must be at least "
+                         f"4x finer than every compared grid; oracle_steps={s['oracle_steps']} "
+                         f"< 4 x max_steps={s['max_steps']}; raise oracle_steps or lower "
+                         f"max_steps")
     s["target_ratios"] = tuple(sorted((float(r) for r in s["target_ratios"]), reverse=True))
     s["curves"] = tuple(s["curves"])
     if s["realisations"] < 3 or s["selection_realisations"] < 1 or s["oracle_realisations"] < 2:
@@ -140,19 +149,22 @@ def set_inputs(seed: int, which: str, realisation: int, batch_size: int,
 
 
 def solve_sets(solve, seed: int, sets: Mapping[str, int], batch_size: int,
-                image_shape: tuple[int, ...], mesh: Any, desc: str, stream: int = STREAM
-                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+               image_shape: tuple[int, ...], mesh: Any, desc: str, stream: int = STREAM,
+               workers: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``({set: (R, B, H, W, C)}, (ΣR, K) realised evaluations)`` of ``solve`` on ``sets``
-    (the inputs of :func:`set_inputs` in the stream ``stream``)."""
-    samples, evals = {}, []
-    for which, num in sets.items():
-        out = []
-        for r in tqdm(range(num), desc=f"{desc} {which}", leave=False):
-            x, stats = solve(set_inputs(seed, which, r, batch_size, image_shape, mesh, stream))
-            out.append(np.asarray(x, np.float32))
-            evals.append(np.asarray(stats["evals"], np.float64))
-        samples[which] = np.stack(out)
-    return samples, np.stack(evals)
+    (the inputs of :func:`set_inputs` in the stream ``stream``), ``workers`` batches at once
+    (:func:`mlem.parallel.map_concurrently`)."""
+    units = [(which, r) for which, num in sets.items() for r in range(num)]
+
+    def one(unit):
+        x, stats = solve(set_inputs(seed, *unit, batch_size, image_shape, mesh, stream))
+        return np.asarray(x, np.float32), np.asarray(stats["evals"], np.float64)
+
+    out = list(tqdm(parallel.map_concurrently(one, units, workers), total=len(units),
+                    desc=desc, leave=False))
+    samples = {which: np.stack([x for (w, _), (x, _) in zip(units, out) if w == which])
+               for which in sets}
+    return samples, np.stack([e for _, e in out])
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -184,11 +196,13 @@ def generate(ctx: common.Context, points: Sequence[dict], s: dict) -> None:
     seed, shape, folder = coupling.seed, coupling.image_shape, ctx.out / STAGE / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "oracle.npz").exists():
-        oracle = lambda inputs: ladders.em(ladder, -1, inputs[0], path_ts, inputs[2],
+        oracle_ts = np.asarray(ctx.ladder.sde.time_grid(s["oracle_steps"], grid), np.float32)
+        oracle = lambda inputs: ladders.em(ladder, -1, inputs[0], oracle_ts, inputs[2],
                                            solver=solver)
         sets, _ = solve_sets(oracle, seed, {"oracle": s["oracle_realisations"],
                                              "floor": s["oracle_realisations"]},
-                              s["batch_size"], shape, mesh, f"oracle ({len(path_ts) - 1} steps)")
+                              s["batch_size"], shape, mesh,
+                              f"oracle ({s['oracle_steps']} steps)")
         save_npz(folder / "oracle.npz", **sets)
     sched = schedule_inputs(ctx)
     todo = [p for p in points if not (folder / f"{config_id(p)}.npz").exists()]
@@ -429,8 +443,9 @@ def time_configurations(ctx: common.Context, points: Sequence[dict], s: dict) ->
     return {config_id(p): float(records["|".join(config_key(p))]["seconds"]) for p in points}
 
 
+# what the stored sets depend on
 SAMPLE_KEYS = ("realisations", "selection_realisations", "batch_size", "oracle_realisations",
-               "seed", "ref_steps", "solver", "grid")  # what the stored sets depend on
+               "seed", "ref_steps", "oracle_steps", "solver", "grid")
 
 
 def keep_samples(ctx: common.Context, record: Mapping, stage_name: str = STAGE,
@@ -444,6 +459,8 @@ def keep_samples(ctx: common.Context, record: Mapping, stage_name: str = STAGE,
     want = {k: record[k] for k in keys if k in record}
     if key_file.exists():
         have = json.loads(key_file.read_text())
+        if "oracle_steps" in want and "oracle_steps" not in have and "ref_steps" in have:
+            have["oracle_steps"] = have["ref_steps"]  # written before oracle_steps existed
     else:  # sets written before the key file existed: the stage record's settings
         stage_file = folder / common.STAGE
         old = json.loads(stage_file.read_text())["settings"] if stage_file.exists() else {}
@@ -469,6 +486,13 @@ def stage(ctx: common.Context) -> dict:
                                 f"results directory first (its selection realisations choose "
                                 f"the candidates)")
     rows = cost_error.read_points(sweep_path)
+    if s["max_steps"]:
+        rows = [r for r in rows if r["steps"] <= s["max_steps"]]
+    elif 4 * max(r["steps"] for r in rows) > s["oracle_steps"]:
+        raise ValueError(f"config.analysis.distributional.oracle_steps={s['oracle_steps']}: "
+                         f"the oracle's grid must be at least 4x finer than every compared "
+                         f"grid (the sweep's finest has {max(r['steps'] for r in rows)} "
+                         f"steps); set max_steps to restrict the candidates")
     cands = {name: candidates(r, ctx.config, s["curves"])
              for name, r in framings(rows, ctx.config, ctx.ladder.num_levels).items()}
     points = list({config_id(p): p for by_curve in cands.values()
@@ -490,6 +514,7 @@ def summary_fields(result: Mapping, s: Mapping) -> dict:
     and costs and the exponents (``distributional.json`` keeps the configurations)."""
     return {"samples_per_point": s["realisations"] * s["batch_size"],
             "oracle_samples": s["oracle_realisations"] * s["batch_size"],
+            "oracle_steps": s["oracle_steps"], "max_steps": s["max_steps"] or None,
             "floor": result["floor"], "targets": result["targets"],
             "comparisons": {name: f["comparisons"] for name, f in result["framings"].items()}}
 

@@ -81,6 +81,20 @@ def features_for(ctx: common.Context) -> Features | None:
     return None
 
 
+def prepare_features(config: Any, workdir: str | Path) -> None:
+    """Train (and cache) the MNIST-5k classifier of ``config.analysis.quality`` ahead of the
+    analysis, e.g. beside the ladder's training; nothing for other features."""
+    q = settings(config)
+    if q["features"] != "classifier":
+        return
+    from mlem.config_files import load_config
+
+    data = load_config(config.train_configs[0]).data
+    if data.name == "mnist5k":
+        feature_nets.load_or_train_classifier(Path(workdir) / CLASSIFIER_DIR,
+                                              int(data.image_size), q["classifier_steps"])
+
+
 def required_features(ctx: common.Context, field: str) -> Features:
     """:func:`features_for`, or a ``ValueError`` saying that ``field`` needs them."""
     feats = features_for(ctx)

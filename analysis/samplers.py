@@ -28,7 +28,7 @@ prefix), ``own`` (the top level alone against the full ladder: how cheaply can I
 best model) and ``oracle`` (levels and prefixes below the oracle's network).
 
 **References and targets.** ``oracle``: the oracle set of :mod:`analysis.distributional`
-(the top level, reference solver, ``ref_steps`` steps), in FD and pixel moments, targets
+(the top level, reference solver, ``oracle_steps`` steps), in FD and pixel moments, targets
 ``oracle_ratios`` × that stage's floor. ``data``: the held-out data in the feature space
 (FD), targets ``data_ratios`` × the oracle set's own FD to the data (a solver may come
 closer to the data than the oracle: the ODE and SDE solvers of an imperfect network
@@ -133,13 +133,20 @@ def generate(ctx: common.Context, configs: Sequence[dict], which: str, num: int,
     folder.mkdir(parents=True, exist_ok=True)
     variances = cost_error.variances_for(ctx)
     todo = [c for c in configs if not (folder / f"{config_id(c)}.{which}.npz").exists()]
-    for c in tqdm(todo, desc=f"samplers: {which} sets"):
+
+    def solve(c):  # configurations run concurrently, each one's batches in turn
         sets, evals = distributional.solve_sets(
             solve_fn(ctx, ladder, c, variances), int(ctx.config.sampling.seed), {which: num},
-            s["batch_size"], ctx.ladder.image_shape, mesh, label(c), STREAM)
+            s["batch_size"], ctx.ladder.image_shape, mesh, label(c), STREAM, workers=1)
         distributional.save_npz(folder / f"{config_id(c)}.{which}.npz", samples=sets[which],
                                 evals=evals)
-        ladders.clear_compiled()  # hundreds of configurations: free each one's executables
+
+    bar, chunk = tqdm(total=len(todo), desc=f"samplers: {which} sets"), 8
+    for start in range(0, len(todo), chunk):
+        for _ in parallel.map_concurrently(solve, todo[start:start + chunk], first_alone=False):
+            bar.update()
+        ladders.clear_compiled()  # hundreds of configurations: free their executables
+    bar.close()
 
 
 def solve_fn(ctx: common.Context, ladder: ladders.Ladder, c: Mapping, variances: dict):
@@ -358,6 +365,11 @@ def stage(ctx: common.Context) -> dict:
     record.update(seed=int(ctx.config.sampling.seed), features=feats.record)
     distributional.keep_samples(ctx, record, STAGE, SAMPLE_KEYS)
     common.save_stage(ctx.out, STAGE, record, {"result": "samplers.json"})
+    oracle_steps = distributional.settings(ctx.config)["oracle_steps"]
+    if 4 * max(s["steps"]) > oracle_steps:
+        raise ValueError(f"config.analysis.samplers.steps: the oracle's grid "
+                         f"({oracle_steps} steps) must be at least 4x finer than every compared "
+                         f"grid; drop steps above {oracle_steps // 4}")
     refs = references(ctx, feats, s)
     configs = configurations(s, ctx.ladder.num_levels)
     generate(ctx, configs, "selection", s["selection_realisations"], s)

@@ -30,15 +30,18 @@ def get_config() -> ml_collections.ConfigDict:
     a.cost_models = ("flops", "time")
     a.pattern_search = 15
     a.pattern_steps = (32,)
+    # The oracle framing's targets: the demo's (configs/mnist_sample.py), predeclared before
+    # this sweep from the demo's pilot run; both prefix ladders.
     a.prefix_tops = (2, 3)
-    # Predeclared before this sweep from the demo's pilot run (EM's level-3 envelope in
-    # results/mnist_cpu/cost_error/envelopes.json): a decade of MSE above level 3's
-    # network-error floor against level 4.
-    a.oracle_targets = (0.4, 0.2, 0.1, 0.06, 0.045)
     # Distributional error (analysis.distributional): 1,024 samples a configuration, against
     # 1,024 oracle samples (level 4, 512 steps), floor from 1,024 more.
-    a.distributional.enabled = True
+    d = a.distributional
+    d.realisations, d.selection_realisations, d.oracle_realisations = 16, 4, 16
+    d.oracle_steps, d.max_steps, d.bootstrap = 0, 0, 1000
     # The samplers users pick (analysis.samplers): 420 configurations on 256 samples each,
     # those on a chosen path on 1,024 more.
-    a.samplers.enabled = True
+    sp = a.samplers
+    sp.solvers = ("sde", "ddim", "dpmpp2m", "dpmpp2m-sde", "heun")
+    sp.grids, sp.steps = ("uniform", "logsnr", "karras"), (8, 16, 32, 64)
+    sp.selection_realisations, sp.realisations, sp.bootstrap = 4, 16, 1000
     return config

@@ -118,6 +118,10 @@ def get_config() -> ml_collections.ConfigDict:
     d.selection_realisations = 4  # batches per configuration that choose each method's path
     d.batch_size = 64
     d.oracle_realisations = 16  # batches of the oracle set, and as many of the floor set
+    # The oracle set's grid (0: ref_steps) and the finest candidate grid compared (0: every
+    # grid of the sweep); the oracle's must be at least 4x finer than every compared grid.
+    d.oracle_steps = 0
+    d.max_steps = 0
     d.target_ratios = (32.0, 16.0, 8.0, 4.0, 2.0)  # × the floor, predeclared
     d.curves = ("em", "mlem-variance-flops", "switch")
     d.bootstrap = 1000

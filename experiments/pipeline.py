@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from analysis import (
@@ -26,6 +27,7 @@ from analysis import (
     samplers,
     variance,
 )
+from mlem import parallel
 from mlem.config_files import load_config
 from mlem.train import checkpoint, loop
 
@@ -81,21 +83,45 @@ def training_order(configs: Mapping[str, ml_collections.ConfigDict]) -> list[str
     return order
 
 
-def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path) -> dict:
-    """Train every level not yet at ``training.num_steps`` (teachers before the levels
-    distilled from them); returns seconds per level."""
-    seconds = {}
-    for k, level in enumerate(training_order(configs), start=1):
-        config = configs[level]
-        level_dir = workdir / level
-        if trained_step(level_dir) >= config.training.num_steps:
-            print(f"[train] {level}: done ({config.training.num_steps} steps), reusing {level_dir}")
-            continue
-        print(f"[train] level {k}/{len(configs)}: {config.model.level} -> {level_dir}", flush=True)
+def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path,
+                 also: Callable[[], object] | None = None) -> dict:
+    """Train every level not yet at ``training.num_steps``; returns seconds per level.
+
+    On one CPU host, levels are independent computations, so they train concurrently
+    (:func:`mlem.parallel.map_concurrently`, the last and largest level first, then ``also``,
+    another job such as the feature classifier): each level's weights are those it gets
+    alone. A ladder with distilled levels trains in order, teachers first."""
+    order = training_order(configs)
+    todo = []
+    for level in order:
+        steps, level_dir = configs[level].training.num_steps, workdir / level
+        if trained_step(level_dir) >= steps:
+            print(f"[train] {level}: done ({steps} steps), reusing {level_dir}")
+        else:
+            todo.append(level)
+
+    def train(level):
+        k, config = order.index(level) + 1, configs[level]
+        print(f"[train] level {k}/{len(configs)}: {config.model.level} -> {workdir / level}",
+              flush=True)
         start = time.perf_counter()
-        loop.train_and_evaluate(config, level_dir)
-        seconds[level] = time.perf_counter() - start
-    return seconds
+        loop.train_and_evaluate(config, workdir / level)
+        return level, time.perf_counter() - start
+
+    distilled = any(configs[lv].get("distill", {}).get("teacher_workdir", "") for lv in todo)
+    if distilled:
+        seconds = dict(map(train, todo))
+        if also is not None:
+            also()
+        return seconds
+    jobs = [*todo[::-1], *([also] if also is not None else [])]
+    # on one CPU host only: an accelerator's memory holds one training at a time, and a
+    # multi-host job's collectives must run in the same order on every host
+    alone = jax.default_backend() != "cpu" or jax.process_count() > 1
+    done = parallel.map_concurrently(lambda j: train(j) if isinstance(j, str) else j(), jobs,
+                                     1 if alone else None, first_alone=False)
+    seconds = dict(r for j, r in zip(jobs, done) if isinstance(j, str))
+    return {level: seconds[level] for level in todo}
 
 
 def analyse(sample_config: ml_collections.ConfigDict, workdir: Path, out: Path,
@@ -124,7 +150,8 @@ def run(sample_config: ml_collections.ConfigDict, workdir: str | Path, out: str 
     workdir, out = Path(workdir), Path(out)
     quality.check_files(sample_config)  # before hours of training, not after
     configs = level_configs(sample_config) if train_configs is None else train_configs
-    train_seconds = train_ladder(configs, workdir)
+    train_seconds = train_ladder(configs, workdir,
+                                 also=lambda: quality.prepare_features(sample_config, workdir))
     stage_seconds = analyse(sample_config, workdir, out, recompute)
     summary = json.loads((out / common.SUMMARY).read_text())
     missing = [key for key in HEADLINE if key not in summary]

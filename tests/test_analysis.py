@@ -786,6 +786,10 @@ def test_distributional_stage_targets_paths_and_resume(tiny_results, monkeypatch
 
     ctx = _distributional_ctx(tiny_results[0])
     monkeypatch.setattr(quality, "features_for", lambda ctx: _projection_features())
+    ctx.config.analysis.distributional.oracle_steps = 4  # < 4 x the sweep's finest grid
+    with pytest.raises(ValueError, match="at least 4x finer"):
+        dist.stage(ctx)
+    ctx.config.analysis.distributional.oracle_steps = 0  # the reference grid
     summary = dist.stage(ctx)["distributional"]
     result = json.loads((ctx.out / "distributional" / "distributional.json").read_text())
     floor = result["floor"]["fd"]["value"]
@@ -839,6 +843,9 @@ def test_samplers_stage_single_against_multilevel(tiny_results, monkeypatch):
         top_fraction=0.5, selection_realisations=2, realisations=3, batch_size=8,
         bootstrap=30, oracle_ratios=(8.0, 2.0), data_ratios=(2.0, 1.25))
     monkeypatch.setattr(quality, "features_for", lambda ctx: _projection_features())
+    with pytest.raises(ValueError, match="at least 4x finer"):  # oracle: 8 steps < 4 x 4
+        samplers.stage(ctx)
+    ctx.config.analysis.distributional.oracle_steps = 16
     dist.stage(ctx)  # its oracle set is the reference
     summary = samplers.stage(ctx)["samplers"]
     result = json.loads((ctx.out / "samplers" / "samplers.json").read_text())
@@ -927,6 +934,46 @@ def test_distributional_sets_are_kept_unless_what_made_them_changes(tmp_path):
     (samples / "oracle.npz").write_bytes(b"x")
     dist.keep_samples(types.SimpleNamespace(out=tmp_path, recompute=True), {**record,
                                                                           "batch_size": 32})
+    assert not (samples / "oracle.npz").exists()
+
+
+def test_each_prefix_ladder_is_warmed_up_before_it_is_timed():
+    """A prefix ladder's ML-EM or switching solve is another compiled function: timing it
+    without its own warm-up call would time its compilation (a bug the oracle framing had)."""
+    point = {"method": "mlem", "level": 0, "top": 4}
+    assert cost_error.compiled_solve(point) != cost_error.compiled_solve({**point, "top": 3})
+    assert cost_error.compiled_solve({**point, "method": "switch"}) != \
+        cost_error.compiled_solve(point)
+    em = {"method": "em", "level": 2, "top": 2}
+    assert cost_error.compiled_solve(em) != cost_error.compiled_solve({**em, "level": 3,
+                                                                        "top": 3})
+
+
+def test_a_cheaper_oracle_grid_is_at_least_4x_finer_than_the_compared_ones(tmp_path):
+    """distributional.settings: oracle_steps defaults to ref_steps and must be >= 4 x
+    max_steps; sets stored before oracle_steps existed were made on ref_steps (kept)."""
+    import types
+
+    from analysis import distributional as dist
+    from configs import mnist_sample
+
+    config = mnist_sample.get_config()
+    d = config.analysis.distributional
+    d.oracle_steps, d.max_steps = 0, 0
+    assert dist.settings(config)["oracle_steps"] == config.analysis.ref_steps
+    d.oracle_steps, d.max_steps = 64, 32
+    with pytest.raises(ValueError, match="at least 4x finer"):
+        dist.settings(config)
+    d.oracle_steps = 128
+    assert dist.settings(config)["oracle_steps"] == 128
+    ctx = types.SimpleNamespace(out=tmp_path, recompute=False)
+    samples = tmp_path / "distributional" / "samples"
+    samples.mkdir(parents=True)
+    (samples / "samples.json").write_text(json.dumps({"ref_steps": 512, "seed": 0}))
+    (samples / "oracle.npz").write_bytes(b"x")
+    dist.keep_samples(ctx, {"ref_steps": 512, "oracle_steps": 512, "seed": 0})
+    assert (samples / "oracle.npz").exists()
+    dist.keep_samples(ctx, {"ref_steps": 512, "oracle_steps": 128, "seed": 0})
     assert not (samples / "oracle.npz").exists()
 
 

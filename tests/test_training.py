@@ -427,3 +427,29 @@ def test_heldout_loss_falls_on_a_learnable_problem(tmp_path, compile_cache):
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
     assert losses[2] < 0.6  # the untrained network (zero output layer) scores ~1
     assert (tmp_path / "run" / "samples" / "step_0000300.png").stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_levels_trained_concurrently_are_those_trained_alone(tiny_ladder, tmp_path,
+                                                             monkeypatch):
+    """experiments.pipeline.train_ladder trains independent levels at once; each level's
+    weights are bitwise those of training it alone (the tiny_ladder fixture, one by one)."""
+    from experiments import pipeline
+    from mlem.ladder import param_digest
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    configs = {}
+    for k, level in enumerate(("tiny_level1", "tiny_level2"), start=1):
+        config = tiny.get_config()
+        config.model.level = level
+        config.wandb.mode = "disabled"
+        config.training.num_sample_images = 0
+        configs[f"level{k}"] = config
+    seconds = pipeline.train_ladder(configs, tmp_path)
+    assert list(seconds) == ["level1", "level2"]
+    for name in configs:
+        _, alone, step = checkpoint.load_level(tiny_ladder / name)
+        _, together, step_together = checkpoint.load_level(tmp_path / name)
+        assert step_together == step
+        assert param_digest(together) == param_digest(alone)
+    assert pipeline.train_ladder(configs, tmp_path) == {}  # trained: nothing to do
