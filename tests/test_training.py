@@ -432,17 +432,17 @@ def test_heldout_loss_falls_on_a_learnable_problem(tmp_path, compile_cache):
 @pytest.mark.integration
 def test_levels_trained_concurrently_are_those_trained_alone(tiny_ladder, tmp_path,
                                                              monkeypatch):
-    """experiments.pipeline.train_ladder trains independent levels at once; each level's
-    weights are bitwise those of training it alone (the tiny_ladder fixture, one by one)."""
+    """experiments.pipeline.train_ladder trains independent levels at once (wandb on, as in
+    the demo); each level's weights are bitwise those of training it alone (the tiny_ladder
+    fixture, one by one)."""
     from experiments import pipeline
     from mlem.ladder import param_digest
 
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # each level keeps its own wandb run
     configs = {}
     for k, level in enumerate(("tiny_level1", "tiny_level2"), start=1):
         config = tiny.get_config()
         config.model.level = level
-        config.wandb.mode = "disabled"
         config.training.num_sample_images = 0
         configs[f"level{k}"] = config
     seconds = pipeline.train_ladder(configs, tmp_path)
@@ -453,3 +453,22 @@ def test_levels_trained_concurrently_are_those_trained_alone(tiny_ladder, tmp_pa
         assert step_together == step
         assert param_digest(together) == param_digest(alone)
     assert pipeline.train_ladder(configs, tmp_path) == {}  # trained: nothing to do
+
+
+def test_two_levels_training_at_once_keep_their_own_wandb_runs(tmp_path, monkeypatch):
+    """Levels train concurrently in one process (experiments.pipeline): a second run's
+    wandb.init must not finish the first's, whose next log would then raise."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = tiny.get_config()
+    writers = []
+    for name in ("level1", "level2"):
+        (tmp_path / name).mkdir()
+        writers.append(train_metrics.MetricsWriter(tmp_path / name, config, keep_through=0))
+    try:
+        assert all(w.wandb is not None for w in writers)
+        assert writers[0].wandb is not writers[1].wandb  # not one shared run
+        writers[1].write(1, loss=0.25)
+        writers[1].close()  # the second level finishes first ...
+        writers[0].write(1, loss=0.5)  # ... and the first one's run is still active
+    finally:
+        writers[0].close()

@@ -107,9 +107,11 @@ def _init_wandb(config: ml_collections.ConfigDict, workdir: Path):
         return None
     try:
         import wandb
+        # create_new: levels trained at once (experiments.pipeline) each keep their own run
         return wandb.init(mode=mode, dir=str(workdir), name=workdir.name,
                           project=config.wandb.get("project") or "mlem",
-                          entity=config.wandb.get("entity") or None, config=config.to_dict())
+                          entity=config.wandb.get("entity") or None, config=config.to_dict(),
+                          reinit="create_new")
     except Exception as err:  # wandb is optional: any failure must not stop training
         warnings.warn(f"wandb.init(mode={mode!r}) failed, continuing without wandb: {err}",
                       stacklevel=2)
