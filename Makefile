@@ -40,7 +40,8 @@ test-all: setup
 lint: setup
 	$(PY) -m ruff check .
 
-# The whole pipeline on the embedded MNIST-5k data (train 4 levels, γ, V_k, sweep, figures).
+# The whole pipeline on the embedded MNIST-5k data (train 4 levels, γ, V_k, the cost-error
+# sweep in both framings, the distributional and samplers stages at the demo's scale, figures).
 demo: setup
 	$(PY) -m experiments.mnist_cpu --workdir runs/mnist --out results/mnist_cpu
 

@@ -306,19 +306,35 @@ def run_group(ladder: ladders.Ladder, flops: np.ndarray, coupling: Coupling, ref
     solve = _solve_fn(ladder, ts, solver)
     calls = solvers.calls_per_step(solvers.for_vpsde(ladder.sde, solver, [])[1], ts)
 
-    def realisation(r):  # every point on realisation r: its rows and their features
+    def run(r, indices):  # the points ``indices`` on realisation r: rows and features
         inputs, out = coupling.inputs(r), []
-        for point, p in zip(points, probs):
-            x, stats = solve(point, p, inputs)
+        for i in indices:
+            x, stats = solve(points[i], probs[i], inputs)
             evals = np.asarray(stats["evals"], np.float64)
-            row = _row(flops, point, r, np.asarray(x, np.float64), ref[r], np.nan, evals, p,
-                       calls)
+            row = _row(flops, points[i], r, np.asarray(x, np.float64), ref[r], np.nan, evals,
+                       probs[i], calls)
             out.append((row, None if feats is None else feats.fn(np.asarray(x))))
         return out
 
+    # Realisation 0 compiles every solve: one group per compiled solve, the groups at once
+    # (a compilation keeps one core busy); then the other realisations at once.
+    groups: dict[tuple, list[int]] = {}
+    for i, point in enumerate(points):
+        groups.setdefault(compiled_solve(point), []).append(i)
+    bar = tqdm(total=ref.shape[0], desc=f"{steps} steps x {len(points)} runs", leave=False)
+    first = {}
+    for indices, out in zip(groups.values(), parallel.map_concurrently(
+            lambda ix: run(0, ix), list(groups.values()), first_alone=False)):
+        first.update(zip(indices, out))
+    by_realisation = [[first[i] for i in range(len(points))]]
+    bar.update()
+    for out in parallel.map_concurrently(lambda r: run(r, range(len(points))),
+                                         range(1, ref.shape[0]), first_alone=False):
+        by_realisation.append(out)
+        bar.update()
+    bar.close()
     rows = []
-    for out in tqdm(parallel.map_concurrently(realisation, range(ref.shape[0])),
-                    total=ref.shape[0], desc=f"{steps} steps x {len(points)} runs", leave=False):
+    for out in by_realisation:
         for row, features in out:
             rows.append(row)
             if feats is not None:
@@ -379,13 +395,23 @@ def time_paths(ctx: common.Context, ladder: ladders.Ladder, coupling: Coupling,
     todo = [c for c in wanted if "|".join(config_key(c)) not in timing.records]
     solver = solver_settings(ctx.config)[0]
     for steps in tqdm(sorted({c["steps"] for c in todo}), desc="timing as deployed"):
-        solve, compiled = _solve_fn(ladder, coupling.grid(steps), solver), set()
-        for point in (c for c in todo if c["steps"] == steps):
-            p = probs_of(point)
+        solve = _solve_fn(ladder, coupling.grid(steps), solver)
+        points = [c for c in todo if c["steps"] == steps]
+        probs = {config_key(c): probs_of(c) for c in points}
+        # warm-up calls (untimed), one per compiled solve, two at once; then each
+        # configuration timed alone
+        first = {compiled_solve(c): c for c in reversed(points)}
+
+        def warm_up(c, solve=solve, probs=probs):
+            inputs = deployed_inputs(coupling, timing, 0)
+            return jax.block_until_ready(solve(c, probs[config_key(c)], inputs)[1])
+
+        list(parallel.map_concurrently(warm_up, list(first.values()), first_alone=False))
+        for point in points:
+            p = probs[config_key(point)]
             timing.records["|".join(config_key(point))] = time_deployed(
                 lambda inputs, f=solve, point=point, p=p: f(point, p, inputs), coupling, timing,
-                warm_up=compiled_solve(point) not in compiled)
-            compiled.add(compiled_solve(point))
+                warm_up=False)
         save()
 
 
@@ -414,6 +440,16 @@ class Timing:
                 "increments": "drawn from a key on the solve's own grid"}
 
 
+def deployed_inputs(coupling: Coupling, timing: Timing, i: int
+                    ) -> tuple[jax.Array, None, jax.Array]:
+    """Call ``i`` of a configuration timed as deployed (0: its warm-up): ``x0`` of
+    ``timing.batch_size`` samples and the key its increments and draws come from."""
+    key = jax.random.fold_in(jax.random.key(timing.seed), i)
+    x0 = jax.random.normal(jax.random.fold_in(key, 0), (timing.batch_size, *coupling.image_shape))
+    return (jax.device_put(x0, parallel.batch_sharded(coupling.mesh)), None,
+            jax.random.fold_in(key, 1))
+
+
 def time_deployed(solve, coupling: Coupling, timing: Timing, warm_up: bool = True) -> dict:
     """Seconds of ``solve((x0, None, key))`` as a user runs it: ``x0`` of ``timing.batch_size``
     samples, no fine-grid path (the increments come from the key, on the solve's own grid),
@@ -422,19 +458,11 @@ def time_deployed(solve, coupling: Coupling, timing: Timing, warm_up: bool = Tru
     probabilities, has just been warmed up); each call draws its own noise, increments and
     Bernoulli draws. Returns the median, the spread and the realised evaluations per level
     of each timed call."""
-    shape = (timing.batch_size, *coupling.image_shape)
-    sharding = parallel.batch_sharded(coupling.mesh)
-
-    def inputs(i):
-        key = jax.random.fold_in(jax.random.key(timing.seed), i)
-        x0 = jax.device_put(jax.random.normal(jax.random.fold_in(key, 0), shape), sharding)
-        return x0, None, jax.random.fold_in(key, 1)
-
     if warm_up:
-        jax.block_until_ready(solve(inputs(0)))
+        jax.block_until_ready(solve(deployed_inputs(coupling, timing, 0)))
     seconds, evals = [], []
     for i in range(1, timing.repeats + 1):
-        args = inputs(i)
+        args = deployed_inputs(coupling, timing, i)
         jax.block_until_ready(args)
         start = time.perf_counter()
         _, stats = jax.block_until_ready(solve(args))

@@ -46,8 +46,10 @@ deployed (:func:`analysis.cost_error.time_deployed`; records in ``timings.json``
 the sweep's where it timed the same configuration).
 
 Outputs in ``DIR/distributional/``: ``samples/`` (one ``.npz`` per configuration, the
-oracle's in ``oracle.npz``; an interrupted run resumes), ``timings.json`` and
-``distributional.json``; the summary's ``distributional`` field.
+oracle's in ``oracle.npz``; an interrupted run resumes), ``timings.json``,
+``distributional.json`` and its figures (``distributional_<framing>_<fd|moments>[_seconds]``:
+cost to reach each target with intervals and fitted exponents, and the speedup over EM;
+:func:`analysis.plots.distributional`); the summary's ``distributional`` field.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from analysis import common, comparison, cost_error, quality
+from analysis import common, comparison, cost_error, plots, quality
 from analysis.comparison import config_key
 from mlem import ladder as ladders
 from mlem import parallel
@@ -206,15 +208,27 @@ def generate(ctx: common.Context, points: Sequence[dict], s: dict) -> None:
         save_npz(folder / "oracle.npz", **sets)
     sched = schedule_inputs(ctx)
     todo = [p for p in points if not (folder / f"{config_id(p)}.npz").exists()]
-    for p in tqdm(todo, desc="distributional sets"):
-        ts = coupling.grid(p["steps"])
-        arg = cost_error.probabilities(ctx, p, ts, *sched)[1]
-        fn = cost_error._solve_fn(ladder, ts, solver)
-        sets, evals = solve_sets(lambda inputs, fn=fn, p=p, arg=arg: fn(p, arg, inputs), seed,
-                                  {"selection": s["selection_realisations"],
-                                   "evaluation": s["realisations"]},
-                                  s["batch_size"], shape, mesh, "|".join(config_key(p)))
-        save_npz(folder / f"{config_id(p)}.npz", **sets, evals=evals)
+
+    def solve_group(group):  # configurations sharing one compiled solve, in turn
+        for p in group:
+            ts = coupling.grid(p["steps"])
+            arg = cost_error.probabilities(ctx, p, ts, *sched)[1]
+            fn = cost_error._solve_fn(ladder, ts, solver)
+            sets, evals = solve_sets(lambda inputs, fn=fn, p=p, arg=arg: fn(p, arg, inputs),
+                                     seed, {"selection": s["selection_realisations"],
+                                            "evaluation": s["realisations"]},
+                                     s["batch_size"], shape, mesh, "|".join(config_key(p)),
+                                     workers=1)
+            save_npz(folder / f"{config_id(p)}.npz", **sets, evals=evals)
+        return len(group)
+
+    groups: dict[tuple, list[dict]] = {}
+    for p in todo:  # groups at once: each compiles its own solve
+        groups.setdefault((p["steps"], *cost_error.compiled_solve(p)), []).append(p)
+    with tqdm(total=len(todo), desc="distributional sets") as bar:
+        for done in parallel.map_concurrently(solve_group, list(groups.values()),
+                                              first_alone=False):
+            bar.update(done)
 
 
 # --- the errors --------------------------------------------------------------------------------
@@ -506,6 +520,7 @@ def stage(ctx: common.Context) -> dict:
     seconds = time_configurations(ctx, points, s)
     result = common.jsonable(analyse(ctx, cands, s, feats, seconds))
     (ctx.out / STAGE / "distributional.json").write_text(json.dumps(result, indent=1) + "\n")
+    plots.distributional(result, ctx.out / STAGE)
     return common.merge_summary(ctx.out, {"distributional": summary_fields(result, s)})
 
 

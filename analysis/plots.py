@@ -40,12 +40,15 @@ def _save(fig, stem: Path) -> list[Path]:
 
 def _with_intervals(xs: Sequence[float], estimates: Sequence[dict]
                     ) -> tuple[list[float], list[float], list[list[float]]]:
-    """``(x, value, yerr)`` of the reached estimates (value not ``None``), their intervals'
-    infinite ends clipped for drawing."""
-    ok = [(x, e) for x, e in zip(xs, estimates) if e["value"] is not None]
+    """``(x, value, yerr)`` of the reached estimates (value finite), their intervals'
+    infinite ends drawn to 3× the value (an interval open to +∞: a failure on some
+    resamples)."""
+    ok = [(x, e) for x, e in zip(xs, estimates)
+          if e["value"] is not None and np.isfinite(e["value"])]
     y = [e["value"] for _, e in ok]
+    upper = [e["ci"][1] if np.isfinite(e["ci"][1]) else 3.0 * v for v, (_, e) in zip(y, ok)]
     return ([x for x, _ in ok], y, [[v - e["ci"][0] for v, (_, e) in zip(y, ok)],
-                                    [min(e["ci"][1], 1e300) - v for v, (_, e) in zip(y, ok)]])
+                                    [u - v for v, u in zip(y, upper)]])
 
 
 def cost_error(configs: Sequence[dict], sweep: speedup.Sweep, envs: dict, result: dict,
@@ -172,12 +175,15 @@ def quality(result: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def oracle(result: dict, out_dir: Path) -> list[Path]:
+def oracle(result: dict, out_dir: Path, stem: str = "oracle",
+           error: str = "target MSE to the oracle (ε)", title: str = "oracle framing"
+           ) -> list[Path]:
     """The oracle framing (``oracle.json``): per ruler, each method's cost to reach each
     predeclared ε with its 95% interval on log–log axes, the line of its fitted exponent
     (cost ∝ ε^-a) through the geometric mean of the reached points, and the speedup of each
     comparison at each ε with its interval; ``oracle.png/pdf`` and ``oracle_seconds.png/pdf``
-    in ``out_dir``."""
+    in ``out_dir`` (``stem``, the ``error`` axis and the ``title`` for other comparisons of
+    the same form: :func:`distributional`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ruler, (xlabel, _, suffix) in RULERS.items():
@@ -185,6 +191,8 @@ def oracle(result: dict, out_dir: Path) -> list[Path]:
         fig, (ax, ax_s) = plt_.subplots(1, 2, figsize=(12, 4.8), width_ratios=(3, 2))
         drawn = set()
         for name, by_ruler in result["comparisons"].items():
+            if ruler not in by_ruler:
+                continue
             c = by_ruler[ruler]
             targets = [t["target_error"] for t in c["targets"].values()]
             for side, method in (("base", c["base"]), ("other", c["other"])):
@@ -208,16 +216,38 @@ def oracle(result: dict, out_dir: Path) -> list[Path]:
                 x, y, yerr = _with_intervals(
                     targets, [t["speedup"] for t in c["targets"].values()])
                 ax_s.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name)
-        ax.set(xscale="log", yscale="log", xlabel="target MSE to the oracle (ε)",
+        ax.set(xscale="log", yscale="log", xlabel=error,
                ylabel=f"cost to reach ε: {xlabel}",
-               title="oracle framing: cost to reach ε (95% intervals, failures counted)")
+               title=f"{title}: cost to reach ε (95% intervals, failures counted)")
         ax.invert_xaxis()
         ax.legend(fontsize=8)
         ax_s.axhline(1.0, color="grey", lw=0.8)
-        ax_s.set(xscale="log", yscale="log", xlabel="target MSE to the oracle (ε)",
+        ax_s.set(xscale="log", yscale="log", xlabel=error,
                  ylabel="speedup over EM", title="speedup at each predeclared ε")
         ax_s.invert_xaxis()
         ax_s.legend(fontsize=8)
         fig.tight_layout()
-        paths += _save(fig, out_dir / f"oracle{suffix}")
+        paths += _save(fig, out_dir / f"{stem}{suffix}")
+    return paths
+
+
+ERRORS = {"fd": "target FD to the oracle's samples (ε)",
+          "moments": "target pixel-moment error to the oracle's samples (ε)"}
+
+
+def distributional(result: dict, out_dir: Path) -> list[Path]:
+    """``distributional.json`` drawn as :func:`oracle` draws the pathwise framing: per
+    framing and error (FD, pixel moments), ``distributional_<framing>_<error>.png`` and its
+    ``_seconds`` twin."""
+    paths = []
+    for framing, f in result["framings"].items():
+        for error, label in ERRORS.items():
+            comps = {}
+            for name, by_error in f["comparisons"].items():
+                other, base = name.split(" vs ")
+                comps[name] = {cost: {**c, "base": base, "other": other}
+                               for cost, c in by_error.get(error, {}).items()}
+            paths += oracle({"comparisons": comps}, out_dir,
+                            stem=f"distributional_{framing}_{error}", error=label,
+                            title=f"{framing} framing, in distribution")
     return paths

@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.realisations = 16
     a.selection_realisations = 8
     a.cost_models = ("flops", "time")
+    a.timing_batch_size = 64
     a.pattern_search = 15
     a.pattern_steps = (32,)
     # The oracle framing's targets: the demo's (configs/mnist_sample.py), predeclared before

@@ -797,6 +797,8 @@ def test_distributional_stage_targets_paths_and_resume(tiny_results, monkeypatch
     assert result["targets"]["fd"] == {f"{r:g}x floor": pytest.approx(r * floor)
                                        for r in (8, 4, 2)}
     assert summary["samples_per_point"] == 24 and summary["oracle_samples"] == 24
+    for name in ("fd", "moments", "fd_seconds", "moments_seconds"):
+        assert (ctx.out / "distributional" / f"distributional_own_{name}.png").stat().st_size
     own = result["framings"]["own"]
     assert set(own["configurations"]) == {"em", "mlem-variance-flops", "switch"}
     comp = own["comparisons"]["mlem-variance-flops vs em"]
