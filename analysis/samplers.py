@@ -64,6 +64,7 @@ STAGE = "samplers"
 SAMPLE_KEYS = ("selection_realisations", "realisations", "batch_size", "seed")  # a set's inputs
 STREAM = 4  # fold_in(key(seed), STREAM): this stage's sets (distributional uses 3)
 KINDS = ("single", "multilevel")
+CHUNK = 8  # configurations compiled between two clear_compiled() calls
 FRAMINGS = ("all", "own", "oracle")
 
 
@@ -141,11 +142,12 @@ def generate(ctx: common.Context, configs: Sequence[dict], which: str, num: int,
         distributional.save_npz(folder / f"{config_id(c)}.{which}.npz", samples=sets[which],
                                 evals=evals)
 
-    bar, chunk = tqdm(total=len(todo), desc=f"samplers: {which} sets"), 8
-    for start in range(0, len(todo), chunk):
-        for _ in parallel.map_concurrently(solve, todo[start:start + chunk], first_alone=False):
+    bar = tqdm(total=len(todo), desc=f"samplers: {which} sets")
+    for start in range(0, len(todo), CHUNK):
+        if start:  # hundreds of configurations: free the last chunk's executables
+            ladders.clear_compiled()
+        for _ in parallel.map_concurrently(solve, todo[start:start + CHUNK], first_alone=False):
             bar.update()
-        ladders.clear_compiled()  # hundreds of configurations: free their executables
     bar.close()
 
 
@@ -313,12 +315,13 @@ def time_configurations(ctx: common.Context, configs: Sequence[dict]) -> dict[st
     coupling = cost_error.Coupling(int(ctx.config.sampling.seed), None, timing.batch_size,
                                    ctx.ladder.image_shape, mesh)
     variances = cost_error.variances_for(ctx)
-    for c in tqdm([c for c in configs if config_id(c) not in records["seconds"]],
-                  desc="samplers: timing as deployed"):
+    todo = [c for c in configs if config_id(c) not in records["seconds"]]
+    for i, c in enumerate(tqdm(todo, desc="samplers: timing as deployed")):
+        if i and i % CHUNK == 0:
+            ladders.clear_compiled()
         records["seconds"][config_id(c)] = float(cost_error.time_deployed(
             solve_fn(ctx, ladder, c, variances), coupling, timing)["seconds"])
         cost_error.write_json(path_, records)
-        ladders.clear_compiled()
     cost_error.write_json(path_, records)
     return {config_id(c): records["seconds"][config_id(c)] for c in configs}
 
@@ -376,8 +379,9 @@ def stage(ctx: common.Context) -> dict:
     sel_err, flops = selection_errors(ctx, configs, refs, feats)
     on_paths = {config_id(c): c for p in paths(configs, flops, sel_err, refs,
                                                ctx.ladder.num_levels).values() for c in p}
-    seconds = time_configurations(ctx, list(on_paths.values()))
+    # evaluation sets first: at the timing batch size their compiled solves serve the timing
     generate(ctx, list(on_paths.values()), "evaluation", s["realisations"], s)
+    seconds = time_configurations(ctx, list(on_paths.values()))
     result = common.jsonable(analyse(ctx, configs, s, feats, refs, sel_err, flops, seconds))
     (ctx.out / STAGE / "samplers.json").write_text(json.dumps(result, indent=1) + "\n")
     figure(result, ctx.out / STAGE / "samplers.png")

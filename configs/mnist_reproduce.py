@@ -37,12 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Distributional error (analysis.distributional): 1,024 samples a configuration, against
     # 1,024 oracle samples (level 4, 512 steps), floor from 1,024 more.
     d = a.distributional
-    d.realisations, d.selection_realisations, d.oracle_realisations = 16, 4, 16
+    d.batch_size, d.realisations, d.selection_realisations, d.oracle_realisations = 64, 16, 4, 16
     d.oracle_steps, d.max_steps, d.bootstrap = 0, 0, 1000
     # The samplers users pick (analysis.samplers): 420 configurations on 256 samples each,
     # those on a chosen path on 1,024 more.
     sp = a.samplers
     sp.solvers = ("sde", "ddim", "dpmpp2m", "dpmpp2m-sde", "heun")
     sp.grids, sp.steps = ("uniform", "logsnr", "karras"), (8, 16, 32, 64)
-    sp.selection_realisations, sp.realisations, sp.bootstrap = 4, 16, 1000
+    sp.batch_size, sp.selection_realisations, sp.realisations, sp.bootstrap = 64, 4, 16, 1000
     return config
