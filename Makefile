@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-integration test-all lint demo reproduce-mnist demo-synthetic celeba-reference bench-sampler bench-train \
+.PHONY: setup test test-integration test-all lint demo demo-samplers reproduce-mnist demo-synthetic celeba-reference bench-sampler bench-train \
 	bench-coverage clean
 
 setup: $(STAMP)
@@ -41,9 +41,15 @@ lint: setup
 	$(PY) -m ruff check .
 
 # The whole pipeline on the embedded MNIST-5k data (train 4 levels, γ, V_k, the cost-error
-# sweep in both framings, the distributional and samplers stages at the demo's scale, figures).
+# sweep in both framings, the distributional stage at the demo's scale, figures).
 demo: setup
 	$(PY) -m experiments.mnist_cpu --workdir runs/mnist --out results/mnist_cpu
+
+# After make demo: the samplers users pick (DPM-Solver++(2M), its SDE variant, EDM's Heun),
+# single-level against multilevel, at the demo's scale (about 4 minutes on 2 CPU cores).
+demo-samplers: setup
+	$(PY) -m analysis.samplers --config configs/mnist_sample.py \
+		--config.analysis.samplers.enabled=True --workdir runs/mnist --out results/mnist_cpu
 
 # The powered MNIST study (docs/design.md §3, both framings; on 2 CPU cores about 50 minutes for
 # the sweep, 55 more for the distributional sets and under 2 hours for the samplers stage,

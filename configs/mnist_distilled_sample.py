@@ -13,12 +13,12 @@ docs/training.md).
 (``runs/mnist_distilled_top``, ``results/mnist_distilled_top``). Measured with the demo's
 budget (1,000 steps per level): the chain gives 7% lower ``V_2`` and ``V_3`` than distilling
 from the top, in every time bin, and its teachers are cheaper to run. Every other setting is
-``configs/mnist_sample.py``'s.
+``configs/mnist_own_sample.py``'s (the demo's own-ladder sweep).
 """
 
 import ml_collections
 
-from configs import mnist_sample
+from configs import mnist_own_sample
 
 TEACHERS = {"top": (4, 4, 4), "above": (2, 3, 4)}  # teacher of levels 1, 2, 3
 
@@ -27,7 +27,7 @@ def get_config(teachers: str = "above") -> ml_collections.ConfigDict:
     if teachers not in TEACHERS:
         raise ValueError(f"configs/mnist_distilled_sample.py:TEACHERS: one of "
                          f"{sorted(TEACHERS)}, got {teachers!r}")
-    config = mnist_sample.get_config()
+    config = mnist_own_sample.get_config()
     config.train_configs = (*(f"configs/mnist.py:{k}d{t}"
                               for k, t in enumerate(TEACHERS[teachers], start=1)),
                             "configs/mnist.py:4")
