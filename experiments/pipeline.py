@@ -83,11 +83,15 @@ def training_order(configs: Mapping[str, ml_collections.ConfigDict]) -> list[str
     return order
 
 
+IN_MEMORY = ("mnist5k", "synthetic")  # datasets whose levels may train at once
+
+
 def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path,
                  also: Callable[[], object] | None = None) -> dict:
     """Train every level not yet at ``training.num_steps``; returns seconds per level.
 
-    On one CPU host, levels are independent computations, so they train concurrently
+    On one CPU host with in-memory data (:data:`IN_MEMORY`), levels are independent
+    computations, so they train concurrently
     (:func:`mlem.parallel.map_concurrently`, the last and largest level first, then ``also``,
     another job such as the feature classifier): each level's weights are those it gets
     alone. A ladder with distilled levels trains in order, teachers first."""
@@ -115,9 +119,11 @@ def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path
             also()
         return seconds
     jobs = [*todo[::-1], *([also] if also is not None else [])]
-    # on one CPU host only: an accelerator's memory holds one training at a time, and a
-    # multi-host job's collectives must run in the same order on every host
-    alone = jax.default_backend() != "cpu" or jax.process_count() > 1
+    # on one CPU host and in-memory data only: an accelerator's memory holds one training at
+    # a time, a multi-host job's collectives must run in the same order on every host, and
+    # CelebA's readers (tfds, zip files) are not shared between trainings
+    alone = (jax.default_backend() != "cpu" or jax.process_count() > 1
+             or any(configs[lv].data.name not in IN_MEMORY for lv in todo))
     done = parallel.map_concurrently(lambda j: train(j) if isinstance(j, str) else j(), jobs,
                                      1 if alone else None, first_alone=False)
     seconds = dict(r for j, r in zip(jobs, done) if isinstance(j, str))
