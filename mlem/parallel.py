@@ -22,10 +22,10 @@ __all__ = ["DATA_AXIS", "SOLVE_THREADS", "batch_sharded", "check_batch_size", "m
            "replicated", "shard_batch"]
 
 DATA_AXIS = "data"
-# Independent solves in flight at once (map_concurrently). On a CPU one XLA computation keeps
-# about one core busy at small batches (1.2 of 2 cores at batch 64 here), so two threads
-# solve about 1.7-2x faster; on an accelerator they overlap dispatch. MLEM_SOLVE_THREADS=1
-# runs them one at a time. Nothing that is *timed* goes through here (docs/design.md §3).
+# Independent solves in flight at once (map_concurrently). On a CPU one XLA computation does
+# not keep every core busy, so two threads finish sooner; on an accelerator they overlap
+# dispatch. MLEM_SOLVE_THREADS=1 runs them one at a time. Nothing that is *timed* goes
+# through here (docs/design.md §3, §7).
 SOLVE_THREADS = max(1, int(os.environ.get("MLEM_SOLVE_THREADS", "2")))
 
 
