@@ -112,18 +112,14 @@ def train_ladder(configs: Mapping[str, ml_collections.ConfigDict], workdir: Path
         loop.train_and_evaluate(config, workdir / level)
         return level, time.perf_counter() - start
 
-    distilled = any(configs[lv].get("distill", {}).get("teacher_workdir", "") for lv in todo)
-    if distilled:
-        seconds = dict(map(train, todo))
-        if also is not None:
-            also()
-        return seconds
-    jobs = [*todo[::-1], *([also] if also is not None else [])]
-    # on one CPU host and in-memory data only: an accelerator's memory holds one training at
-    # a time, a multi-host job's collectives must run in the same order on every host, and
-    # CelebA's readers (tfds, zip files) are not shared between trainings
-    alone = (jax.default_backend() != "cpu" or jax.process_count() > 1
-             or any(configs[lv].data.name not in IN_MEMORY for lv in todo))
+    # at once only on a CPU with in-memory data and no distillation: an accelerator's memory
+    # holds one training at a time, CelebA's readers (tfds, zip files) are not shared between
+    # trainings, and a student waits for its teacher (map_concurrently itself runs one at a
+    # time on several hosts)
+    alone = (jax.default_backend() != "cpu"
+             or any(configs[lv].data.name not in IN_MEMORY
+                    or configs[lv].get("distill", {}).get("teacher_workdir", "") for lv in todo))
+    jobs = [*(todo if alone else todo[::-1]), *([also] if also is not None else [])]
     done = parallel.map_concurrently(lambda j: train(j) if isinstance(j, str) else j(), jobs,
                                      1 if alone else None, first_alone=False)
     seconds = dict(r for j, r in zip(jobs, done) if isinstance(j, str))
